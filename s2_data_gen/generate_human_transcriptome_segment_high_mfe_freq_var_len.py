@@ -1,0 +1,31 @@
+"""Variable-length gene segments (lengths uniform in [len_min, len_max], non-overlapping)
+with their MFE structure, ``fe``, ``mfe_freq`` and ``ens_div``; kept when ``mfe_freq``
+reaches ``--threshold_mfe_freq``. Also the test-set generator (held-out chromosome)."""
+import argparse
+
+from stembb.datagen import FoldJob, add_common_args, check_positive, run_generator
+from stembb.errors import run_main
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--len_min", type=int, required=True)
+    p.add_argument("--len_max", type=int, required=True)
+    p.add_argument("--num_seq", type=int, required=True, help="number of sequences")
+    p.add_argument("--threshold_mfe_freq", type=float, default=0.0)
+    add_common_args(p)
+    args = p.parse_args()
+    check_positive(p, args, "len_min", "num_seq", "max_per_gene", "workers")
+    if args.len_max < args.len_min:
+        p.error(f"--len_max ({args.len_max}) is below --len_min ({args.len_min})")
+    return args
+
+
+def main():
+    args = parse_args()
+    job = FoldJob(seed=args.seed, threshold_mfe_freq=args.threshold_mfe_freq)
+    run_generator(args, job, args.num_seq, "MFE var-len", len_min=args.len_min, len_max=args.len_max)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,1 @@
+"""stembb: RNA secondary-structure prediction by stem bounding boxes (shared logic)."""

@@ -1,0 +1,124 @@
+"""Atomic writes and the one reader of the project's gzipped pandas pickles.
+
+Data schema (one row per example; written by the generators in s1_data_gen/ and
+s2_data_gen/, read by every later stage):
+
+==================  ========================================================================
+column              meaning
+==================  ========================================================================
+seq                 str, DNA/RNA letters ACGTUN (upper case), the transcribed strand 5'->3'
+one_idx             ``([i...], [j...])`` 0-based pairs i < j. Merged multi-struct rows hold
+                    the MFE structure here (their target is ``bounding_boxes``)
+bounding_boxes      list of ``((x0, y0), (wx, wy), kind)``; kind in stem, hairpin_loop,
+                    bulge, internal_loop, pseudo_knot (legacy ``pesudo_knot`` is read too)
+chrom, strand       provenance: contig and gene strand
+start, end          1-based inclusive genomic coordinates of the segment
+gene_id             the annotation's gene_id
+fe, mfe_freq,       (MFE rows) free energy (kcal/mol), ensemble frequency of the MFE
+ens_div             structure, ensemble diversity
+sample_id           (multi-struct rows) index of the sample within its segment
+stem_box_count      (merged rows) per stem box, in order, how many samples contained it
+n_samples,          (merged rows) unique samples merged, and stem boxes dropped because
+n_conflicts         they claimed pixels of a box seen in more samples
+==================  ========================================================================
+
+S2 feature pickles (``s2_data_gen/s1_pred_stem_processing.py``) add ``stem_bb_bps``,
+``target_bps`` and ``stem_bb_bps_features``; see stembb.s2_features.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from stembb.errors import InputError
+from stembb.structure import StructureError, normalize_box, pairs_from_one_idx
+
+VALID_LETTERS = frozenset("ACGTUN")
+STRUCTURE_COLUMNS = ("seq", "one_idx", "bounding_boxes")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A crash or Ctrl-C leaves ``path`` as it was (absent or the previous complete file).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_pickle(df: pd.DataFrame, path: Path) -> None:
+    """Write a DataFrame as a gzipped pickle, atomically."""
+    with atomic_path(path) as tmp:
+        df.to_pickle(tmp, compression="gzip")
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _check_row(path: Path, idx, row, columns: Iterable[str]) -> None:
+    seq = row["seq"]
+    if not isinstance(seq, str) or not seq:
+        raise InputError(f"{path}: row {idx}: column 'seq' is not a non-empty string")
+    bad = set(seq.upper()) - VALID_LETTERS
+    if bad:
+        raise InputError(f"{path}: row {idx}: column 'seq' has letters outside ACGTUN: {''.join(sorted(bad))}")
+    if "one_idx" in columns:
+        try:
+            pairs = pairs_from_one_idx(row["one_idx"])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}: row {idx}: column 'one_idx' is malformed ({exc})") from None
+        if any(i >= j or i < 0 or j >= len(seq) for i, j in pairs):
+            raise InputError(f"{path}: row {idx}: column 'one_idx' has a pair with i >= j or out of range")
+
+
+def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS) -> pd.DataFrame:
+    """Read a gzipped DataFrame pickle and validate the ``required`` columns.
+
+    ``bounding_boxes`` are normalised to ``Box`` tuples (legacy kind spellings mapped).
+    Raises InputError naming the file, and the row and column when one is malformed.
+    """
+    path = Path(path)
+    required = tuple(required)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        df = pd.read_pickle(path, compression="infer")
+    except Exception as exc:  # pickle/gzip raise many types for a bad file
+        raise InputError(f"{path}: not a readable pandas pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(df, pd.DataFrame):
+        raise InputError(f"{path}: holds a {type(df).__name__}, not a pandas DataFrame")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise InputError(f"{path}: has no rows")
+    df = df.reset_index(drop=True)
+    if "seq" in required:
+        for idx, row in zip(df.index, df.to_dict("records")):
+            _check_row(path, idx, row, required)
+    if "bounding_boxes" in df.columns:
+        normalized = []
+        for idx, boxes in zip(df.index, df["bounding_boxes"]):
+            try:
+                normalized.append([normalize_box(b) for b in boxes])
+            except (StructureError, TypeError, ValueError) as exc:
+                raise InputError(f"{path}: row {idx}: column 'bounding_boxes' is malformed ({exc})") from None
+        df["bounding_boxes"] = normalized
+    return df

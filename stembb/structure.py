@@ -1,0 +1,301 @@
+"""Secondary structures as base pairs, dot-bracket strings and local-structure boxes.
+
+Conventions (DESIGN.md, "Coordinates and local structures"):
+
+* A structure is a list of 0-based pairs ``(i, j)`` with ``i < j``; every base is in at
+  most one pair. On disk (column ``one_idx``) it is the pair of lists ``([i...], [j...])``.
+* A box is ``((x0, y0), (wx, wy), kind)``: top-left corner and size on the L x L map,
+  row = 5' base, column = 3' base.
+* A stem of ``w`` stacked pairs ``(x0, y0+w-1) ... (x0+w-1, y0)`` has box
+  ``((x0, y0), (w, w), 'stem')``; its reference corner is the outermost pair
+  ``(x0, y0+w-1)``.
+"""
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple
+
+import numpy as np
+
+STEM = "stem"
+HAIRPIN = "hairpin_loop"
+BULGE = "bulge"
+INTERNAL_LOOP = "internal_loop"
+PSEUDOKNOT = "pseudo_knot"
+KINDS = (STEM, HAIRPIN, BULGE, INTERNAL_LOOP, PSEUDOKNOT)
+# Older pickles carry this misspelling; readers map it to PSEUDOKNOT.
+LEGACY_KIND_ALIASES = {"pesudo_knot": PSEUDOKNOT}
+
+BRACKETS = ("()", "[]", "{}", "<>")
+CANONICAL_PAIRS = frozenset({"AU", "UA", "GC", "CG", "GU", "UG"})
+
+
+class StructureError(ValueError):
+    """A structure that is not a valid set of base pairs."""
+
+
+class Box(NamedTuple):
+    """A local-structure box: top-left corner ``(x0, y0)``, size ``(wx, wy)``, kind."""
+
+    corner: tuple
+    size: tuple
+    kind: str
+
+
+def validate_pairs(pairs: Iterable[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """Return ``pairs`` sorted, as python ints, after checking they form a structure.
+
+    Raises StructureError for ``i >= j``, an index outside ``[0, length)``, or a base in
+    two pairs.
+    """
+    out = sorted((int(i), int(j)) for i, j in pairs)
+    seen: set[int] = set()
+    for i, j in out:
+        if i >= j:
+            raise StructureError(f"pair ({i}, {j}) has i >= j")
+        if i < 0 or j >= length:
+            raise StructureError(f"pair ({i}, {j}) is outside a sequence of length {length}")
+        for base in (i, j):
+            if base in seen:
+                raise StructureError(f"base {base} is in two pairs")
+            seen.add(base)
+    return out
+
+
+def pairs_from_one_idx(one_idx) -> list[tuple[int, int]]:
+    """``([i...], [j...])`` (the on-disk format) -> sorted list of pairs."""
+    left, right = one_idx
+    if len(left) != len(right):
+        raise StructureError(f"one_idx lists differ in length: {len(left)} vs {len(right)}")
+    return sorted((int(i), int(j)) for i, j in zip(left, right))
+
+
+def one_idx_from_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Sorted pairs -> ``([i...], [j...])``."""
+    pairs = sorted(pairs)
+    return [int(i) for i, _ in pairs], [int(j) for _, j in pairs]
+
+
+def pairs_from_db(db: str) -> list[tuple[int, int]]:
+    """Dot-bracket (``()``, ``[]``, ``{}``, ``<>``; ``.`` or ``-`` unpaired) -> pairs."""
+    openers = {b[0]: b[1] for b in BRACKETS}
+    closers = {b[1]: b[0] for b in BRACKETS}
+    stacks: dict[str, list[int]] = {o: [] for o in openers}
+    pairs = []
+    for pos, ch in enumerate(db):
+        if ch in openers:
+            stacks[ch].append(pos)
+        elif ch in closers:
+            stack = stacks[closers[ch]]
+            if not stack:
+                raise StructureError(f"unmatched {ch!r} at position {pos}")
+            pairs.append((stack.pop(), pos))
+        elif ch not in ".-,:_":
+            raise StructureError(f"unexpected character {ch!r} at position {pos}")
+    for o, stack in stacks.items():
+        if stack:
+            raise StructureError(f"unmatched {o!r} at position {stack[-1]}")
+    return sorted(pairs)
+
+
+def _crosses(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[0] < a[1] < b[1] or b[0] < a[0] < b[1] < a[1]
+
+
+def is_nested(pairs: Iterable[tuple[int, int]]) -> bool:
+    """Whether no two pairs cross (one pass over the pairs sorted by 5' base)."""
+    open_ends: list[int] = []  # 3' ends of the pairs enclosing the current one
+    for i, j in sorted(pairs):
+        while open_ends and open_ends[-1] < i:
+            open_ends.pop()
+        if open_ends and j > open_ends[-1]:
+            return False
+        open_ends.append(j)
+    return True
+
+
+def crossing_pairs(pairs: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The pairs that cross at least one other pair."""
+    pairs = list(pairs)
+    if is_nested(pairs):
+        return set()
+    return {p for p in pairs if any(_crosses(p, q) for q in pairs)}
+
+
+def db_from_pairs(pairs: Iterable[tuple[int, int]], length: int) -> str:
+    """Pairs -> dot-bracket; crossing pairs get ``[]``, then ``{}``, then ``<>``.
+
+    Each pair takes the first bracket type none of whose pairs it crosses (pairs are
+    visited by their 5' base), the usual greedy page assignment.
+    """
+    pairs = validate_pairs(pairs, length)
+    pages: list[list[tuple[int, int]]] = [[] for _ in BRACKETS]
+    chars = ["."] * length
+    for p in pairs:
+        for page, (o, c) in zip(pages, BRACKETS):
+            if not any(_crosses(p, q) for q in page):
+                page.append(p)
+                chars[p[0]], chars[p[1]] = o, c
+                break
+        else:
+            raise StructureError(f"pair {p} needs more than {len(BRACKETS)} bracket types")
+    return "".join(chars)
+
+
+def stems(pairs: Iterable[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Maximal runs of stacked pairs, outermost pair first, sorted by outermost pair."""
+    partner = dict(pairs)
+    runs = []
+    for i in sorted(partner):
+        j = partner[i]
+        if partner.get(i - 1) == j + 1:
+            continue  # not the outermost pair of its stem
+        run = [(i, j)]
+        while partner.get(i + 1) == j - 1:
+            i, j = i + 1, j - 1
+            run.append((i, j))
+        runs.append(run)
+    return runs
+
+
+def stem_box(stem: list[tuple[int, int]]) -> Box:
+    """Box of one stem given outermost pair first."""
+    w = len(stem)
+    x0, top = stem[0]
+    return Box((x0, top - w + 1), (w, w), STEM)
+
+
+def stem_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
+    """Boxes of all stems of a structure."""
+    return [stem_box(s) for s in stems(pairs)]
+
+
+def stem_pairs(box) -> list[tuple[int, int]]:
+    """The pairs on a stem box's anti-diagonal, outermost first."""
+    (x0, y0), (w, _), _ = box
+    return [(x0 + k, y0 + w - 1 - k) for k in range(w)]
+
+
+def loop_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
+    """Hairpin, bulge and internal-loop boxes.
+
+    For a pair (a, b), the pairs directly inside it decide the loop: none -> hairpin
+    ``((a, a), (b-a+1, b-a+1))``; one, (c, d), not stacked on (a, b) -> bulge/internal
+    loop ``((a, d), (c-a+1, b-d+1))``; several -> multiloop (no box). A pair with a
+    pair crossing it closes no loop box: that region is the pseudoknot box's.
+    """
+    pairs = sorted(pairs)
+    if not pairs:
+        return []
+    partner = {}
+    for i, j in pairs:
+        partner[i] = j
+        partner[j] = i
+    crossing = crossing_pairs(pairs)
+    boxes = []
+    for a, b in pairs:
+        if partner.get(a + 1) == b - 1 or (a, b) in crossing:
+            continue  # stacked (inside a stem), or part of a pseudoknot
+        children = []
+        k = a + 1
+        while k < b:
+            q = partner.get(k)
+            if q is None:
+                k += 1
+            else:
+                # q < k only inside a pseudoknot nested in (a, b): counts as a branch
+                children.append((min(k, q), max(k, q)))
+                k = max(k, q) + 1
+        if not children:
+            boxes.append(Box((a, a), (b - a + 1, b - a + 1), HAIRPIN))
+        elif len(children) == 1:
+            c, d = children[0]
+            kind = BULGE if c == a + 1 or d == b - 1 else INTERNAL_LOOP
+            boxes.append(Box((a, d), (c - a + 1, b - d + 1), kind))
+    return boxes
+
+
+def pseudoknot_boxes(pairs: Iterable[tuple[int, int]], runs: list | None = None) -> list[Box]:
+    """One box per two consecutive stems (by 5' end) that cross, spanning both.
+
+    ``runs``: the structure's ``stems`` when the caller already has them.
+    """
+    runs = stems(pairs) if runs is None else runs
+    boxes = []
+    for s, t in zip(runs, runs[1:]):
+        if _crosses(s[0], t[0]):
+            lo = min(s[0][0], t[0][0])
+            hi = max(s[0][1], t[0][1])
+            boxes.append(Box((lo, lo), (hi - lo + 1, hi - lo + 1), PSEUDOKNOT))
+    return boxes
+
+
+def local_structure_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
+    """All boxes of a structure: stems, loops, pseudoknots.
+
+    Same result as ``stem_boxes + loop_boxes + pseudoknot_boxes``; nested structures (all
+    that ViennaRNA returns) take a single pass over the pairs, since this runs for every
+    sampled structure of the data generators.
+    """
+    pairs = sorted(pairs)
+    if not is_nested(pairs):
+        runs = stems(pairs)
+        return [stem_box(r) for r in runs] + loop_boxes(pairs) + pseudoknot_boxes(pairs, runs)
+    partner = dict(pairs)
+    partner.update((j, i) for i, j in pairs)
+    stem_out, loop_out = [], []
+    for a, b in pairs:
+        if partner.get(a - 1) != b + 1:  # outermost pair of a stem
+            i, j = a, b
+            while partner.get(i + 1) == j - 1:
+                i, j = i + 1, j - 1
+            w = i - a + 1
+            stem_out.append(Box((a, b - w + 1), (w, w), STEM))
+        if partner.get(a + 1) == b - 1:
+            continue
+        k, first, n_children = a + 1, None, 0
+        while k < b:
+            q = partner.get(k)
+            if q is None:
+                k += 1
+            else:
+                n_children += 1
+                first = first or (k, q)
+                k = q + 1
+        if n_children == 0:
+            loop_out.append(Box((a, a), (b - a + 1, b - a + 1), HAIRPIN))
+        elif n_children == 1:
+            c, d = first
+            kind = BULGE if c == a + 1 or d == b - 1 else INTERNAL_LOOP
+            loop_out.append(Box((a, d), (c - a + 1, b - d + 1), kind))
+    return stem_out + loop_out
+
+
+def normalize_box(box) -> Box:
+    """Box from any nested sequence form, legacy kind spellings mapped."""
+    (x0, y0), (wx, wy), kind = box
+    kind = LEGACY_KIND_ALIASES.get(kind, kind)
+    if kind not in KINDS:
+        raise StructureError(f"unknown box kind {kind!r}")
+    return Box((int(x0), int(y0)), (int(wx), int(wy)), kind)
+
+
+def normalize_seq(seq: str) -> str:
+    """Upper case, T read as U: what ViennaRNA and the pairing rules see."""
+    return seq.upper().replace("T", "U")
+
+
+def is_canonical(seq: str, i: int, j: int) -> bool:
+    """Whether bases i and j of ``seq`` (DNA or RNA letters) can form a canonical pair."""
+    return normalize_seq(seq[i] + seq[j]) in CANONICAL_PAIRS
+
+
+def canonical_pair_matrix(seq: str) -> np.ndarray:
+    """``(L, L)`` bool: entry (i, j) true when bases i and j can pair canonically."""
+    s = np.frombuffer(normalize_seq(seq).encode(), dtype=np.uint8)
+    code = {ord("A"): 1, ord("C"): 2, ord("G"): 4, ord("U"): 8}
+    c = np.zeros(len(s), dtype=np.int16)
+    for letter, v in code.items():
+        c[s == letter] = v
+    combo = c[:, None] * 16 + c[None, :]
+    ok = [1 * 16 + 8, 8 * 16 + 1, 4 * 16 + 2, 2 * 16 + 4, 4 * 16 + 8, 8 * 16 + 4]
+    return np.isin(combo, ok)

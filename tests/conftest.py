@@ -1,0 +1,50 @@
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MINIGENOME = REPO.parent / "shared" / "data" / "minigenome"
+
+
+def run_script(script: str, *args, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one of the project's scripts as a user would, from ``cwd``."""
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one-line error a script printed last on stderr."""
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") or "error:" in line, proc.stderr
+    return line
+
+
+@pytest.fixture
+def tiny_genome(tmp_path):
+    """A FASTA with one contig and a GTF with a plus gene, a minus gene and a gene in N.
+
+    chrT: 300 bp; geneP + at 11..70, geneM - at 101..160, geneN + at 201..260 (all N).
+    """
+    import numpy as np
+    rng = np.random.default_rng(7)
+    seq = "".join(rng.choice(list("ACGT"), 300))
+    seq = seq[:200] + "N" * 60 + seq[260:]
+    fasta = tmp_path / "tiny.fa"
+    fasta.write_text(">chrT\n" + "\n".join(seq[k:k + 50] for k in range(0, 300, 50)) + "\n")
+    lines = [
+        'chrT\ttest\tgene\t11\t70\t.\t+\t.\tgene_id "geneP"; gene_type "protein_coding";',
+        'chrT\ttest\texon\t11\t70\t.\t+\t.\tgene_id "geneP"; transcript_id "tP";',
+        'chrT\ttest\tgene\t101\t160\t.\t-\t.\tgene_id "geneM"; gene_type "lncRNA";',
+        'chrT\ttest\tgene\t201\t260\t.\t+\t.\tgene_id "geneN"; gene_type "protein_coding";',
+    ]
+    gtf = tmp_path / "tiny.gtf.gz"
+    with gzip.open(gtf, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return fasta, gtf, seq
