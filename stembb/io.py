@@ -72,12 +72,12 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
         df.to_csv(tmp, index=False)
 
 
-def _check_row(path: Path, idx, row, columns: Iterable[str]) -> None:
+def _check_row(path: Path, idx, row, columns: Iterable[str], check_letters: bool) -> None:
     seq = row["seq"]
     if not isinstance(seq, str) or not seq:
         raise InputError(f"{path}: row {idx}: column 'seq' is not a non-empty string")
     bad = set(seq.upper()) - VALID_LETTERS
-    if bad:
+    if bad and check_letters:
         raise InputError(f"{path}: row {idx}: column 'seq' has letters outside ACGTUN: {''.join(sorted(bad))}")
     if "one_idx" in columns:
         try:
@@ -88,8 +88,11 @@ def _check_row(path: Path, idx, row, columns: Iterable[str]) -> None:
             raise InputError(f"{path}: row {idx}: column 'one_idx' has a pair with i >= j or out of range")
 
 
-def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS) -> pd.DataFrame:
+def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS, check_letters: bool = True) -> pd.DataFrame:
     """Read a gzipped DataFrame pickle and validate the ``required`` columns.
+
+    ``check_letters`` False lets sequences with letters outside ACGTUN through, for
+    callers that drop and count them.
 
     ``bounding_boxes`` are normalised to ``Box`` tuples (legacy kind spellings mapped).
     Raises InputError naming the file, and the row and column when one is malformed.
@@ -112,7 +115,7 @@ def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS) -> pd.D
     df = df.reset_index(drop=True)
     if "seq" in required:
         for idx, row in zip(df.index, df.to_dict("records")):
-            _check_row(path, idx, row, required)
+            _check_row(path, idx, row, required, check_letters)
     if "bounding_boxes" in df.columns:
         normalized = []
         for idx, boxes in zip(df.index, df["bounding_boxes"]):

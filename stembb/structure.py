@@ -289,13 +289,21 @@ def is_canonical(seq: str, i: int, j: int) -> bool:
     return normalize_seq(seq[i] + seq[j]) in CANONICAL_PAIRS
 
 
+_CODE = np.full(256, 4, dtype=np.int64)  # A C G U -> 0..3, anything else -> 4
+for _k, _letters in enumerate(("Aa", "Cc", "Gg", "UuTt")):
+    for _ch in _letters:
+        _CODE[ord(_ch)] = _k
+CANONICAL_TABLE = np.zeros((5, 5), dtype=bool)
+for _a, _b in CANONICAL_PAIRS:
+    CANONICAL_TABLE["ACGU".index(_a), "ACGU".index(_b)] = True
+
+
+def base_codes(seq: str) -> np.ndarray:
+    """``(L,)`` codes 0..3 for A, C, G, U/T (either case), 4 for anything else."""
+    return _CODE[np.frombuffer(seq.encode(), dtype=np.uint8)]
+
+
 def canonical_pair_matrix(seq: str) -> np.ndarray:
     """``(L, L)`` bool: entry (i, j) true when bases i and j can pair canonically."""
-    s = np.frombuffer(normalize_seq(seq).encode(), dtype=np.uint8)
-    code = {ord("A"): 1, ord("C"): 2, ord("G"): 4, ord("U"): 8}
-    c = np.zeros(len(s), dtype=np.int16)
-    for letter, v in code.items():
-        c[s == letter] = v
-    combo = c[:, None] * 16 + c[None, :]
-    ok = [1 * 16 + 8, 8 * 16 + 1, 4 * 16 + 2, 2 * 16 + 4, 4 * 16 + 8, 8 * 16 + 4]
-    return np.isin(combo, ok)
+    c = base_codes(seq)
+    return CANONICAL_TABLE[c[:, None], c[None, :]]

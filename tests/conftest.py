@@ -48,3 +48,22 @@ def tiny_genome(tmp_path):
     with gzip.open(gtf, "wt") as fh:
         fh.write("\n".join(lines) + "\n")
     return fasta, gtf, seq
+
+
+TINY_NET = ["--num_filters", "4", "4", "--filter_width", "3", "3", "--hid_shared", "4", "--hid_output", "4"]
+
+
+@pytest.fixture(scope="session")
+def tiny_s1_data(tmp_path_factory):
+    """A small multi-struct training pickle made by the real generator (ViennaRNA, pyfaidx)."""
+    out = tmp_path_factory.mktemp("s1data") / "train.pkl.gz"
+    run_script("s1_data_gen/generate_human_transcriptome_segment_high_mfe_freq_multi_struct.py",
+               "--len", 30, "--num_data", 40, "--num_sample", 3, "--chromosomes", "chr3", "--seed", 1, "--out", out)
+    return out
+
+
+def train_s1(data, result, *extra, check=True):
+    """The S1 training script on ``data`` with the tiny network, on CPU, no loader workers."""
+    return run_script("s1_training/train_conv_pixel_stem_bb.py", "--data", data, "--result", result, *TINY_NET,
+                      "--lr", "0.01", "--batch_size", "8", "--cpu", "0", "--device", "cpu", "--no_progress",
+                      *extra, check=check)

@@ -1,0 +1,149 @@
+"""Evaluate S1 checkpoints on a test set: stem-box sensitivity per threshold.
+
+One CSV row per checkpoint and threshold (--out), per-sequence metrics next to it
+(<out>_per_seq.csv), and two plots in --plot_dir: s1_test_set_sensitivity.png (per run,
+bars for identical bb, overlap bb and base pair, with std error bars; at the first
+threshold) and s1_sensitivity_tradeoff.png (sensitivity against proposals per target
+stem, one curve per run across the thresholds).
+
+    python evaluation/run_s1_inference.py --data TEST.pkl.gz --threshold 0.1 --out data/s1_eval_metric_1.csv
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from stembb.checkpoint import checkpoint_epoch, latest_checkpoint
+from stembb.errors import InputError, run_main
+from stembb.genome import REPO_ROOT
+from stembb.io import read_pickle, write_csv
+from stembb.metrics import s1_sequence_metrics, target_stems
+from stembb.plots import plt, save_figure
+from stembb.predict import decode_proposals, load_s1_model, predict_maps
+from stembb.runlog import start_run
+
+METRICS = ("bb_identical", "bb_overlap", "bp")
+DEFAULT_RESULTS = REPO_ROOT / "s1_training" / "result"
+
+
+def threshold_value(text: str) -> float:
+    v = float(text)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"threshold must be in (0, 1), got {text}")
+    return v
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="test pickle (seq, one_idx, bounding_boxes)")
+    p.add_argument("--threshold", type=threshold_value, nargs="+", default=[0.1], help="p_on thresholds in (0, 1)")
+    p.add_argument("--out", type=Path, required=True, help="summary CSV")
+    p.add_argument("--models", type=Path, nargs="+", default=None,
+                   help=f"checkpoints or run folders (default: latest checkpoint of every run under {DEFAULT_RESULTS})")
+    p.add_argument("--num", type=int, default=None, help="evaluate the first N sequences only")
+    p.add_argument("--plot_dir", type=Path, default=Path("plot"))
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="logged; inference has no randomness")
+    return p.parse_args()
+
+
+def find_checkpoints(models) -> list[Path]:
+    if models is None:
+        runs = sorted(d for d in DEFAULT_RESULTS.glob("*") if d.is_dir()) if DEFAULT_RESULTS.is_dir() else []
+        models = runs
+        if not runs:
+            raise InputError(f"{DEFAULT_RESULTS}: no run folders; pass --models CHECKPOINT_OR_RUN_FOLDER")
+    found = []
+    for m in models:
+        ckpt = latest_checkpoint(m) if m.is_dir() else m
+        if ckpt is None:
+            raise InputError(f"{m}: no model_ckpt_ep_*.pth in this run folder")
+        found.append(ckpt)
+    return found
+
+
+def evaluate_checkpoint(ckpt: Path, df: pd.DataFrame, thresholds, device, batch_size) -> pd.DataFrame:
+    """Per-sequence metrics of one checkpoint at every threshold."""
+    model, _ = load_s1_model(ckpt, device)
+    seqs = df["seq"].tolist()
+    maps = predict_maps(model, seqs, device, batch_size)
+    rows = []
+    for k, (seq, boxes) in enumerate(tqdm(zip(seqs, df["bounding_boxes"]), total=len(seqs), desc=f"decode {ckpt.name}")):
+        stems = target_stems(boxes)
+        for t in thresholds:
+            rows.append({"seq_index": k, "length": len(seq), "threshold": t,
+                         **s1_sequence_metrics(stems, decode_proposals(maps[k], seq, t))})
+    out = pd.DataFrame(rows)
+    out.insert(0, "epoch_id", checkpoint_epoch(ckpt))
+    out.insert(0, "run_id", ckpt.parent.name)
+    return out
+
+
+def summarize(per_seq: pd.DataFrame) -> pd.DataFrame:
+    g = per_seq.groupby(["run_id", "epoch_id", "threshold"], sort=False)
+    out = g[list(METRICS)].agg(["mean", "std"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    out["proposals_per_target_stem"] = g["proposals_per_stem"].mean()
+    out["bp_precision"] = g["bp_precision"].mean()
+    out["n_seq"] = g.size()
+    return out.reset_index()
+
+
+def plot_sensitivity(summary: pd.DataFrame, path: Path) -> None:
+    first = summary[summary["threshold"] == summary["threshold"].iloc[0]]
+    labels = [f"{r}\nep {e}" for r, e in zip(first["run_id"], first["epoch_id"])]
+    x = np.arange(len(first))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(first)), 4))
+    for k, (m, name) in enumerate(zip(METRICS, ("identical bb", "overlap bb", "base pair"))):
+        ax.bar(x + (k - 1) * 0.27, first[f"{m}_mean"], 0.27, yerr=first[f"{m}_std"], capsize=3, label=name)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set(ylabel="sensitivity", ylim=(0, 1.05), title=f"S1 test-set sensitivity (threshold {first['threshold'].iloc[0]})")
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_tradeoff(summary: pd.DataFrame, path: Path) -> None:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for (run, epoch), grp in summary.groupby(["run_id", "epoch_id"], sort=False):
+        grp = grp.sort_values("proposals_per_target_stem")
+        for ax, m in zip(axes, METRICS):
+            ax.plot(grp["proposals_per_target_stem"], grp[f"{m}_mean"], marker="o", label=f"{run} ep {epoch}")
+            for _, r in grp.iterrows():
+                ax.annotate(f"{r['threshold']:g}", (r["proposals_per_target_stem"], r[f"{m}_mean"]), fontsize=6)
+    for ax, m in zip(axes, METRICS):
+        ax.set(xscale="log", xlabel="proposals per target stem", ylabel=f"{m} sensitivity", ylim=(0, 1.05))
+    axes[0].legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def main():
+    args = parse_args()
+    log = start_run("run_s1_inference", args.seed)
+    df = read_pickle(args.data)
+    if args.num:
+        df = df.iloc[:args.num]
+    checkpoints = find_checkpoints(args.models)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    log.info("%d test sequences, %d checkpoint(s), thresholds %s, device %s", len(df), len(checkpoints),
+             args.threshold, device)
+    per_seq = pd.concat([evaluate_checkpoint(c, df, args.threshold, device, args.batch_size) for c in checkpoints],
+                        ignore_index=True)
+    summary = summarize(per_seq)
+    write_csv(summary, args.out)
+    per_seq_path = args.out.with_name(args.out.name.removesuffix(".csv") + "_per_seq.csv")
+    write_csv(per_seq, per_seq_path)
+    plot_sensitivity(summary, args.plot_dir / "s1_test_set_sensitivity.png")
+    plot_tradeoff(summary, args.plot_dir / "s1_sensitivity_tradeoff.png")
+    for _, r in summary.iterrows():
+        log.info("%s ep %d @ %.3g: identical %.3f, overlap %.3f, bp %.3f, %.1f proposals/stem, bp precision %.3f",
+                 r["run_id"], r["epoch_id"], r["threshold"], r["bb_identical_mean"], r["bb_overlap_mean"],
+                 r["bp_mean"], r["proposals_per_target_stem"], r["bp_precision"])
+    log.info("wrote %s, %s and plots in %s", args.out, per_seq_path, args.plot_dir)
+
+
+if __name__ == "__main__":
+    run_main(main)

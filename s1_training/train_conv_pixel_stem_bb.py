@@ -1,0 +1,204 @@
+"""Train the S1 conv-pixel stem-box network.
+
+Single process (CPU, or the GPU CUDA_VISIBLE_DEVICES shows):
+    python train_conv_pixel_stem_bb.py --data ../data/train.pkl.gz --result result/run_1 ...
+Several processes (DistributedDataParallel; NCCL on GPUs, gloo on CPU):
+    torchrun --nproc_per_node 2 train_conv_pixel_stem_bb.py <same flags>
+
+Writes to --result: run.log, metrics.csv (one row per epoch and split), metrics.png,
+and model_ckpt_ep_{epoch}.pth (epochs from 0) every --save_every epochs and at the end.
+"""
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from stembb.checkpoint import S1_KIND, latest_checkpoint, load_checkpoint, save_checkpoint
+from stembb.distributed import barrier, cleanup, init_distributed
+from stembb.engine import evaluate, train_one_epoch
+from stembb.errors import InputError, run_main
+from stembb.io import read_pickle, write_csv
+from stembb.model import CONFIG_KEYS, build_model
+from stembb.plots import plt, save_figure
+from stembb.runlog import start_run
+from stembb.s1_data import LengthBatchSampler, StemBoxDataset, collate, filter_rows, split_by_sequence
+
+# Flags a resumed run must share with its checkpoint: they define the network, the data,
+# the split and the loss. The rest (epochs, workers, device, saving) may change.
+RESUME_KEYS = CONFIG_KEYS + ("data", "mask", "local_unmask_offset", "max_length", "val_fraction", "seed",
+                             "batch_size", "lr")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", required=True, help="one or more training pickles")
+    p.add_argument("--result", type=Path, required=True, help="run folder")
+    p.add_argument("--num_filters", type=int, nargs="+", required=True)
+    p.add_argument("--filter_width", type=int, nargs="+", required=True)
+    p.add_argument("--hid_shared", type=int, nargs="*", default=[])
+    p.add_argument("--hid_output", type=int, default=20)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--mask", type=float, default=0.0,
+                   help="on/off loss weight outside the unmasked region (0 = ignore)")
+    p.add_argument("--local_unmask_offset", type=int, default=4,
+                   help="grow every local-structure box by this many pixels per side for the unmasked region")
+    p.add_argument("--epoch", type=int, default=10, help="number of epochs")
+    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--batch_size", type=int, default=10)
+    p.add_argument("--max_length", type=int, default=200, help="drop longer sequences")
+    p.add_argument("--cpu", type=int, default=2, help="data-loader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save_every", type=int, default=10, help="checkpoint every N epochs (and the last)")
+    p.add_argument("--resume", type=Path, default=None, help="checkpoint, or run folder (its latest checkpoint)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--val_fraction", type=float, default=0.05)
+    p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
+    args = p.parse_args(argv)
+    args.data = [str(Path(d)) for d in args.data]
+    check_args(args)
+    return args
+
+
+def check_args(args) -> None:
+    """Semantic flag checks, each a one-line InputError before anything runs."""
+    if len(args.num_filters) != len(args.filter_width):
+        raise InputError(f"--num_filters has {len(args.num_filters)} values but --filter_width has "
+                         f"{len(args.filter_width)}: give one width per conv layer")
+    for name in ("num_filters", "filter_width", "hid_shared"):
+        if any(v < 1 for v in getattr(args, name)):
+            raise InputError(f"--{name} values must be at least 1")
+    for name in ("epoch", "batch_size", "max_length", "save_every", "hid_output"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.mask <= 1:
+        raise InputError(f"--mask must be in [0, 1], got {args.mask}")
+    if not 0 <= args.val_fraction < 1:
+        raise InputError(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+    if args.cpu < 0 or args.local_unmask_offset < 0:
+        raise InputError("--cpu and --local_unmask_offset must not be negative")
+
+
+def load_data(args, log):
+    frames = [read_pickle(path, required=("seq", "bounding_boxes"), check_letters=False) for path in args.data]
+    df = pd.concat([f[["seq", "bounding_boxes"]] for f in frames], ignore_index=True)
+    df, dropped = filter_rows(df, args.max_length)
+    log.info("data: %d rows kept; dropped: %s", len(df), ", ".join(f"{n} {why}" for why, n in dropped.items()))
+    if df.empty:
+        raise InputError(f"{' '.join(args.data)}: no rows left after filtering (see dropped counts above)")
+    train_idx, val_idx = split_by_sequence(df, args.val_fraction, args.seed)
+    log.info("split: %d training rows, %d validation rows (by sequence, seed %d)", len(train_idx), len(val_idx), args.seed)
+    return df, train_idx, val_idx
+
+
+def make_loader(df, idx, args, shuffle, dist_info, device):
+    sub = df.iloc[idx]
+    dataset = StemBoxDataset(sub["seq"].tolist(), sub["bounding_boxes"].tolist(), args.local_unmask_offset)
+    sampler = LengthBatchSampler(sub["seq"].str.len().to_numpy(), args.batch_size, shuffle, args.seed,
+                                 dist_info.world_size, dist_info.rank)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=args.cpu,
+                        pin_memory=device.type == "cuda", persistent_workers=args.cpu > 0)
+    return loader, sampler
+
+
+def resume_state(args, log):
+    path = latest_checkpoint(args.resume) if args.resume.is_dir() else args.resume
+    if path is None:
+        raise InputError(f"{args.resume}: no model_ckpt_ep_*.pth to resume from")
+    state = load_checkpoint(path, S1_KIND)
+    saved = state["args"]
+    diff = [f"--{k} {saved.get(k)!r} in the checkpoint vs {getattr(args, k)!r}" for k in RESUME_KEYS
+            if saved.get(k) != getattr(args, k)]
+    if diff:
+        raise InputError(f"{path}: --resume checkpoint disagrees with the flags: {'; '.join(diff)}")
+    log.info("resuming from %s (epoch %d done)", path, state["epoch"])
+    return state
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    df = pd.DataFrame(history)
+    panels = [("loss", "summed loss"), ("stem_on_auroc", "stem_on auROC"), ("stem_on_auprc", "stem_on auPRC"),
+              ("location_x_acc", "location x accuracy"), ("location_y_acc", "location y accuracy"),
+              ("sm_size_acc", "size (softmax) accuracy"), ("sl_size_mae", "size (scalar) MAE")]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for ax, (col, title) in zip(axes.ravel(), panels):
+        for split, grp in df.groupby("split"):
+            ax.plot(grp["epoch"], grp[col], marker="o", ms=3, label=split)
+        ax.set(title=title, xlabel="epoch")
+        ax.legend(fontsize=7)
+    axes.ravel()[-1].axis("off")
+    save_figure(fig, path)
+
+
+def main():
+    args = parse_args()
+    dist_info, device = init_distributed(args.device)
+    try:
+        train(args, dist_info, device)
+    finally:
+        cleanup(dist_info)
+
+
+def train(args, dist_info, device):
+    is_main = dist_info.is_main
+    if is_main:
+        args.result.mkdir(parents=True, exist_ok=True)
+    log = start_run(f"s1_train_rank{dist_info.rank}", args.seed, args.result / "run.log" if is_main else None)
+    if not is_main:
+        log.setLevel("WARNING")
+    torch.manual_seed(args.seed)
+    config = {k: getattr(args, k) for k in CONFIG_KEYS}
+    state = resume_state(args, log) if args.resume else None
+    df, train_idx, val_idx = load_data(args, log)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    start_epoch, history = 0, []
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+    log.info("device: %s%s; processes: %d; parameters: %d", device,
+             f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "",
+             dist_info.world_size, sum(p.numel() for p in model.parameters()))
+    net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if dist_info.enabled else model
+    scaler = None
+    if args.amp:
+        if device.type == "cuda":
+            scaler = torch.amp.GradScaler("cuda")
+        else:
+            log.warning("--amp needs CUDA; training in float32 on %s", device)
+    train_loader, train_sampler = make_loader(df, train_idx, args, True, dist_info, device)
+    val_loader = make_loader(df, val_idx, args, False, dist_info, device)[0] if len(val_idx) else None
+    show = is_main and not args.no_progress
+    for epoch in range(start_epoch, args.epoch):
+        train_sampler.set_epoch(epoch)
+        splits = {"train": train_one_epoch(net, optimizer, train_loader, device, epoch, args.mask, scaler, show)}
+        if val_loader is not None:
+            splits["validation"] = evaluate(net, val_loader, device, args.mask, show)
+        for metrics in splits.values():
+            if dist_info.enabled:
+                metrics.all_reduce()
+        rows = [{"epoch": epoch, "split": split, **m.compute()} for split, m in splits.items()]
+        history.extend(rows)
+        if is_main:
+            log.info("epoch %d: %s", epoch, " | ".join(
+                f"{r['split']} loss {r['loss']:.4f} auROC {r['stem_on_auroc']:.4f} auPRC {r['stem_on_auprc']:.4f} "
+                f"loc_x {r['location_x_acc']:.3f} loc_y {r['location_y_acc']:.3f} size {r['sm_size_acc']:.3f}"
+                for r in rows))
+            write_csv(pd.DataFrame(history), args.result / "metrics.csv")
+            plot_history(history, args.result / "metrics.png")
+            if (epoch + 1) % args.save_every == 0 or epoch == args.epoch - 1:
+                path = args.result / f"model_ckpt_ep_{epoch}.pth"
+                save_checkpoint({"kind": S1_KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "args": vars(args) | {"result": str(args.result), "resume": None},
+                                 "config": config, "epoch": epoch, "history": history}, path)
+                log.info("saved %s", path)
+        barrier(dist_info)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,79 @@
+"""S2 data: S1 proposals of every sequence turned into candidate base pairs with features.
+
+Adds ``stem_bb_bps``, ``target_bps`` and (with --features) ``stem_bb_bps_features`` to the
+input rows (see stembb.s2_features). Without --include_all, sequences whose target stems
+are not all recoverable from the candidates are skipped; sequences with no proposal are
+always skipped. Counts are reported at the end.
+
+    python s1_pred_stem_processing.py --data TEST.pkl.gz --threshold_p 0.1 \
+        --model ../s1_training/result/run_32/model_ckpt_ep_79.pth --out_file data/s2.pkl.gz --features --include_all
+"""
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from stembb.errors import InputError, run_main
+from stembb.io import read_pickle, write_pickle
+from stembb.predict import decode_proposals, load_s1_model, predict_maps
+from stembb.runlog import start_run
+from stembb.s2_features import s2_row
+from stembb.structure import STEM
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--threshold_p", type=float, required=True, help="p_on threshold in (0, 1)")
+    p.add_argument("--model", type=Path, required=True, help="S1 checkpoint")
+    p.add_argument("--out_file", type=Path, required=True)
+    p.add_argument("--features", action="store_true", help="add stem_bb_bps_features")
+    p.add_argument("--include_all", action="store_true",
+                   help="keep sequences with unrecoverable target stems (target restricted to recoverable ones)")
+    p.add_argument("--num", type=int, default=None, help="first N sequences only")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="logged; inference has no randomness")
+    args = p.parse_args()
+    if not 0 < args.threshold_p < 1:
+        raise InputError(f"--threshold_p must be in (0, 1), got {args.threshold_p}")
+    return args
+
+
+def main():
+    args = parse_args()
+    log = start_run("s1_pred_stem_processing", args.seed)
+    df = read_pickle(args.data)
+    if args.num:
+        df = df.iloc[:args.num]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, _ = load_s1_model(args.model, device)
+    seqs = df["seq"].tolist()
+    maps = predict_maps(model, seqs, device, args.batch_size)
+    rows, skipped = [], Counter()
+    for record, m in tqdm(zip(df.to_dict("records"), maps), total=len(df), desc="S2 features"):
+        proposals = decode_proposals(m, record["seq"], args.threshold_p)
+        if proposals.empty:
+            skipped["no proposal"] += 1
+            continue
+        stems = [b for b in record["bounding_boxes"] if b.kind == STEM]
+        extra, complete = s2_row(stems, proposals, args.features)
+        if not complete and not args.include_all:
+            skipped["target stems not all recoverable"] += 1
+            continue
+        rows.append({**record, **extra})
+    if not rows:
+        raise InputError(f"{args.data}: no sequence kept ({dict(skipped)}); lower --threshold_p or pass --include_all")
+    out = pd.DataFrame(rows)
+    write_pickle(out, args.out_file)
+    n_cand = out["stem_bb_bps"].map(len)
+    log.info("wrote %d of %d sequences to %s (%.1f candidate pairs per sequence, %.1f per target pair); skipped: %s",
+             len(out), len(df), args.out_file, n_cand.mean(), n_cand.sum() / max(out["target_bps"].map(len).sum(), 1),
+             ", ".join(f"{n} {why}" for why, n in skipped.items()) or "none")
+
+
+if __name__ == "__main__":
+    run_main(main)

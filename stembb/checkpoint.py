@@ -1,0 +1,46 @@
+"""Checkpoints: one dict ``{kind, model, optimizer, args, config, epoch, history}``,
+written atomically, that carries its own hyperparameters so inference and ``--resume``
+need nothing else."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from stembb.errors import InputError
+from stembb.io import atomic_path
+
+S1_KIND = "s1_stem_bb"
+_EPOCH = re.compile(r"model_ckpt_ep_(\d+)\.pth$")
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, kind: str, map_location="cpu") -> dict:
+    """Read a checkpoint and check it is of ``kind``; one-line InputError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch.load raises many types for a bad file
+        raise InputError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        found = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise InputError(f"{path}: not an {kind} checkpoint (found {found!r})")
+    return state
+
+
+def checkpoint_epoch(path: Path) -> int:
+    m = _EPOCH.search(Path(path).name)
+    return int(m.group(1)) if m else -1
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint of the highest epoch in a run folder, or None."""
+    found = [p for p in Path(run_dir).glob("*model_ckpt_ep_*.pth")]
+    return max(found, key=checkpoint_epoch) if found else None

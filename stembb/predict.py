@@ -1,0 +1,130 @@
+"""S1 prediction: load a checkpoint, run the network on sequences, decode stem-box proposals.
+
+Decoding (DESIGN.md, "S1 decoding"), vectorized over pixels: every pixel i < j with
+p_on > threshold proposes the box with reference corner (i - loc_x, j + loc_y) and size w
+from the size softmax, and a second one with the rounded scalar size (at least 1);
+a pixel whose location or size argmax is the catch-all class proposes nothing. Each
+proposal carries ``prob_on`` and the product of its chosen softmax probabilities
+(``prob_other``: loc_x * loc_y * size for the softmax size, loc_x * loc_y for the scalar
+size). Identical boxes are merged, keeping the per-source lists of probabilities; boxes
+outside the sequence, with innermost pair not i < j, or with a non-canonical pair are
+dropped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stembb.checkpoint import S1_KIND, load_checkpoint
+from stembb.model import build_model
+from stembb.structure import CANONICAL_TABLE, base_codes
+from stembb.targets import LOCATION_CLASSES, SIZE_CLASSES, one_hot
+
+PROPOSAL_COLUMNS = ["bb_x", "bb_y", "siz_x", "siz_y", "prob_on_sm", "prob_other_sm", "prob_on_sl", "prob_other_sl"]
+MAP_NAMES = ("p_on", "loc_x", "p_loc_x", "loc_y", "p_loc_y", "size", "p_size", "size_scalar")
+
+
+def load_s1_model(path: Path, device: torch.device):
+    """The network of an S1 checkpoint (hyperparameters from the checkpoint), in eval mode."""
+    state = load_checkpoint(path, S1_KIND, map_location=device)
+    model = build_model(state["config"]).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+@torch.no_grad()
+def predict_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+    """Per sequence, the ``(L, L)`` maps decoding needs (``MAP_NAMES``): p_on, the argmax
+    and its probability for each softmax head, and the scalar size. Sequences are
+    batched by length and padded; each map is cropped back to its sequence."""
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    out: list = [None] * len(seqs)
+    for start in range(0, len(seqs), batch_size):
+        idx = order[start:start + batch_size]
+        n = max(len(seqs[k]) for k in idx)
+        x = torch.zeros(len(idx), 4, n)
+        for b, k in enumerate(idx):
+            x[b, :, :len(seqs[k])] = torch.from_numpy(one_hot(seqs[k]))
+        raw = model(x.to(device))
+        maps = {"p_on": torch.sigmoid(raw["stem_on"][:, 0].float()), "size_scalar": raw["sl_size"][:, 0].float()}
+        for head, name in (("location_x", "loc_x"), ("location_y", "loc_y"), ("sm_size", "size")):
+            p, arg = torch.softmax(raw[head].float(), dim=1).max(dim=1)
+            maps[name], maps[f"p_{name}"] = arg, p
+        maps = {k: v.cpu().numpy() for k, v in maps.items()}
+        for b, k in enumerate(idx):
+            length = len(seqs[k])
+            out[k] = {name: maps[name][b, :length, :length] for name in MAP_NAMES}
+    return out
+
+
+def decode_proposals(maps: dict[str, np.ndarray], seq: str, threshold: float) -> pd.DataFrame:
+    """Proposals of one sequence as a DataFrame with ``PROPOSAL_COLUMNS``, sorted by box.
+
+    ``bb_x, bb_y`` is the reference corner (outermost pair), ``siz_x = siz_y`` the size.
+    """
+    length = len(seq)
+    i, j = np.nonzero(np.triu(maps["p_on"] > threshold, k=1))
+    lx, ly, sz = maps["loc_x"][i, j], maps["loc_y"][i, j], maps["size"][i, j]
+    ok = (lx < LOCATION_CLASSES - 1) & (ly < LOCATION_CLASSES - 1) & (sz < SIZE_CLASSES - 1)
+    i, j, lx, ly, sz = i[ok], j[ok], lx[ok], ly[ok], sz[ok]
+    p_on = maps["p_on"][i, j].astype(np.float64)
+    p_loc = maps["p_loc_x"][i, j].astype(np.float64) * maps["p_loc_y"][i, j]
+    x0, top = (i - lx).astype(np.int64), (j + ly).astype(np.int64)
+    w_sm = sz.astype(np.int64) + 1
+    w_sl = np.maximum(np.rint(maps["size_scalar"][i, j]), 1).astype(np.int64)
+    n = len(i)
+    # both sources stacked: source 0 = softmax size, 1 = scalar size
+    bx, by = np.concatenate([x0, x0]), np.concatenate([top, top])
+    w = np.concatenate([w_sm, w_sl])
+    source = np.repeat([0, 1], n)
+    prob_on = np.concatenate([p_on, p_on])
+    prob_other = np.concatenate([p_loc * maps["p_size"][i, j], p_loc])
+    keep = valid_boxes(bx, by, w, seq)
+    bx, by, w, source, prob_on, prob_other = (a[keep] for a in (bx, by, w, source, prob_on, prob_other))
+    if not len(bx):
+        return pd.DataFrame({c: pd.Series(dtype=object if c.startswith("prob") else np.int64) for c in PROPOSAL_COLUMNS})
+    key = (bx * (length + 1) + by) * (length + 1) + np.minimum(w, length)
+    order = np.lexsort((source, key))
+    key, bx, by, w, source, prob_on, prob_other = (a[order] for a in (key, bx, by, w, source, prob_on, prob_other))
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    ends = np.r_[starts[1:], len(key)]
+    # sorted by (box, source): a group's softmax-size entries come before its scalar ones
+    mids = starts + np.add.reduceat(source == 0, starts)
+    cols = {"bb_x": bx[starts], "bb_y": by[starts], "siz_x": w[starts], "siz_y": w[starts]}
+    on, other = prob_on.tolist(), prob_other.tolist()
+    bounds = list(zip(starts.tolist(), mids.tolist(), ends.tolist()))
+    cols["prob_on_sm"] = [on[a:m] for a, m, _ in bounds]
+    cols["prob_other_sm"] = [other[a:m] for a, m, _ in bounds]
+    cols["prob_on_sl"] = [on[m:e] for _, m, e in bounds]
+    cols["prob_other_sl"] = [other[m:e] for _, m, e in bounds]
+    return pd.DataFrame(cols)[PROPOSAL_COLUMNS]
+
+
+def anti_diagonal(bx: np.ndarray, by: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs on each box's anti-diagonal, padded to the largest size: ``(n, K)`` arrays
+    of i, j and a validity mask (k < w)."""
+    k = np.arange(max(int(w.max(initial=0)), 1))
+    return bx[:, None] + k, by[:, None] - k, k < w[:, None]
+
+
+def valid_boxes(bx: np.ndarray, by: np.ndarray, w: np.ndarray, seq: str) -> np.ndarray:
+    """Boxes inside the sequence whose innermost pair has i < j and whose pairs are all canonical."""
+    length = len(seq)
+    inside = (bx >= 0) & (by < length) & (w >= 1) & (bx + w - 1 < by - w + 1)
+    ii, jj, on = anti_diagonal(bx, by, np.where(inside, w, 0))
+    codes = base_codes(seq)
+    canonical = CANONICAL_TABLE[codes[np.clip(ii, 0, length - 1)], codes[np.clip(jj, 0, length - 1)]]
+    return inside & (canonical | ~on).all(axis=1)
+
+
+def proposal_pairs(proposals: pd.DataFrame) -> np.ndarray:
+    """``(n, 2)`` unique pairs lying on the anti-diagonals of ``proposals``."""
+    if proposals.empty:
+        return np.zeros((0, 2), dtype=np.int64)
+    ii, jj, on = anti_diagonal(proposals["bb_x"].to_numpy(), proposals["bb_y"].to_numpy(), proposals["siz_x"].to_numpy())
+    return np.unique(np.stack([ii[on], jj[on]], axis=1), axis=0)

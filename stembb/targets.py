@@ -1,0 +1,75 @@
+"""S1 input encoding and per-pixel targets (DESIGN.md, "S1 input and targets").
+
+Shapes: ``L`` is the sequence length; maps are ``(L, L)`` with row i = 5' base, column
+j = 3' base. Targets are built box by box with array slices, never pixel by pixel.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from stembb.structure import STEM, Box
+
+LOCATION_CLASSES = 12  # offsets 0..10 exact, 11 = "more than 10"
+SIZE_CLASSES = 11      # sizes 1..10 -> 0..9, 10 = "more than 10"
+_BASE_INDEX = np.full(256, -1, dtype=np.int64)
+for _k, _letters in enumerate(("A", "C", "G", "TU")):
+    for _ch in _letters:
+        _BASE_INDEX[ord(_ch)] = _k
+        _BASE_INDEX[ord(_ch.lower())] = _k
+
+
+def one_hot(seq: str) -> np.ndarray:
+    """``(4, L)`` float32 one-hot of A, C, G, T/U; N (or any other letter) is all zeros.
+
+    The network tiles it into the ``(8, L, L)`` pair image: pixel (i, j) carries
+    [onehot(seq[i]), onehot(seq[j])].
+    """
+    idx = _BASE_INDEX[np.frombuffer(seq.encode(), dtype=np.uint8)]
+    out = np.zeros((4, len(seq)), dtype=np.float32)
+    known = idx >= 0
+    out[idx[known], np.nonzero(known)[0]] = 1.0
+    return out
+
+
+def location_class(offset: np.ndarray) -> np.ndarray:
+    return np.minimum(offset, LOCATION_CLASSES - 1)
+
+
+def size_class(size: int) -> int:
+    return min(size, SIZE_CLASSES) - 1
+
+
+def stem_targets(length: int, boxes: Sequence[Box], local_unmask_offset: int) -> dict[str, np.ndarray]:
+    """Per-pixel S1 targets of one example, each ``(L, L)``.
+
+    - ``stem_on`` float32: 1 inside any stem box.
+    - ``location_x`` / ``location_y`` int64: class of i - x0 and of (y0+w-1) - j.
+    - ``sm_size`` int64: size class; ``sl_size`` float32: the size w.
+    - ``unmasked`` bool: inside a local-structure box grown by ``local_unmask_offset``
+      pixels per side (clipped), and i < j. Elsewhere the on/off loss is weighted by
+      ``--mask``.
+    - ``in_stem`` bool: where the location and size heads are trained.
+    Outside stem boxes the class targets are 0 and unused.
+    """
+    stem_on = np.zeros((length, length), dtype=np.float32)
+    loc_x = np.zeros((length, length), dtype=np.int64)
+    loc_y = np.zeros((length, length), dtype=np.int64)
+    sm_size = np.zeros((length, length), dtype=np.int64)
+    sl_size = np.zeros((length, length), dtype=np.float32)
+    grown = np.zeros((length, length), dtype=bool)
+    d = local_unmask_offset
+    for (x0, y0), (wx, wy), kind in boxes:
+        grown[max(x0 - d, 0):x0 + wx + d, max(y0 - d, 0):y0 + wy + d] = True
+        if kind != STEM:
+            continue
+        rows, cols = slice(x0, x0 + wx), slice(y0, y0 + wy)
+        stem_on[rows, cols] = 1.0
+        loc_x[rows, cols] = location_class(np.arange(wx))[:, None]
+        loc_y[rows, cols] = location_class(wy - 1 - np.arange(wy))[None, :]
+        sm_size[rows, cols] = size_class(wx)
+        sl_size[rows, cols] = wx
+    upper = np.triu(np.ones((length, length), dtype=bool), k=1)
+    return {"stem_on": stem_on, "location_x": loc_x, "location_y": loc_y, "sm_size": sm_size,
+            "sl_size": sl_size, "unmasked": grown & upper, "in_stem": stem_on > 0}
