@@ -16,13 +16,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from stembb.checkpoint import S1_KIND, latest_checkpoint, load_checkpoint, save_checkpoint
+from stembb.checkpoint import S1_KIND, check_resume_args, latest_checkpoint, load_checkpoint, save_checkpoint
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.engine import evaluate, train_one_epoch
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_csv
 from stembb.model import CONFIG_KEYS, build_model
-from stembb.plots import plt, save_figure
+from stembb.plots import plot_history
 from stembb.runlog import start_run
 from stembb.s1_data import LengthBatchSampler, StemBoxDataset, collate, filter_rows, split_by_sequence
 
@@ -109,28 +109,14 @@ def resume_state(args, log):
     if path is None:
         raise InputError(f"{args.resume}: no model_ckpt_ep_*.pth to resume from")
     state = load_checkpoint(path, S1_KIND)
-    saved = state["args"]
-    diff = [f"--{k} {saved.get(k)!r} in the checkpoint vs {getattr(args, k)!r}" for k in RESUME_KEYS
-            if saved.get(k) != getattr(args, k)]
-    if diff:
-        raise InputError(f"{path}: --resume checkpoint disagrees with the flags: {'; '.join(diff)}")
+    check_resume_args(path, state["args"], args, RESUME_KEYS)
     log.info("resuming from %s (epoch %d done)", path, state["epoch"])
     return state
 
 
-def plot_history(history: list[dict], path: Path) -> None:
-    df = pd.DataFrame(history)
-    panels = [("loss", "summed loss"), ("stem_on_auroc", "stem_on auROC"), ("stem_on_auprc", "stem_on auPRC"),
-              ("location_x_acc", "location x accuracy"), ("location_y_acc", "location y accuracy"),
-              ("sm_size_acc", "size (softmax) accuracy"), ("sl_size_mae", "size (scalar) MAE")]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
-    for ax, (col, title) in zip(axes.ravel(), panels):
-        for split, grp in df.groupby("split"):
-            ax.plot(grp["epoch"], grp[col], marker="o", ms=3, label=split)
-        ax.set(title=title, xlabel="epoch")
-        ax.legend(fontsize=7)
-    axes.ravel()[-1].axis("off")
-    save_figure(fig, path)
+S1_PANELS = [("loss", "summed loss"), ("stem_on_auroc", "stem_on auROC"), ("stem_on_auprc", "stem_on auPRC"),
+             ("location_x_acc", "location x accuracy"), ("location_y_acc", "location y accuracy"),
+             ("sm_size_acc", "size (softmax) accuracy"), ("sl_size_mae", "size (scalar) MAE")]
 
 
 def main():
@@ -190,7 +176,7 @@ def train(args, dist_info, device):
                 f"loc_x {r['location_x_acc']:.3f} loc_y {r['location_y_acc']:.3f} size {r['sm_size_acc']:.3f}"
                 for r in rows))
             write_csv(pd.DataFrame(history), args.result / "metrics.csv")
-            plot_history(history, args.result / "metrics.png")
+            plot_history(history, S1_PANELS, args.result / "metrics.png")
             if (epoch + 1) % args.save_every == 0 or epoch == args.epoch - 1:
                 path = args.result / f"model_ckpt_ep_{epoch}.pth"
                 save_checkpoint({"kind": S1_KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -12,6 +12,7 @@ from stembb.errors import InputError
 from stembb.io import atomic_path
 
 S1_KIND = "s1_stem_bb"
+S2_KIND = "s2_gnn"
 _EPOCH = re.compile(r"model_ckpt_ep_(\d+)\.pth$")
 
 
@@ -44,3 +45,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint of the highest epoch in a run folder, or None."""
     found = [p for p in Path(run_dir).glob("*model_ckpt_ep_*.pth")]
     return max(found, key=checkpoint_epoch) if found else None
+
+
+def check_resume_args(path: Path, saved: dict, args, keys) -> None:
+    """One-line InputError when the flags in ``keys`` differ from the checkpoint's."""
+    diff = [f"--{k} {saved.get(k)!r} in the checkpoint vs {getattr(args, k)!r}" for k in keys
+            if saved.get(k) != getattr(args, k)]
+    if diff:
+        raise InputError(f"{path}: --resume checkpoint disagrees with the flags: {'; '.join(diff)}")

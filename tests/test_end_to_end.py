@@ -1,0 +1,162 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import error_line, run_script, train_s1
+from stembb.fold_decode import decode_structure
+from stembb.folding import fold
+from stembb.formats import format_record, read_bpseq, read_ct, read_fasta, read_references
+from stembb.metrics import pair_scores
+from stembb.s2_engine import s2_loss
+from stembb.s2_model import PairGNN, build_graph, collate_graphs
+from stembb.structure import canonical_pair_matrix, is_nested, pairs_from_db, validate_pairs
+
+
+def test_decoded_structure_is_always_valid():
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        length = int(rng.integers(2, 70))
+        seq = "".join(rng.choice(list("ACGU"), length))
+        i, j = np.triu_indices(length, 1)
+        keep = rng.random(len(i)) < rng.uniform(0.05, 1.0)
+        pairs = np.stack([i[keep], j[keep]], axis=1)
+        probs = rng.random(len(pairs)) ** rng.uniform(0.2, 3)
+        out = decode_structure(length, pairs, probs, gamma=float(rng.uniform(0.3, 8)), seq=seq)
+        validate_pairs(out, length)  # each base at most once, i < j, in range
+        assert is_nested(out)
+        allowed = {tuple(p) for p in pairs}
+        canonical = canonical_pair_matrix(seq)
+        assert all((a, b) in allowed and b - a > 3 and canonical[a, b] for a, b in out)
+
+
+def test_decoding_a_matrix_that_marks_one_structure_returns_it():
+    seq = "GGGAAAUCCCGCGCAUUAGCGCGUUAGCAAUGCUAACGGAUCCUAGCAUGCAUGGCUAGGAUCC"
+    truth = pairs_from_db(fold(seq, partition=False).mfe_structure)
+    assert len(truth) > 10
+    i, j = np.triu_indices(len(seq), 1)
+    pairs = np.stack([i, j], axis=1)
+    probs = np.array([1.0 if (a, b) in set(truth) else 0.0 for a, b in pairs])
+    assert decode_structure(len(seq), pairs, probs, seq=seq) == truth
+    assert decode_structure(len(seq), np.zeros((0, 2)), np.zeros(0), seq=seq) == []
+
+
+def test_gamma_trades_precision_for_recall():
+    pairs = np.array([[0, 10], [1, 9], [20, 30]])
+    probs = np.array([0.9, 0.4, 0.3])
+    seq = "G" * 2 + "A" * 7 + "C" * 2 + "A" * 9 + "G" + "A" * 9 + "C"
+    assert decode_structure(len(seq), pairs, probs, gamma=1.0, seq=seq) == [(0, 10)]
+    assert decode_structure(len(seq), pairs, probs, gamma=4.0, seq=seq) == [(0, 10), (1, 9), (20, 30)]
+
+
+def test_formats_round_trip_with_pseudoknot(tmp_path):
+    seq = "GGGAAACCCAGGAAACCUUUAGG"
+    db = "(((..[[)))..]]........."
+    pairs = pairs_from_db(db)
+    for fmt, reader in (("bpseq", read_bpseq), ("ct", read_ct)):
+        path = tmp_path / f"x.{fmt}"
+        path.write_text(format_record("x", seq, pairs, fmt))
+        rec = reader(path)
+        assert rec.seq == seq and rec.pairs == pairs
+    path = tmp_path / "x.fa"
+    path.write_text(format_record("x", seq, pairs, "dot-bracket", energy=-3.2))
+    rec = read_fasta(path, with_structure=True)[0]
+    assert (rec.name, rec.seq, rec.pairs) == ("x", seq, pairs)
+    assert "[[" in path.read_text() and "( -3.20)" in path.read_text()
+    # references keep the pseudoknot and are scored as they are
+    fam = tmp_path / "refs" / "famA"
+    fam.mkdir(parents=True)
+    (fam / "x.bpseq").write_text(format_record("x", seq, pairs, "bpseq"))
+    (tmp_path / "refs" / "y.ct").write_text(format_record("y", seq, pairs[:3], "ct"))
+    refs = read_references(tmp_path / "refs")
+    assert [(r.name, r.family, len(r.pairs)) for r in refs] == [("x", "famA", 5), ("y", "", 3)]
+    assert pair_scores(pairs[:3], refs[0].pairs)["recall"] == pytest.approx(3 / 5)
+
+
+def test_slip_allowance():
+    ref = [(0, 20), (1, 19)]
+    assert pair_scores([(0, 21), (1, 19)], ref)["f1"] == 0.5
+    assert pair_scores([(0, 21), (1, 19)], ref, slip=1)["f1"] == 1.0
+
+
+def test_s2_loss_covers_candidate_pairs_only():
+    seq = "GGGAAACCCUUUGGGAAACCC"
+    cands = [(0, 8), (1, 7), (12, 20)]
+    feats = [[1, 0, 0.5, 0.2, 0, 0]] * 3
+    graph = build_graph(seq, cands, feats, 3, labels=[1, 0, 1])
+    batch = collate_graphs([graph, build_graph(seq, cands[:1], feats[:1], 3, labels=[0])])
+    torch.manual_seed(0)
+    model = PairGNN(3, 8, [8, 8])
+    logits = model(batch)
+    assert logits.shape == (4,)
+    manual = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0, 1, 0]))
+    assert torch.allclose(s2_loss(logits, batch["labels"]), manual)
+    # a true pair the candidates miss (2, 6) has no logit, so it cannot enter the loss
+    assert batch["pairs"].tolist() == [[0, 8], [1, 7], [12, 20], [21, 29]]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_s1_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    train_s1(tiny_s1_data, root / "s1", "--epoch", 2)
+    s1 = root / "s1" / "model_ckpt_ep_1.pth"
+    s2_data = root / "s2.pkl.gz"
+    run_script("s2_data_gen/s1_pred_stem_processing.py", "--data", tiny_s1_data, "--threshold_p", 0.05, "--model", s1,
+               "--out_file", s2_data, "--features", "--include_all")
+    run_script("s2_training/s2_train_gnn.py", "--input_data", s2_data, "--training_proportion", 0.8,
+               "--learning_rate", 0.01, "--epochs", 2, "--batch_size", 8, "--hid", 8, 8, "--log",
+               root / "result" / "s2_gnn_run_1.log", "--kmer", 2, "--embed_dim", 4, "--save_every", 1)
+    return root, s1, root / "result" / "s2_gnn_run_1.model_ckpt_ep_1.pth"
+
+
+def test_s2_training_outputs_next_to_log(tiny_models):
+    root, _, s2 = tiny_models
+    assert sorted(p.name for p in (root / "result").iterdir()) == [
+        "s2_gnn_run_1.log", "s2_gnn_run_1.metrics.csv", "s2_gnn_run_1.metrics.png",
+        "s2_gnn_run_1.model_ckpt_ep_0.pth", "s2_gnn_run_1.model_ckpt_ep_1.pth"]
+    metrics = pd.read_csv(root / "result" / "s2_gnn_run_1.metrics.csv")
+    assert {"loss", "auroc", "auprc", "f1_at_0.3", "f1_at_0.5", "f1_at_0.7"} <= set(metrics.columns)
+    assert len(metrics) == 4
+
+
+def test_end_to_end_on_pickle_and_references(tiny_models, tiny_s1_data, tmp_path):
+    _, s1, s2 = tiny_models
+    out = tmp_path / "e2e.csv"
+    proc = run_script("evaluation/run_end_to_end.py", "--s1_model", s1, "--s2_model", s2, "--data", tiny_s1_data,
+                      "--out", out, "--num", 8, "--threshold_p", 0.05)
+    per_seq = pd.read_csv(out)
+    assert sorted(per_seq["method"].unique()) == ["ViennaRNA", "stembb"] and len(per_seq) == 16
+    assert {"precision", "recall", "f1", "f1_slip", "seconds"} <= set(per_seq.columns)
+    summary = pd.read_csv(tmp_path / "e2e_summary.csv")
+    assert set(summary["group"]) == {"all", "length"}
+    assert (tmp_path / "e2e.png").read_bytes()[:4] == b"\x89PNG"
+    assert "end-to-end F1 on 8 sequences: stembb" in proc.stderr
+
+    refs = tmp_path / "refs.fa"
+    refs.write_text(">r1\nGGGGAAAACCCCAUGCGAAAGCAUG\n((((....)))).(((....)))..\n>r2\nGGGAAACCC\n(((...)))\n")
+    run_script("evaluation/run_end_to_end.py", "--s1_model", s1, "--s2_model", s2, "--refs", refs,
+               "--out", tmp_path / "r.csv")
+    r = pd.read_csv(tmp_path / "r.csv")
+    assert list(r["name"].unique()) == ["r1", "r2"]
+
+
+def test_predict_structure_formats_and_errors(tiny_models, tmp_path):
+    _, s1, s2 = tiny_models
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a desc\nggguuuacccgcgcau\nuagcgcguuagc\n>b\nACGUACGUAAAACGUACGU\n")
+    proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", s2, "--fasta", fasta)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == ">a" and lines[1] == "GGGUUUACCCGCGCAUUAGCGCGUUAGC" and len(lines[2]) == 28 and lines[3] == ">b"
+    for fmt, reader in (("bpseq", read_bpseq), ("ct", read_ct)):
+        out = tmp_path / f"o.{fmt}"
+        run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", s2, "--fasta", fasta,
+                   "--format", fmt, "--out", out)
+        assert out.read_text().count("\n") == 28 + 19 + 2
+    for text, message in ((">x\n", "record 'x' is empty"), ("", "no FASTA record"),
+                          (">x\nACGUXX\n", "record 'x' has letters outside ACGTUN: X"),
+                          (">long\n" + "A" * 30 + "\n", "record 'long' is 30 nt, longer than --max_length 20")):
+        fasta.write_text(text)
+        proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", s2, "--fasta", fasta,
+                          "--max_length", 20, "--out", tmp_path / "never.db", check=False)
+        assert message in error_line(proc)
+    assert not (tmp_path / "never.db").exists()
