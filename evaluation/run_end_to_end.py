@@ -45,7 +45,7 @@ def parse_args():
 
 def load_records(args) -> list[Record]:
     if args.data is not None:
-        df = read_pickle(args.data)
+        df = read_pickle(args.data, first=args.num)
         records = [Record(f"row{k}", seq.upper(), pairs_from_one_idx(idx), "")
                    for k, (seq, idx) in enumerate(zip(df["seq"], df["one_idx"]))]
     else:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from stembb.checkpoint import checkpoint_epoch, latest_checkpoint
+from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.genome import REPO_ROOT
 from stembb.io import read_pickle, write_csv
@@ -112,8 +112,8 @@ def plot_tradeoff(summary: pd.DataFrame, path: Path) -> None:
         grp = grp.sort_values("proposals_per_target_stem")
         for ax, m in zip(axes, METRICS):
             ax.plot(grp["proposals_per_target_stem"], grp[f"{m}_mean"], marker="o", label=f"{run} ep {epoch}")
-            for _, r in grp.iterrows():
-                ax.annotate(f"{r['threshold']:g}", (r["proposals_per_target_stem"], r[f"{m}_mean"]), fontsize=6)
+            for t, x, y in zip(grp["threshold"], grp["proposals_per_target_stem"], grp[f"{m}_mean"]):
+                ax.annotate(f"{t:g}", (x, y), fontsize=6)
     for ax, m in zip(axes, METRICS):
         ax.set(xscale="log", xlabel="proposals per target stem", ylabel=f"{m} sensitivity", ylim=(0, 1.05))
     axes[0].legend(fontsize=7)
@@ -123,11 +123,9 @@ def plot_tradeoff(summary: pd.DataFrame, path: Path) -> None:
 def main():
     args = parse_args()
     log = start_run("run_s1_inference", args.seed)
-    df = read_pickle(args.data)
-    if args.num:
-        df = df.iloc[:args.num]
+    df = read_pickle(args.data, first=args.num)
     checkpoints = find_checkpoints(args.models)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     log.info("%d test sequences, %d checkpoint(s), thresholds %s, device %s", len(df), len(checkpoints),
              args.threshold, device)
     per_seq = pd.concat([evaluate_checkpoint(c, df, args.threshold, device, args.batch_size) for c in checkpoints],

@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
+from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_pickle
 from stembb.predict import decode_proposals, load_s1_model, predict_maps
@@ -46,10 +46,8 @@ def parse_args():
 def main():
     args = parse_args()
     log = start_run("s1_pred_stem_processing", args.seed)
-    df = read_pickle(args.data)
-    if args.num:
-        df = df.iloc[:args.num]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    df = read_pickle(args.data, first=args.num)
+    device = pick_device(args.device)
     model, _ = load_s1_model(args.model, device)
     seqs = df["seq"].tolist()
     maps = predict_maps(model, seqs, device, args.batch_size)

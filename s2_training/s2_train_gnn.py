@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from stembb.checkpoint import S2_KIND, check_resume_args, load_checkpoint, save_checkpoint
+from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_csv
 from stembb.plots import plot_history
@@ -78,7 +79,7 @@ def main():
     n_cand = sum(len(g["labels"]) for g in train_graphs)
     log.info("data: %d training / %d validation sequences; %d candidates, %d true pairs (%.1f%%)",
              len(train_graphs), len(val_graphs), n_cand, n_pos, 100 * n_pos / max(n_cand, 1))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     config = {k: getattr(args, k) for k in S2_CONFIG_KEYS}
     model = build_s2_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)

@@ -36,6 +36,16 @@ def load_checkpoint(path: Path, kind: str, map_location="cpu") -> dict:
     return state
 
 
+def load_model(path: Path, kind: str, build, device):
+    """``(network in eval mode, checkpoint)``: the network ``build(config)`` makes from the
+    checkpoint's own hyperparameters, with its weights, on ``device``."""
+    state = load_checkpoint(path, kind, map_location=device)
+    model = build(state["config"]).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
 def checkpoint_epoch(path: Path) -> int:
     m = _EPOCH.search(Path(path).name)
     return int(m.group(1)) if m else -1

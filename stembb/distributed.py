@@ -23,22 +23,25 @@ class DistInfo:
         return self.rank == 0
 
 
+def pick_device(flag: str | None, local_rank: int = 0) -> torch.device:
+    """``--device`` when given; else CUDA (the local rank's GPU among those
+    CUDA_VISIBLE_DEVICES shows) when available; else CPU."""
+    if flag:
+        return torch.device(flag)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
 def init_distributed(device_flag: str | None) -> tuple[DistInfo, torch.device]:
     """Join the process group when started by torchrun; choose the device.
 
-    Device: ``--device`` when given; else CUDA (the local rank's GPU under torchrun,
-    honouring CUDA_VISIBLE_DEVICES) when available; else CPU. Backend: NCCL on GPUs,
-    gloo on CPU.
+    Device: see ``pick_device``. Backend: NCCL on GPUs, gloo on CPU.
     """
     info = DistInfo()
     if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    if device_flag:
-        device = torch.device(device_flag)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    else:
-        device = torch.device("cpu")
+    device = pick_device(device_flag, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if info.enabled:

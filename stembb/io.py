@@ -88,11 +88,12 @@ def _check_row(path: Path, idx, row, columns: Iterable[str], check_letters: bool
             raise InputError(f"{path}: row {idx}: column 'one_idx' has a pair with i >= j or out of range")
 
 
-def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS, check_letters: bool = True) -> pd.DataFrame:
+def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS, check_letters: bool = True,
+                first: int | None = None) -> pd.DataFrame:
     """Read a gzipped DataFrame pickle and validate the ``required`` columns.
 
     ``check_letters`` False lets sequences with letters outside ACGTUN through, for
-    callers that drop and count them.
+    callers that drop and count them. ``first``: keep only the first N rows.
 
     ``bounding_boxes`` are normalised to ``Box`` tuples (legacy kind spellings mapped).
     Raises InputError naming the file, and the row and column when one is malformed.
@@ -112,7 +113,7 @@ def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS, check_l
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
     if df.empty:
         raise InputError(f"{path}: has no rows")
-    df = df.reset_index(drop=True)
+    df = df.iloc[:first].reset_index(drop=True) if first else df.reset_index(drop=True)
     if "seq" in required:
         for idx, row in zip(df.index, df.to_dict("records")):
             _check_row(path, idx, row, required, check_letters)

@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from stembb.checkpoint import S2_KIND, load_checkpoint
+from stembb.checkpoint import S2_KIND, load_model
+from stembb.distributed import pick_device
 from stembb.errors import InputError
 from stembb.fold_decode import decode_structure
 from stembb.predict import decode_proposals, load_s1_model, predict_maps
@@ -19,11 +20,8 @@ from stembb.s2_model import build_graph, build_s2_model, collate_graphs
 
 
 def load_s2_model(path: Path, device: torch.device):
-    state = load_checkpoint(path, S2_KIND, map_location=device)
-    model = build_s2_model(state["config"]).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, state
+    """The network of an S2 checkpoint, in eval mode."""
+    return load_model(path, S2_KIND, build_s2_model, device)
 
 
 @dataclass
@@ -90,7 +88,7 @@ def make_predictor(args) -> "Predictor":
         raise InputError(f"--threshold_p must be in (0, 1), got {args.threshold_p}")
     if args.gamma <= 0:
         raise InputError(f"--gamma must be positive, got {args.gamma}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     return Predictor.from_checkpoints(args.s1_model, args.s2_model, device, threshold=args.threshold_p, gamma=args.gamma)
 
 

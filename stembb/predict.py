@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stembb.checkpoint import S1_KIND, load_checkpoint
+from stembb.checkpoint import S1_KIND, load_model
 from stembb.model import build_model
 from stembb.structure import CANONICAL_TABLE, base_codes
 from stembb.targets import LOCATION_CLASSES, SIZE_CLASSES, one_hot
@@ -30,11 +30,7 @@ MAP_NAMES = ("p_on", "loc_x", "p_loc_x", "loc_y", "p_loc_y", "size", "p_size", "
 
 def load_s1_model(path: Path, device: torch.device):
     """The network of an S1 checkpoint (hyperparameters from the checkpoint), in eval mode."""
-    state = load_checkpoint(path, S1_KIND, map_location=device)
-    model = build_model(state["config"]).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, state
+    return load_model(path, S1_KIND, build_model, device)
 
 
 @torch.no_grad()

@@ -1,0 +1,71 @@
+"""End-to-end prediction speed on CPU against RNAfold (ViennaRNA MFE) in the same run.
+
+For lengths 50, 100, 200 (--num sequences each): sequences per second of the
+predict_structure pipeline, with S1 forward, S1 decoding + features, S2 and structure
+decoding timed separately, and of ViennaRNA's MFE fold on the same sequences; printed
+as a ratio. Models: --s1_model/--s2_model checkpoints (README's demo writes them), or
+random small networks with the S1 threshold set so about 3% of pixels pass. Last, the
+structure decoder alone at 500 nt.
+
+    python bench/bench_end_to_end.py [--s1_model S1.pth --s2_model S2.pth] [--num 10]
+"""
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from stembb.fold_decode import decode_structure
+from stembb.folding import fold
+from stembb.model import SimpleConvNet
+from stembb.pipeline import Predictor
+from stembb.predict import predict_maps
+from stembb.s2_model import PairGNN
+
+
+def random_predictor(rng) -> Predictor:
+    torch.manual_seed(0)
+    s1 = SimpleConvNet([32, 32], [9, 9], [32, 32], 16).eval()
+    probe = "".join(rng.choice(list("ACGU"), 100))
+    p_on = predict_maps(s1, [probe], torch.device("cpu"))[0]["p_on"][np.triu_indices(100, 1)]
+    return Predictor(s1, PairGNN(3, 16, [32, 32, 32]).eval(), 3, torch.device("cpu"),
+                     threshold=float(np.quantile(p_on, 0.97)), gamma=4.0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--s1_model")
+    p.add_argument("--s2_model")
+    p.add_argument("--num", type=int, default=10, help="sequences per length")
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    cpu = torch.device("cpu")
+    predictor = Predictor.from_checkpoints(args.s1_model, args.s2_model, cpu) if args.s1_model else random_predictor(rng)
+    predictor.predict(["".join(rng.choice(list("ACGU"), 60))])  # warm-up
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: "
+          f"{'checkpoints' if args.s1_model else 'random small networks'}; one sequence per call")
+    for length in (50, 100, 200):
+        seqs = ["".join(rng.choice(list("ACGU"), length)) for _ in range(args.num)]
+        predictor.timings = dict.fromkeys(predictor.timings, 0.0)
+        t = time.perf_counter()
+        for seq in seqs:
+            predictor.predict([seq])
+        ours = time.perf_counter() - t
+        t = time.perf_counter()
+        for seq in seqs:
+            fold(seq, partition=False)
+        vienna = time.perf_counter() - t
+        parts = ", ".join(f"{k} {1000 * v / args.num:.1f}" for k, v in predictor.timings.items())
+        print(f"L={length:3d}: stembb {args.num / ours:6.1f} seq/s (ms per seq: {parts}) | RNAfold "
+              f"{args.num / vienna:7.1f} seq/s | RNAfold is {ours / vienna:5.1f}x faster")
+    length = 500
+    i, j = np.triu_indices(length, 4)
+    keep = rng.random(len(i)) < 0.03
+    seq = "".join(rng.choice(list("ACGU"), length))
+    t = time.perf_counter()
+    decode_structure(length, np.stack([i[keep], j[keep]], 1), rng.random(keep.sum()), gamma=2.0, seq=seq)
+    print(f"structure decoding alone at {length} nt ({keep.sum()} candidates): {1000 * (time.perf_counter() - t):.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
