@@ -13,25 +13,25 @@ S2LOG=s2_training/result/s2_gnn_demo.log
 
 echo "== S1 data: multi-struct training set, merged stem boxes (chr3, chr4)"
 (cd s1_data_gen && $PY generate_human_transcriptome_segment_high_mfe_freq_multi_struct.py \
-  --len 40 --num_data 3000 --num_sample 10 $TRAIN --max_per_gene 200 --workers 2 --merge \
-  --out ../data/s1_train_merged_len40_3000.pkl.gz)
+  --len 40 --num_data 5000 --num_sample 10 $TRAIN --max_per_gene 300 --workers 2 --merge \
+  --out ../data/s1_train_merged_len40_5000.pkl.gz)
 echo "== S2 training data: variable length, MFE (chr3, chr4)"
 (cd s2_data_gen && $PY generate_human_transcriptome_segment_high_mfe_freq_var_len.py \
-  --len_min 20 --len_max 120 --num_seq 400 --threshold_mfe_freq 0.02 $TRAIN --max_per_gene 100 --workers 2 \
-  --out ../data/s2_train_mfe_len20_120_400.pkl.gz)
+  --len_min 20 --len_max 120 --num_seq 1000 --threshold_mfe_freq 0.02 $TRAIN --max_per_gene 200 --workers 2 \
+  --out ../data/s2_train_mfe_len20_120_1000.pkl.gz)
 echo "== test set: variable length, MFE only, held-out chr5"
 (cd s2_data_gen && $PY generate_human_transcriptome_segment_high_mfe_freq_var_len.py \
   --len_min 20 --len_max 200 --num_seq 150 --threshold_mfe_freq 0.02 $TEST --max_per_gene 200 --workers 2 \
   --out ../data/human_transcriptome_segment_high_mfe_freq_test_len20_200_150.pkl.gz)
 echo "== dataset statistics"
-$PY evaluation/plot_dataset_statistics.py --data data/s1_train_merged_len40_3000.pkl.gz \
+$PY evaluation/plot_dataset_statistics.py --data data/s1_train_merged_len40_5000.pkl.gz \
   data/human_transcriptome_segment_high_mfe_freq_test_len20_200_150.pkl.gz --out plot/stem_size_distribution.png
 
 echo "== S1 training (small network, CPU)"
 rm -rf "$RUN"
-(cd s1_training && $PY train_conv_pixel_stem_bb.py --data ../data/s1_train_merged_len40_3000.pkl.gz \
+(cd s1_training && $PY train_conv_pixel_stem_bb.py --data ../data/s1_train_merged_len40_5000.pkl.gz \
   --result result/demo --num_filters 32 32 --filter_width 5 5 --hid_shared 32 32 --hid_output 16 --lr 0.003 \
-  --epoch 3 --mask 0 --local_unmask_offset 2 --batch_size 10 --max_length 200 --cpu 1 --no_progress)
+  --epoch 5 --mask 0 --local_unmask_offset 2 --batch_size 10 --max_length 200 --cpu 1 --no_progress)
 S1=$(ls "$RUN"/model_ckpt_ep_*.pth | sort -V | tail -1)
 
 echo "== S1 evaluation on the held-out test set"
@@ -39,17 +39,17 @@ $PY evaluation/run_s1_inference.py --data data/human_transcriptome_segment_high_
   --threshold 0.05 0.1 0.2 0.4 --models "$RUN" --out data/s1_eval_metric_demo.csv
 
 echo "== S2 data: S1 proposals -> candidate pairs with features"
-(cd s2_data_gen && $PY s1_pred_stem_processing.py --data ../data/s2_train_mfe_len20_120_400.pkl.gz --threshold_p 0.1 \
+(cd s2_data_gen && $PY s1_pred_stem_processing.py --data ../data/s2_train_mfe_len20_120_1000.pkl.gz --threshold_p 0.1 \
   --model "../$S1" --out_file ../data/s2_train_pred_stem.pkl.gz --features --include_all)
 
 echo "== S2 training"
 rm -f s2_training/result/s2_gnn_demo.*
 (cd s2_training && $PY s2_train_gnn.py --input_data ../data/s2_train_pred_stem.pkl.gz --training_proportion 0.9 \
-  --learning_rate 0.003 --epochs 10 --batch_size 10 --hid 32 32 32 --log result/s2_gnn_demo.log --kmer 3 --embed_dim 16)
+  --learning_rate 0.003 --epochs 15 --batch_size 10 --hid 32 32 32 --log result/s2_gnn_demo.log --kmer 3 --embed_dim 16)
 S2=$(ls s2_training/result/s2_gnn_demo.model_ckpt_ep_*.pth | sort -V | tail -1)
 
 echo "== end-to-end evaluation against ViennaRNA on the held-out test set"
-$PY evaluation/run_end_to_end.py --s1_model "$S1" --s2_model "$S2" --gamma 3 \
+$PY evaluation/run_end_to_end.py --s1_model "$S1" --s2_model "$S2" --gamma 12 \
   --data data/human_transcriptome_segment_high_mfe_freq_test_len20_200_150.pkl.gz --out data/end_to_end_demo.csv \
   2>&1 | tee data/end_to_end_demo.log
 

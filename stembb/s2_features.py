@@ -13,6 +13,8 @@ all its pairs are candidates.
 """
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 import pandas as pd
 
@@ -23,27 +25,40 @@ FEATURE_NAMES = ("n_sm", "n_sl", "median_prob_on_sm", "median_prob_other_sm", "m
                  "median_prob_other_sl")
 
 
+def _grouped_medians(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique keys, their counts, and the median of ``values`` per key (one sort)."""
+    order = np.lexsort((values, keys))
+    keys, values = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    counts = np.diff(np.r_[starts, len(keys)])
+    median = (values[starts + (counts - 1) // 2] + values[starts + counts // 2]) / 2
+    return keys[starts], counts, median
+
+
 def pair_features(proposals: pd.DataFrame) -> dict[tuple[int, int], list[float]]:
     """``{pair: six features}`` for every pair covered by a proposal."""
     if proposals.empty:
         return {}
     bx, by, w = (proposals[c].to_numpy(np.int64) for c in ("bb_x", "bb_y", "siz_x"))
     ii, jj, on = anti_diagonal(bx, by, w)
-    columns = {}
-    for suffix in ("sm", "sl"):
-        lengths = proposals[f"prob_on_{suffix}"].map(len).to_numpy()
+    n = int(max(ii.max(), jj.max())) + 1
+    pairs = np.unique((ii * n + jj)[on])
+    table = np.zeros((len(pairs), 6))
+    for col, suffix in enumerate(("sm", "sl")):
+        lengths = np.fromiter(map(len, proposals[f"prob_on_{suffix}"]), np.int64, len(proposals))
         box = np.repeat(np.arange(len(proposals)), lengths)  # one entry per pixel proposal
-        p_on = np.concatenate([np.asarray(v, float) for v in proposals[f"prob_on_{suffix}"]] + [np.zeros(0)])
-        p_other = np.concatenate([np.asarray(v, float) for v in proposals[f"prob_other_{suffix}"]] + [np.zeros(0)])
-        # each pixel proposal counts once for every pair on its box's anti-diagonal
-        covered = on[box]
+        if not len(box):
+            continue
+        covered = on[box]  # each pixel proposal counts once per pair on its box's anti-diagonal
         rows = np.broadcast_to(np.arange(len(box))[:, None], covered.shape)[covered]
-        frame = pd.DataFrame({"i": ii[box][covered], "j": jj[box][covered], "on": p_on[rows], "other": p_other[rows]})
-        agg = frame.groupby(["i", "j"]).agg(n=("on", "size"), on=("on", "median"), other=("other", "median"))
-        columns[suffix] = agg
-    table = columns["sm"].add_suffix("_sm").join(columns["sl"].add_suffix("_sl"), how="outer").fillna(0.0)
-    table = table[["n_sm", "n_sl", "on_sm", "other_sm", "on_sl", "other_sl"]]
-    return {(int(i), int(j)): [float(v) for v in vals] for (i, j), vals in zip(table.index, table.to_numpy())}
+        keys = (ii[box] * n + jj[box])[covered]
+        for k, name in enumerate(("prob_on", "prob_other")):
+            values = np.fromiter(chain.from_iterable(proposals[f"{name}_{suffix}"]), float, len(box))[rows]
+            uniq, counts, median = _grouped_medians(keys, values)
+            at = np.searchsorted(pairs, uniq)
+            table[at, col] = counts
+            table[at, 2 + 2 * col + k] = median
+    return {(int(p // n), int(p % n)): row for p, row in zip(pairs.tolist(), table.tolist())}
 
 
 def s2_row(stem_boxes, proposals: pd.DataFrame, with_features: bool) -> tuple[dict, bool]:

@@ -26,6 +26,7 @@ KINDS = (STEM, HAIRPIN, BULGE, INTERNAL_LOOP, PSEUDOKNOT)
 LEGACY_KIND_ALIASES = {"pesudo_knot": PSEUDOKNOT}
 
 BRACKETS = ("()", "[]", "{}", "<>")
+_PLAIN_DB = str.maketrans("", "", "().")
 CANONICAL_PAIRS = frozenset({"AU", "UA", "GC", "CG", "GU", "UG"})
 
 
@@ -77,6 +78,19 @@ def one_idx_from_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[list[int], lis
 
 def pairs_from_db(db: str) -> list[tuple[int, int]]:
     """Dot-bracket (``()``, ``[]``, ``{}``, ``<>``; ``.`` or ``-`` unpaired) -> pairs."""
+    if not db.translate(_PLAIN_DB):  # only "(", ")" and ".": ViennaRNA's output, the hot path
+        stack, pairs = [], []
+        for pos, ch in enumerate(db):
+            if ch == "(":
+                stack.append(pos)
+            elif ch == ")":
+                if not stack:
+                    raise StructureError(f"unmatched ')' at position {pos}")
+                pairs.append((stack.pop(), pos))
+        if stack:
+            raise StructureError(f"unmatched '(' at position {stack[-1]}")
+        pairs.sort()
+        return pairs
     openers = {b[0]: b[1] for b in BRACKETS}
     closers = {b[1]: b[0] for b in BRACKETS}
     stacks: dict[str, list[int]] = {o: [] for o in openers}
@@ -240,22 +254,23 @@ def local_structure_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
     if not is_nested(pairs):
         runs = stems(pairs)
         return [stem_box(r) for r in runs] + loop_boxes(pairs) + pseudoknot_boxes(pairs, runs)
-    partner = dict(pairs)
-    partner.update((j, i) for i, j in pairs)
+    partner = [-1] * (max((j for _, j in pairs), default=0) + 2)  # a list: this loop is the hot path
+    for i, j in pairs:
+        partner[i], partner[j] = j, i
     stem_out, loop_out = [], []
     for a, b in pairs:
-        if partner.get(a - 1) != b + 1:  # outermost pair of a stem
+        if partner[a - 1] != b + 1:  # outermost pair of a stem (partner[-1] is the -1 padding)
             i, j = a, b
-            while partner.get(i + 1) == j - 1:
+            while partner[i + 1] == j - 1:
                 i, j = i + 1, j - 1
             w = i - a + 1
             stem_out.append(Box((a, b - w + 1), (w, w), STEM))
-        if partner.get(a + 1) == b - 1:
+        if partner[a + 1] == b - 1:
             continue
         k, first, n_children = a + 1, None, 0
         while k < b:
-            q = partner.get(k)
-            if q is None:
+            q = partner[k]
+            if q < 0:
                 k += 1
             else:
                 n_children += 1

@@ -124,3 +124,4 @@ def test_merged_boxes_never_share_a_pixel():
         grid[x0:x0 + w, y0:y0 + w] += 1
     assert grid.max() == 1
     assert conflicts == len({b for s in samples for b in s}) - len(kept)
+
