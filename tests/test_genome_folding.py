@@ -125,3 +125,15 @@ def test_merged_boxes_never_share_a_pixel():
     assert grid.max() == 1
     assert conflicts == len({b for s in samples for b in s}) - len(kept)
 
+
+
+def test_bgzip_fasta_reads_like_plain(tiny_genome, tmp_path):
+    from Bio import bgzf
+    fasta, gtf, seq = tiny_genome
+    packed = tmp_path / "tiny.fa.gz"
+    with bgzf.BgzfWriter(str(packed), "wb") as fh:
+        fh.write(fasta.read_bytes())
+    plain, compressed = Genome(fasta, gtf), Genome(packed, gtf)
+    genes, _ = compressed.usable_genes(["chrT"])
+    for s in iter_segments(genes, seed=2, max_per_gene=3, length=15):
+        assert compressed.segment_seq(s) == plain.segment_seq(s)
