@@ -70,7 +70,7 @@ def evaluate_checkpoint(ckpt: Path, df: pd.DataFrame, thresholds, device, batch_
     """Per-sequence metrics of one checkpoint at every threshold."""
     model, _ = load_s1_model(ckpt, device)
     seqs = df["seq"].tolist()
-    maps = predict_maps(model, seqs, device, batch_size)
+    maps = predict_maps(model, seqs, device, batch_size, show_progress=True)
     rows = []
     for k, (seq, boxes) in enumerate(tqdm(zip(seqs, df["bounding_boxes"]), total=len(seqs), desc=f"decode {ckpt.name}")):
         stems = target_stems(boxes)

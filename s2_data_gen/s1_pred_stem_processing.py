@@ -50,7 +50,7 @@ def main():
     device = pick_device(args.device)
     model, _ = load_s1_model(args.model, device)
     seqs = df["seq"].tolist()
-    maps = predict_maps(model, seqs, device, args.batch_size)
+    maps = predict_maps(model, seqs, device, args.batch_size, show_progress=True)
     rows, skipped = [], Counter()
     for record, m in tqdm(zip(df.to_dict("records"), maps), total=len(df), desc="S2 features"):
         proposals = decode_proposals(m, record["seq"], args.threshold_p)

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from stembb.checkpoint import S1_KIND, load_model
 from stembb.model import build_model
@@ -34,13 +35,14 @@ def load_s1_model(path: Path, device: torch.device):
 
 
 @torch.no_grad()
-def predict_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+def predict_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
+                 show_progress: bool = False) -> list[dict[str, np.ndarray]]:
     """Per sequence, the ``(L, L)`` maps decoding needs (``MAP_NAMES``): p_on, the argmax
     and its probability for each softmax head, and the scalar size. Sequences are
     batched by length and padded; each map is cropped back to its sequence."""
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out: list = [None] * len(seqs)
-    for start in range(0, len(seqs), batch_size):
+    for start in tqdm(range(0, len(seqs), batch_size), desc="S1 forward", unit="batch", disable=not show_progress):
         idx = order[start:start + batch_size]
         n = max(len(seqs[k]) for k in idx)
         x = torch.zeros(len(idx), 4, n)
