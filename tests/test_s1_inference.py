@@ -1,7 +1,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from conftest import error_line, run_script, train_s1
 from reference_decode import slow_decode

@@ -107,7 +107,8 @@ def main():
     (OUT / "genome.fa").write_text("".join(fasta))
     with gzip.GzipFile(OUT / "genes.gtf.gz", "wb", mtime=0) as fh:
         fh.write(("\n".join(gtf) + "\n").encode())
-    print(f"wrote {OUT / 'genome.fa'} and {OUT / 'genes.gtf.gz'} ({sum(l.split(chr(9))[2] == 'gene' for l in gtf)} genes)")
+    n_genes = sum(line.split("\t")[2] == "gene" for line in gtf)
+    print(f"wrote {OUT / 'genome.fa'} and {OUT / 'genes.gtf.gz'} ({n_genes} genes)")
 
 
 if __name__ == "__main__":
