@@ -15,16 +15,15 @@ NET="--num_filters 128 128 --filter_width 9 9 --hid_shared 50 50 50 --hid_output
   --local_unmask_offset 4 --batch_size 10 --max_length 200 --cpu 4 --no_progress"
 for amp in "" "--amp"; do
   name=run25${amp:+_amp}
-  start=$(date +%s.%N)
+  start=$SECONDS
   $PY s1_training/train_conv_pixel_stem_bb.py --data "$OUT/train.pkl.gz" --result "$OUT/$name" $NET --epoch 1 $amp
-  end=$(date +%s.%N)
   rows=$(grep -o "[0-9]* training rows" "$OUT/$name/run.log" | cut -d' ' -f1)
-  echo "$name: $rows examples in $(echo "$end - $start" | bc) s (process wall time, start-up included)"
+  echo "$name: $rows training examples, one epoch + validation in $((SECONDS - start)) s (start-up included)"
 done
 $PY s1_training/train_conv_pixel_stem_bb.py --data "$OUT/train.pkl.gz" --result "$OUT/run25" $NET --epoch 2 \
   --resume "$OUT/run25"
 ls "$OUT/run25"
-torchrun --standalone --nproc_per_node 1 s1_training/train_conv_pixel_stem_bb.py --data "$OUT/train.pkl.gz" \
+$PY -m torch.distributed.run --standalone --nproc_per_node 1 s1_training/train_conv_pixel_stem_bb.py --data "$OUT/train.pkl.gz" \
   --result "$OUT/ddp" $NET --epoch 1
 grep -E "device|epoch 0" "$OUT/ddp/run.log"
 $PY evaluation/run_s1_inference.py --data "$OUT/train.pkl.gz" --num 100 --threshold 0.1 --models "$OUT/run25" \

@@ -10,13 +10,12 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
+    """``enabled``: started by torchrun (even as one process), so DDP and a process group."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    enabled: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -39,8 +38,9 @@ def init_distributed(device_flag: str | None) -> tuple[DistInfo, torch.device]:
     Device: see ``pick_device``. Backend: NCCL on GPUs, gloo on CPU.
     """
     info = DistInfo()
-    if "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if "RANK" in os.environ:
+        info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("WORLD_SIZE", "1")),
+                        int(os.environ.get("LOCAL_RANK", "0")), enabled=True)
     device = pick_device(device_flag, info.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
