@@ -30,7 +30,7 @@ $PY evaluation/plot_dataset_statistics.py --data data/s1_train_merged_len40_5000
 echo "== S1 training (small network, CPU)"
 rm -rf "$RUN"
 (cd s1_training && $PY train_conv_pixel_stem_bb.py --data ../data/s1_train_merged_len40_5000.pkl.gz \
-  --result result/demo --num_filters 32 32 --filter_width 5 5 --hid_shared 32 32 --hid_output 16 --lr 0.003 \
+  --result result/demo --num_filters 32 32 32 --filter_width 5 5 5 --hid_shared 32 32 --hid_output 16 --lr 0.003 \
   --epoch 5 --mask 0 --local_unmask_offset 2 --batch_size 10 --max_length 200 --cpu 1 --no_progress)
 S1=$(ls "$RUN"/model_ckpt_ep_*.pth | sort -V | tail -1)
 
