@@ -13,6 +13,7 @@ import torch
 from stembb.checkpoint import S2_KIND, load_model
 from stembb.distributed import pick_device
 from stembb.errors import InputError
+from stembb.io import VALID_LETTERS
 from stembb.fold_decode import decode_structure
 from stembb.predict import decode_proposals, load_s1_model, predict_maps
 from stembb.s2_features import pair_features
@@ -68,9 +69,6 @@ class Predictor:
         return out
 
 
-VALID = set("ACGTUN")
-
-
 def add_predictor_args(p: argparse.ArgumentParser) -> None:
     """The flags every end-to-end script shares: checkpoints, threshold, gamma, device."""
     p.add_argument("--s1_model", type=Path, required=True, help="S1 checkpoint")
@@ -97,7 +95,7 @@ def check_sequences(path: Path, records, max_length: int) -> None:
     for rec in records:
         if not rec.seq:
             raise InputError(f"{path}: record {rec.name!r} is empty")
-        bad = set(rec.seq) - VALID
+        bad = set(rec.seq) - VALID_LETTERS
         if bad:
             raise InputError(f"{path}: record {rec.name!r} has letters outside ACGTUN: {''.join(sorted(bad))}")
         if len(rec.seq) > max_length:

@@ -10,17 +10,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from stembb.io import VALID_LETTERS
 from stembb.targets import one_hot, stem_targets
-
-VALID = set("ACGTUN")
-
 
 def filter_rows(df: pd.DataFrame, max_length: int) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop rows longer than ``max_length`` and sequences with letters outside ACGTUN;
     return the kept rows and the number dropped per reason."""
     upper = df["seq"].str.upper()
     too_long = upper.str.len() > max_length
-    bad_letters = ~upper.map(lambda s: set(s) <= VALID)
+    bad_letters = ~upper.map(lambda s: set(s) <= VALID_LETTERS)
     dropped = {f"longer than --max_length {max_length}": int(too_long.sum()),
                "letters outside ACGTUN": int((bad_letters & ~too_long).sum())}
     return df[~too_long & ~bad_letters].reset_index(drop=True), dropped

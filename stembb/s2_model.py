@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stembb.targets import one_hot
+from stembb.structure import base_codes
 
 EDGE_FEATURES = 8
 S2_CONFIG_KEYS = ("kmer", "embed_dim", "hid")
@@ -25,8 +25,8 @@ S2_CONFIG_KEYS = ("kmer", "embed_dim", "hid")
 def kmer_ids(seq: str, k: int) -> np.ndarray:
     """``(L,)`` k-mer token of each base: the k-mer starting floor((k-1)/2) before it,
     clipped to the sequence; 4**k for k-mers with a letter outside ACGTU."""
-    encoded = one_hot(seq)
-    codes, unknown = encoded.argmax(0), encoded.sum(0) == 0
+    codes = base_codes(seq)
+    unknown = codes > 3
     length = len(seq)
     starts = np.clip(np.arange(length) - (k - 1) // 2, 0, max(length - k, 0))
     window = np.clip(starts[:, None] + np.arange(k)[None, :], 0, length - 1)

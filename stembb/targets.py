@@ -9,15 +9,10 @@ from typing import Sequence
 
 import numpy as np
 
-from stembb.structure import STEM, Box
+from stembb.structure import STEM, Box, base_codes
 
 LOCATION_CLASSES = 12  # offsets 0..10 exact, 11 = "more than 10"
 SIZE_CLASSES = 11      # sizes 1..10 -> 0..9, 10 = "more than 10"
-_BASE_INDEX = np.full(256, -1, dtype=np.int64)
-for _k, _letters in enumerate(("A", "C", "G", "TU")):
-    for _ch in _letters:
-        _BASE_INDEX[ord(_ch)] = _k
-        _BASE_INDEX[ord(_ch.lower())] = _k
 
 
 def one_hot(seq: str) -> np.ndarray:
@@ -26,9 +21,9 @@ def one_hot(seq: str) -> np.ndarray:
     The network tiles it into the ``(8, L, L)`` pair image: pixel (i, j) carries
     [onehot(seq[i]), onehot(seq[j])].
     """
-    idx = _BASE_INDEX[np.frombuffer(seq.encode(), dtype=np.uint8)]
+    idx = base_codes(seq)
     out = np.zeros((4, len(seq)), dtype=np.float32)
-    known = idx >= 0
+    known = idx < 4
     out[idx[known], np.nonzero(known)[0]] = 1.0
     return out
 
