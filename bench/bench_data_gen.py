@@ -1,6 +1,6 @@
 """Multi-struct generator throughput against ViennaRNA's own cost, and 2 workers vs 1.
 
-Prints examples (segments) per second of ``stembb.datagen.generate`` with the settings of
+Prints examples (segments) per second of ``stembb.data.datagen.generate`` with the settings of
 the notebook (--len 40 --num_sample 10) and the time of the bare ViennaRNA calls for the
 same sequences (MFE, rescale, partition function, MFE frequency, ensemble
 diversity, non-redundant sampling: the values every row records) in the same run.
@@ -14,8 +14,8 @@ import time
 
 import RNA
 
-from stembb.datagen import FoldJob, generate
-from stembb.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, iter_segments
+from stembb.data.datagen import FoldJob, generate
+from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, iter_segments
 
 
 def run_generator(genome, genes, num, workers):

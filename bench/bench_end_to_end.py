@@ -15,12 +15,12 @@ import time
 import numpy as np
 import torch
 
-from stembb.fold_decode import decode_structure
-from stembb.folding import fold
-from stembb.model import SimpleConvNet
+from stembb.s2.decode import decode_structure
+from stembb.data.folding import fold
+from stembb.s1.model import SimpleConvNet
 from stembb.pipeline import Predictor
-from stembb.predict import predict_maps
-from stembb.s2_model import PairGNN
+from stembb.s1.predict import predict_maps
+from stembb.s2.gnn import PairGNN
 
 
 def random_predictor(rng) -> Predictor:

@@ -3,7 +3,7 @@
 For lengths 40, 100, 200 (one sequence each): forward time of the notebook's run_32
 network and of a small one (random weights); then, on the small network's outputs with
 p_on rescaled so about 3% of upper-triangle pixels pass --threshold, the time of
-``stembb.predict.decode_proposals`` and of the slow per-pixel reference the tests check
+``stembb.s1.predict.decode_proposals`` and of the slow per-pixel reference the tests check
 it against (tests/reference_decode.py), as ratios. Aim at length 200: the
 decoder >= 50x faster than the reference and < 10% of the small network's forward pass.
 Last, batched throughput of the small network (forward + decode) in sequences/s.
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stembb.model import SimpleConvNet
-from stembb.predict import decode_proposals, predict_maps
+from stembb.s1.model import SimpleConvNet
+from stembb.s1.predict import decode_proposals, predict_maps
 
 NETWORKS = {
     "run_32": ([128, 128, 256, 256, 512, 512], [3, 3, 5, 5, 7, 7], [128, 128, 128, 256, 256, 256], 64),

@@ -15,11 +15,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from stembb.datagen import FoldJob, generate
-from stembb.engine import s1_losses
-from stembb.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, iter_segments
-from stembb.model import SimpleConvNet
-from stembb.s1_data import LengthBatchSampler, StemBoxDataset, collate
+from stembb.data.datagen import FoldJob, generate
+from stembb.s1.engine import s1_losses
+from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, iter_segments
+from stembb.s1.model import SimpleConvNet
+from stembb.s1.dataset import LengthBatchSampler, StemBoxDataset, collate
 
 NETWORKS = {
     "run_25": ([128, 128], [9, 9], [50, 50, 50], 20),

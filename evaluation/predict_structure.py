@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from stembb.errors import run_main
-from stembb.formats import format_record, read_fasta
+from stembb.data.formats import format_record, read_fasta
 from stembb.io import atomic_path
 from stembb.pipeline import add_predictor_args, check_sequences, make_predictor
 from stembb.runlog import start_run

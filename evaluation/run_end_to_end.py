@@ -18,8 +18,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.errors import run_main
-from stembb.folding import fold
-from stembb.formats import Record, read_references
+from stembb.data.folding import fold
+from stembb.data.formats import Record, read_references
 from stembb.io import read_pickle, write_csv
 from stembb.metrics import pair_scores
 from stembb.pipeline import add_predictor_args, check_sequences, make_predictor

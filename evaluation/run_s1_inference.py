@@ -18,11 +18,12 @@ from tqdm import tqdm
 from stembb.checkpoint import checkpoint_epoch, latest_checkpoint
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
-from stembb.genome import REPO_ROOT
+from stembb.io import REPO_ROOT
 from stembb.io import read_pickle, write_csv
-from stembb.metrics import s1_sequence_metrics, target_stems
+from stembb.boxes import stem_corners
+from stembb.metrics import s1_sequence_metrics
 from stembb.plots import plt, save_figure
-from stembb.predict import decode_proposals, load_s1_model, predict_maps
+from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
 from stembb.runlog import start_run
 
 METRICS = ("bb_identical", "bb_overlap", "bp")
@@ -73,7 +74,7 @@ def evaluate_checkpoint(ckpt: Path, df: pd.DataFrame, thresholds, device, batch_
     maps = predict_maps(model, seqs, device, batch_size, show_progress=True)
     rows = []
     for k, (seq, boxes) in enumerate(tqdm(zip(seqs, df["bounding_boxes"]), total=len(seqs), desc=f"decode {ckpt.name}")):
-        stems = target_stems(boxes)
+        stems = stem_corners(boxes)
         for t in thresholds:
             rows.append({"seq_index": k, "length": len(seq), "threshold": t,
                          **s1_sequence_metrics(stems, decode_proposals(maps[k], seq, t))})

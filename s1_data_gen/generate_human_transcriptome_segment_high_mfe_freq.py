@@ -2,7 +2,7 @@
 structure's ensemble frequency reaches ``--threshold_mfe_freq``."""
 import argparse
 
-from stembb.datagen import FoldJob, add_common_args, check_positive, run_generator
+from stembb.data.datagen import FoldJob, add_common_args, check_positive, run_generator
 from stembb.errors import run_main
 
 

@@ -1,12 +1,12 @@
 """S1 training data: gene segments of one length, several unique Boltzmann samples each.
 
 One row per unique sample (``sample_id``), or with ``--merge`` one row per segment whose
-target is the union of the samples' stem boxes (conflicts resolved as in stembb.merge).
+target is the union of the samples' stem boxes (conflicts resolved as in stembb.data.merge).
 ``--num_data`` counts segments.
 """
 import argparse
 
-from stembb.datagen import FoldJob, add_common_args, check_positive, run_generator
+from stembb.data.datagen import FoldJob, add_common_args, check_positive, run_generator
 from stembb.errors import run_main
 
 

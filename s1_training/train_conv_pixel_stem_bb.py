@@ -18,13 +18,13 @@ from torch.utils.data import DataLoader
 
 from stembb.checkpoint import S1_KIND, check_resume_args, latest_checkpoint, load_checkpoint, save_checkpoint
 from stembb.distributed import barrier, cleanup, init_distributed
-from stembb.engine import evaluate, train_one_epoch
+from stembb.s1.engine import evaluate, train_one_epoch
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_csv
-from stembb.model import CONFIG_KEYS, build_model
+from stembb.s1.model import CONFIG_KEYS, build_model
 from stembb.plots import plot_history
 from stembb.runlog import start_run
-from stembb.s1_data import LengthBatchSampler, StemBoxDataset, collate, filter_rows, split_by_sequence
+from stembb.s1.dataset import LengthBatchSampler, StemBoxDataset, collate, filter_rows, split_by_sequence
 
 # Flags a resumed run must share with its checkpoint: they define the network, the data,
 # the split and the loss. The rest (epochs, workers, device, saving) may change.

@@ -3,7 +3,7 @@ with their MFE structure, ``fe``, ``mfe_freq`` and ``ens_div``; kept when ``mfe_
 reaches ``--threshold_mfe_freq``. Also the test-set generator (held-out chromosome)."""
 import argparse
 
-from stembb.datagen import FoldJob, add_common_args, check_positive, run_generator
+from stembb.data.datagen import FoldJob, add_common_args, check_positive, run_generator
 from stembb.errors import run_main
 
 

@@ -1,7 +1,7 @@
 """S2 data: S1 proposals of every sequence turned into candidate base pairs with features.
 
 Adds ``stem_bb_bps``, ``target_bps`` and (with --features) ``stem_bb_bps_features`` to the
-input rows (see stembb.s2_features). Without --include_all, sequences whose target stems
+input rows (see stembb.s2.candidates). Without --include_all, sequences whose target stems
 are not all recoverable from the candidates are skipped; sequences with no proposal are
 always skipped. Counts are reported at the end.
 
@@ -18,9 +18,9 @@ from tqdm import tqdm
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_pickle
-from stembb.predict import decode_proposals, load_s1_model, predict_maps
+from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
 from stembb.runlog import start_run
-from stembb.s2_features import s2_row
+from stembb.s2.candidates import s2_row
 from stembb.structure import STEM
 
 

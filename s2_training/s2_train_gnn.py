@@ -22,9 +22,9 @@ from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_csv
 from stembb.plots import plot_history
 from stembb.runlog import start_run
-from stembb.s1_data import split_by_sequence
-from stembb.s2_engine import F1_THRESHOLDS, S2_COLUMNS, graphs_from_frame, run_epoch
-from stembb.s2_model import S2_CONFIG_KEYS, build_s2_model
+from stembb.s1.dataset import split_by_sequence
+from stembb.s2.engine import F1_THRESHOLDS, S2_COLUMNS, graphs_from_frame, run_epoch
+from stembb.s2.gnn import S2_CONFIG_KEYS, build_s2_model
 
 RESUME_KEYS = S2_CONFIG_KEYS + ("input_data", "training_proportion", "seed", "batch_size", "learning_rate")
 PANELS = [("loss", "BCE on candidate pairs"), ("auroc", "auROC"), ("auprc", "auPRC")] + [

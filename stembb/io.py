@@ -23,7 +23,7 @@ n_conflicts         they claimed pixels of a box seen in more samples
 ==================  ========================================================================
 
 S2 feature pickles (``s2_data_gen/s1_pred_stem_processing.py``) add ``stem_bb_bps``,
-``target_bps`` and ``stem_bb_bps_features``; see stembb.s2_features.
+``target_bps`` and ``stem_bb_bps_features``; see stembb.s2.candidates.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ import pandas as pd
 from stembb.errors import InputError
 from stembb.structure import StructureError, normalize_box, pairs_from_one_idx
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 VALID_LETTERS = frozenset("ACGTUN")
 STRUCTURE_COLUMNS = ("seq", "one_idx", "bounding_boxes")
 

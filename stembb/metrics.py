@@ -10,14 +10,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from stembb.predict import anti_diagonal, proposal_pairs
-from stembb.structure import STEM
-
-
-def target_stems(boxes) -> np.ndarray:
-    """``(n, 3)`` int array of (bb_x, bb_y, w) for the stem boxes among ``boxes``."""
-    rows = [(x0, y0 + w - 1, w) for (x0, y0), (w, _), kind in boxes if kind == STEM]
-    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+from stembb.boxes import anti_diagonal, proposal_pairs
 
 
 def s1_sequence_metrics(stems: np.ndarray, proposals: pd.DataFrame) -> dict[str, float]:

@@ -14,10 +14,10 @@ from stembb.checkpoint import S2_KIND, load_model
 from stembb.distributed import pick_device
 from stembb.errors import InputError
 from stembb.io import VALID_LETTERS
-from stembb.fold_decode import decode_structure
-from stembb.predict import decode_proposals, load_s1_model, predict_maps
-from stembb.s2_features import pair_features
-from stembb.s2_model import build_graph, build_s2_model, collate_graphs
+from stembb.s2.decode import decode_structure
+from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
+from stembb.s2.candidates import pair_features
+from stembb.s2.gnn import build_graph, build_s2_model, collate_graphs
 
 
 def load_s2_model(path: Path, device: torch.device):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stembb.genome import REPO_ROOT
+from stembb.io import REPO_ROOT
 
 
 def git_commit() -> str:

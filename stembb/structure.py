@@ -183,12 +183,6 @@ def stem_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
     return [stem_box(s) for s in stems(pairs)]
 
 
-def stem_pairs(box) -> list[tuple[int, int]]:
-    """The pairs on a stem box's anti-diagonal, outermost first."""
-    (x0, y0), (w, _), _ = box
-    return [(x0 + k, y0 + w - 1 - k) for k in range(w)]
-
-
 def loop_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
     """Hairpin, bulge and internal-loop boxes.
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from stembb.predict import PROPOSAL_COLUMNS
+from stembb.s1.predict import PROPOSAL_COLUMNS
 from stembb.structure import is_canonical
 
 
@@ -12,15 +12,17 @@ def slow_decode(maps, seq, threshold):
     boxes = {}
     for i in range(length):
         for j in range(i + 1, length):
-            if not maps["p_on"][i, j] > threshold:
+            if not float(maps["p_on"][i, j]) > threshold:
                 continue
             lx, ly, sz = maps["loc_x"][i, j], maps["loc_y"][i, j], maps["size"][i, j]
-            if lx == 11 or ly == 11 or sz == 10:
+            if lx == 11 or ly == 11:
                 continue
             x0, top = i - lx, j + ly
             p_loc = float(maps["p_loc_x"][i, j]) * float(maps["p_loc_y"][i, j])
             w_sl = max(int(np.rint(maps["size_scalar"][i, j])), 1)
-            for source, w, other in (("sm", sz + 1, p_loc * float(maps["p_size"][i, j])), ("sl", w_sl, p_loc)):
+            sources = [("sl", w_sl, p_loc)] if sz == 10 else [("sm", sz + 1, p_loc * float(maps["p_size"][i, j])),
+                                                             ("sl", w_sl, p_loc)]
+            for source, w, other in sources:
                 if x0 < 0 or top >= length or not x0 + w - 1 < top - w + 1:
                     continue
                 if not all(is_canonical(seq, x0 + k, top - k) for k in range(w)):

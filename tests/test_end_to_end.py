@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import error_line, run_script, train_s1
-from stembb.fold_decode import decode_structure
-from stembb.folding import fold
-from stembb.formats import format_record, read_bpseq, read_ct, read_fasta, read_references
+from stembb.s2.decode import decode_structure
+from stembb.data.folding import fold
+from stembb.data.formats import format_record, read_bpseq, read_ct, read_fasta, read_references
 from stembb.metrics import pair_scores
-from stembb.s2_engine import s2_loss
-from stembb.s2_model import PairGNN, build_graph, collate_graphs
+from stembb.s2.engine import s2_loss
+from stembb.s2.gnn import PairGNN, build_graph, collate_graphs
 from stembb.structure import canonical_pair_matrix, is_nested, pairs_from_db, validate_pairs
 
 

@@ -6,9 +6,9 @@ import RNA
 
 from conftest import SHARED_MINIGENOME
 from stembb.errors import InputError
-from stembb.folding import fold
-from stembb.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, iter_segments, read_genes, reverse_complement
-from stembb.merge import merge_stem_boxes
+from stembb.data.folding import fold
+from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, iter_segments, read_genes, reverse_complement
+from stembb.data.merge import merge_stem_boxes
 from stembb.structure import STEM, Box, pairs_from_db, stem_boxes
 
 

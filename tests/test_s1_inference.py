@@ -5,12 +5,13 @@ import pytest
 from conftest import error_line, run_script, train_s1
 from reference_decode import slow_decode
 from stembb.checkpoint import save_checkpoint
-from stembb.folding import fold
-from stembb.metrics import s1_sequence_metrics, target_stems
-from stembb.predict import PROPOSAL_COLUMNS, decode_proposals
-from stembb.s2_features import pair_features, s2_row
+from stembb.data.folding import fold
+from stembb.boxes import stem_corners
+from stembb.metrics import s1_sequence_metrics
+from stembb.s1.predict import PROPOSAL_COLUMNS, decode_proposals
+from stembb.s2.candidates import pair_features, s2_row
 from stembb.structure import STEM, Box, local_structure_boxes, pairs_from_db
-from stembb.targets import stem_targets
+from stembb.s1.targets import stem_targets
 
 
 def random_maps(length, rng):
@@ -46,7 +47,7 @@ def test_exact_targets_as_outputs_give_sensitivity_one():
     for db in fold(seq, num_sample=10, seed=2).samples:
         boxes = local_structure_boxes(pairs_from_db(db))
         proposals = decode_proposals(oracle_maps(len(seq), boxes), seq, 0.5)
-        m = s1_sequence_metrics(target_stems(boxes), proposals)
+        m = s1_sequence_metrics(stem_corners(boxes), proposals)
         assert m["bb_identical"] == m["bb_overlap"] == m["bp"] == m["bp_precision"] == 1.0
         assert m["proposals_per_stem"] == 1.0
 
@@ -58,7 +59,7 @@ def props(*boxes):
 
 
 def test_metrics_on_hand_made_cases():
-    stems = target_stems([Box((0, 16), (4, 4), STEM)])  # pairs (0,19) (1,18) (2,17) (3,16)
+    stems = stem_corners([Box((0, 16), (4, 4), STEM)])  # pairs (0,19) (1,18) (2,17) (3,16)
     assert stems.tolist() == [[0, 19, 4]]
     identical = s1_sequence_metrics(stems, props((0, 19, 4)))
     assert (identical["bb_identical"], identical["bb_overlap"], identical["bp"]) == (1.0, 1.0, 1.0)

@@ -10,12 +10,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from conftest import REPO, error_line, train_s1
 from stembb.checkpoint import S1_KIND, load_checkpoint, save_checkpoint
-from stembb.engine import binned_auc, s1_losses, train_one_epoch
+from stembb.s1.engine import binned_auc, s1_losses, train_one_epoch
 from stembb.io import read_pickle
-from stembb.model import SimpleConvNet, build_model, pair_image
-from stembb.s1_data import LengthBatchSampler, StemBoxDataset, collate
+from stembb.s1.model import SimpleConvNet, build_model, pair_image
+from stembb.s1.dataset import LengthBatchSampler, StemBoxDataset, collate
 from stembb.structure import Box, pairs_from_db, local_structure_boxes
-from stembb.targets import one_hot, stem_targets
+from stembb.s1.targets import one_hot, stem_targets
 
 
 def slow_targets(length, boxes, offset):

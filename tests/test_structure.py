@@ -2,12 +2,13 @@ import pandas as pd
 import pytest
 
 from stembb.errors import InputError
-from stembb.folding import fold
+from stembb.data.folding import fold
 from stembb.io import read_pickle
 from stembb.structure import (BULGE, HAIRPIN, INTERNAL_LOOP, PSEUDOKNOT, STEM, Box, StructureError,
                               canonical_pair_matrix, db_from_pairs, is_canonical, local_structure_boxes,
                               one_idx_from_pairs, pairs_from_db, pairs_from_one_idx, stem_boxes,
-                              stem_pairs, stems, validate_pairs)
+                              stems, validate_pairs)
+from stembb.boxes import stem_pairs
 
 
 def boxes_of(db):

@@ -21,7 +21,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from stembb.genome import reverse_complement
+from stembb.data.genome import reverse_complement
 
 AUGUSTUS_DIR = Path("/usr/share/doc/augustus/tutorial/data")
 SLICES = ("chr3.42M.fa", "chr4.103M.fa", "chr5.124M.fa")

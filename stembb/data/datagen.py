@@ -1,6 +1,6 @@
 """The engine shared by the data-generation scripts: gene segments -> folded rows.
 
-Segments come from ``stembb.genome.iter_segments`` in a seeded order; each gets a task
+Segments come from ``stembb.data.genome.iter_segments`` in a seeded order; each gets a task
 index, folding runs in ``--workers`` processes in fixed-size batches, and results are
 taken in task order, so the output for a seed does not depend on the number of workers.
 """
@@ -19,11 +19,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.errors import InputError
-from stembb.folding import fold, sampling_seed
-from stembb.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, Segment, iter_segments
+from stembb.data.folding import fold, sampling_seed
+from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, Segment, iter_segments
 from stembb.io import write_pickle
 from stembb.runlog import start_run
-from stembb.merge import merge_stem_boxes
+from stembb.data.merge import merge_stem_boxes
 from stembb.structure import STEM, local_structure_boxes, one_idx_from_pairs, pairs_from_db
 
 SKIP_N = "contains N"

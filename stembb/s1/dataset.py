@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from stembb.io import VALID_LETTERS
-from stembb.targets import one_hot, stem_targets
+from stembb.s1.targets import one_hot, stem_targets
 
 def filter_rows(df: pd.DataFrame, max_length: int) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop rows longer than ``max_length`` and sequences with letters outside ACGTUN;

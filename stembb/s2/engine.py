@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from stembb.s2_model import build_graph, collate_graphs
+from stembb.s2.gnn import build_graph, collate_graphs
 
 S2_COLUMNS = ("seq", "stem_bb_bps", "target_bps", "stem_bb_bps_features")
 F1_THRESHOLDS = (0.3, 0.5, 0.7)

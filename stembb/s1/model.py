@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stembb.targets import LOCATION_CLASSES, SIZE_CLASSES
+from stembb.s1.targets import LOCATION_CLASSES, SIZE_CLASSES
 
 CONFIG_KEYS = ("num_filters", "filter_width", "hid_shared", "hid_output", "dropout")
 

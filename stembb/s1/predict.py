@@ -1,9 +1,10 @@
 """S1 prediction: load a checkpoint, run the network on sequences, decode stem-box proposals.
 
-Decoding (DESIGN.md, "S1 decoding"), vectorized over pixels: every pixel i < j with
-p_on > threshold proposes the box with reference corner (i - loc_x, j + loc_y) and size w
-from the size softmax, and a second one with the rounded scalar size (at least 1);
-a pixel whose location or size argmax is the catch-all class proposes nothing. Each
+Decoding (docs/DESIGN.md, "S1 decoding"), vectorized over pixels: every pixel i < j with
+p_on > threshold (compared in float64) proposes the box with reference corner
+(i - loc_x, j + loc_y) and the rounded scalar size (at least 1), and, unless the size
+argmax is the catch-all class, a second one with the softmax size w. A pixel whose
+location argmax is the catch-all class proposes nothing. Each
 proposal carries ``prob_on`` and the product of its chosen softmax probabilities
 (``prob_other``: loc_x * loc_y * size for the softmax size, loc_x * loc_y for the scalar
 size). Identical boxes are merged, keeping the per-source lists of probabilities; boxes
@@ -21,9 +22,9 @@ import torch
 from tqdm import tqdm
 
 from stembb.checkpoint import S1_KIND, load_model
-from stembb.model import build_model
-from stembb.structure import CANONICAL_TABLE, base_codes
-from stembb.targets import LOCATION_CLASSES, SIZE_CLASSES, one_hot
+from stembb.s1.model import build_model
+from stembb.boxes import valid_boxes
+from stembb.s1.targets import LOCATION_CLASSES, SIZE_CLASSES, one_hot
 
 PROPOSAL_COLUMNS = ["bb_x", "bb_y", "siz_x", "siz_y", "prob_on_sm", "prob_other_sm", "prob_on_sl", "prob_other_sl"]
 MAP_NAMES = ("p_on", "loc_x", "p_loc_x", "loc_y", "p_loc_y", "size", "p_size", "size_scalar")
@@ -66,9 +67,10 @@ def decode_proposals(maps: dict[str, np.ndarray], seq: str, threshold: float) ->
     ``bb_x, bb_y`` is the reference corner (outermost pair), ``siz_x = siz_y`` the size.
     """
     length = len(seq)
-    i, j = np.nonzero(np.triu(maps["p_on"] > threshold, k=1))
+    # float64: a float32 p_on of exactly the threshold (e.g. 0.1) must not pass
+    i, j = np.nonzero(np.triu(maps["p_on"].astype(np.float64) > threshold, k=1))
     lx, ly, sz = maps["loc_x"][i, j], maps["loc_y"][i, j], maps["size"][i, j]
-    ok = (lx < LOCATION_CLASSES - 1) & (ly < LOCATION_CLASSES - 1) & (sz < SIZE_CLASSES - 1)
+    ok = (lx < LOCATION_CLASSES - 1) & (ly < LOCATION_CLASSES - 1)
     i, j, lx, ly, sz = i[ok], j[ok], lx[ok], ly[ok], sz[ok]
     p_on = maps["p_on"][i, j].astype(np.float64)
     p_loc = maps["p_loc_x"][i, j].astype(np.float64) * maps["p_loc_y"][i, j]
@@ -82,7 +84,8 @@ def decode_proposals(maps: dict[str, np.ndarray], seq: str, threshold: float) ->
     source = np.repeat([0, 1], n)
     prob_on = np.concatenate([p_on, p_on])
     prob_other = np.concatenate([p_loc * maps["p_size"][i, j], p_loc])
-    keep = valid_boxes(bx, by, w, seq)
+    # a size catch-all (w > 10) silences only the softmax-size proposal: the scalar size can describe it
+    keep = valid_boxes(bx, by, w, seq) & np.concatenate([sz < SIZE_CLASSES - 1, np.ones(n, dtype=bool)])
     bx, by, w, source, prob_on, prob_other = (a[keep] for a in (bx, by, w, source, prob_on, prob_other))
     if not len(bx):
         return pd.DataFrame({c: pd.Series(dtype=object if c.startswith("prob") else np.int64) for c in PROPOSAL_COLUMNS})
@@ -101,28 +104,3 @@ def decode_proposals(maps: dict[str, np.ndarray], seq: str, threshold: float) ->
     cols["prob_on_sl"] = [on[m:e] for _, m, e in bounds]
     cols["prob_other_sl"] = [other[m:e] for _, m, e in bounds]
     return pd.DataFrame(cols)[PROPOSAL_COLUMNS]
-
-
-def anti_diagonal(bx: np.ndarray, by: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs on each box's anti-diagonal, padded to the largest size: ``(n, K)`` arrays
-    of i, j and a validity mask (k < w)."""
-    k = np.arange(max(int(w.max(initial=0)), 1))
-    return bx[:, None] + k, by[:, None] - k, k < w[:, None]
-
-
-def valid_boxes(bx: np.ndarray, by: np.ndarray, w: np.ndarray, seq: str) -> np.ndarray:
-    """Boxes inside the sequence whose innermost pair has i < j and whose pairs are all canonical."""
-    length = len(seq)
-    inside = (bx >= 0) & (by < length) & (w >= 1) & (bx + w - 1 < by - w + 1)
-    ii, jj, on = anti_diagonal(bx, by, np.where(inside, w, 0))
-    codes = base_codes(seq)
-    canonical = CANONICAL_TABLE[codes[np.clip(ii, 0, length - 1)], codes[np.clip(jj, 0, length - 1)]]
-    return inside & (canonical | ~on).all(axis=1)
-
-
-def proposal_pairs(proposals: pd.DataFrame) -> np.ndarray:
-    """``(n, 2)`` unique pairs lying on the anti-diagonals of ``proposals``."""
-    if proposals.empty:
-        return np.zeros((0, 2), dtype=np.int64)
-    ii, jj, on = anti_diagonal(proposals["bb_x"].to_numpy(), proposals["bb_y"].to_numpy(), proposals["siz_x"].to_numpy())
-    return np.unique(np.stack([ii[on], jj[on]], axis=1), axis=0)

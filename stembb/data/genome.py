@@ -17,8 +17,8 @@ import numpy as np
 import pyfaidx
 
 from stembb.errors import InputError
+from stembb.io import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_GENOME = REPO_ROOT / "data" / "genome" / "genome.fa"
 DEFAULT_ANNOTATION = REPO_ROOT / "data" / "genome" / "genes.gtf.gz"
 

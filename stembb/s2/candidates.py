@@ -18,8 +18,7 @@ from itertools import chain
 import numpy as np
 import pandas as pd
 
-from stembb.predict import anti_diagonal, proposal_pairs
-from stembb.structure import stem_pairs
+from stembb.boxes import anti_diagonal, proposal_pairs, stem_pairs
 
 FEATURE_NAMES = ("n_sm", "n_sl", "median_prob_on_sm", "median_prob_other_sm", "median_prob_on_sl",
                  "median_prob_other_sl")
