@@ -17,13 +17,12 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", type=Path, nargs="+", required=True, help="one or more pickles")
     p.add_argument("--out", type=Path, default=Path("plot/stem_size_distribution.png"), help="output PNG")
-    p.add_argument("--seed", type=int, default=0, help="unused (no randomness); logged for uniformity")
     return p.parse_args()
 
 
 def main():
     args = parse_args()
-    log = start_run("plot_dataset_statistics", args.seed)
+    log = start_run("plot_dataset_statistics")
     frames = {path.name: read_pickle(path) for path in args.data}
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     ax_stem, ax_len, ax_kind, ax_conf = axes.ravel()

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from stembb.cli import check_outputs
 from stembb.errors import run_main
 from stembb.data.formats import format_record, read_fasta
 from stembb.io import atomic_path
@@ -29,7 +30,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    start_run("predict_structure", args.seed)
+    check_outputs([args.out], [args.fasta, args.s1_model, args.s2_model])
+    start_run("predict_structure")
     records = read_fasta(args.fasta)
     check_sequences(args.fasta, records, args.max_length)
     predictor = make_predictor(args)

@@ -17,18 +17,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from stembb.cli import check_num, check_outputs
 from stembb.errors import run_main
 from stembb.data.folding import fold
-from stembb.data.formats import Record, read_references
-from stembb.io import read_pickle, write_csv
-from stembb.metrics import pair_scores
+from stembb.io import write_csv
 from stembb.pipeline import add_predictor_args, check_sequences, make_predictor
 from stembb.plots import plt, save_figure
+from stembb.report import load_records, score_row, summarize
 from stembb.runlog import start_run
-from stembb.structure import pairs_from_db, pairs_from_one_idx
+from stembb.structure import pairs_from_db
 
 METHODS = ("stembb", "ViennaRNA")
-LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 10 ** 6)
 
 
 def parse_args():
@@ -43,32 +42,8 @@ def parse_args():
     return p.parse_args()
 
 
-def load_records(args) -> list[Record]:
-    if args.data is not None:
-        df = read_pickle(args.data, first=args.num)
-        records = [Record(f"row{k}", seq.upper(), pairs_from_one_idx(idx), "")
-                   for k, (seq, idx) in enumerate(zip(df["seq"], df["one_idx"]))]
-    else:
-        records = read_references(args.refs)
-    return records[:args.num] if args.num else records
-
-
-def summarize(per_seq: pd.DataFrame) -> pd.DataFrame:
-    bins = pd.cut(per_seq["length"], LENGTH_BINS, right=True)
-    order = {str(c): k for k, c in enumerate(bins.cat.categories)}
-    per_seq = per_seq.assign(length_bin=bins.astype(str)).sort_values("length_bin", key=lambda s: s.map(order))
-    parts = [per_seq.assign(group="all", value="all")]
-    parts.append(per_seq.assign(group="length", value=per_seq["length_bin"]))
-    if (per_seq["family"] != "").any():
-        parts.append(per_seq.assign(group="family", value=per_seq["family"]))
-    table = pd.concat(parts).groupby(["group", "value", "method"], sort=False).agg(
-        n=("f1", "size"), precision=("precision", "mean"), recall=("recall", "mean"), f1=("f1", "mean"),
-        f1_slip=("f1_slip", "mean"), seconds_per_seq=("seconds", "mean"))
-    return table.reset_index()
-
-
 def plot_comparison(per_seq: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
-    wide = per_seq.pivot(index="name", columns="method", values="f1")
+    wide = per_seq.pivot(index="index", columns="method", values="f1")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     ax1.scatter(wide["ViennaRNA"], wide["stembb"], s=10, alpha=0.6)
     ax1.plot([0, 1], [0, 1], color="grey", lw=1)
@@ -87,23 +62,21 @@ def plot_comparison(per_seq: pd.DataFrame, summary: pd.DataFrame, path: Path) ->
 
 def main():
     args = parse_args()
-    log = start_run("run_end_to_end", args.seed)
-    records = load_records(args)
+    check_outputs([args.out], [args.data or args.refs, args.s1_model, args.s2_model])
+    check_num(args.num)
+    log = start_run("run_end_to_end")
+    records = load_records(args.data, args.refs, args.num)
     check_sequences(args.data or args.refs, records, args.max_length)
     predictor = make_predictor(args)
     rows = []
-    for rec in tqdm(records, desc="end-to-end"):
+    for k, rec in enumerate(tqdm(records, desc="end-to-end")):
         t = time.perf_counter()
         ours = predictor.predict([rec.seq])[0]
         t_ours = time.perf_counter() - t
         t = time.perf_counter()
         vienna = pairs_from_db(fold(rec.seq, partition=False).mfe_structure)
         t_vienna = time.perf_counter() - t
-        for method, pred, seconds in (("stembb", ours, t_ours), ("ViennaRNA", vienna, t_vienna)):
-            exact, slip = pair_scores(pred, rec.pairs), pair_scores(pred, rec.pairs, slip=1)
-            rows.append({"name": rec.name, "family": rec.family, "length": len(rec.seq), "method": method,
-                         **exact, "f1_slip": slip["f1"], "n_pred_pairs": len(pred), "n_ref_pairs": len(rec.pairs),
-                         "seconds": seconds})
+        rows += [score_row(k, rec, "stembb", ours, t_ours), score_row(k, rec, "ViennaRNA", vienna, t_vienna)]
     per_seq = pd.DataFrame(rows)
     summary = summarize(per_seq)
     write_csv(per_seq, args.out)

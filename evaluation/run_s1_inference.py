@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.checkpoint import checkpoint_epoch, latest_checkpoint
+from stembb.cli import check_num, check_outputs
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import REPO_ROOT
@@ -48,7 +49,6 @@ def parse_args():
     p.add_argument("--plot_dir", type=Path, default=Path("plot"))
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0, help="logged; inference has no randomness")
     return p.parse_args()
 
 
@@ -123,9 +123,11 @@ def plot_tradeoff(summary: pd.DataFrame, path: Path) -> None:
 
 def main():
     args = parse_args()
-    log = start_run("run_s1_inference", args.seed)
+    check_num(args.num)
+    log = start_run("run_s1_inference")
     df = read_pickle(args.data, first=args.num)
     checkpoints = find_checkpoints(args.models)
+    check_outputs([args.out], [args.data, *checkpoints])
     device = pick_device(args.device)
     log.info("%d test sequences, %d checkpoint(s), thresholds %s, device %s", len(df), len(checkpoints),
              args.threshold, device)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from stembb.cli import check_num, check_outputs, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_pickle
@@ -36,16 +37,16 @@ def parse_args():
     p.add_argument("--num", type=int, default=None, help="first N sequences only")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0, help="logged; inference has no randomness")
     args = p.parse_args()
-    if not 0 < args.threshold_p < 1:
-        raise InputError(f"--threshold_p must be in (0, 1), got {args.threshold_p}")
+    check_threshold("--threshold_p", args.threshold_p)
+    check_num(args.num)
+    check_outputs([args.out_file], [args.data, args.model])
     return args
 
 
 def main():
     args = parse_args()
-    log = start_run("s1_pred_stem_processing", args.seed)
+    log = start_run("s1_pred_stem_processing")
     df = read_pickle(args.data, first=args.num)
     device = pick_device(args.device)
     model, _ = load_s1_model(args.model, device)

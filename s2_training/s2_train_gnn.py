@@ -1,12 +1,21 @@
-"""Train the S2 graph network on S1 candidate pairs (pickles of s1_pred_stem_processing.py --features).
+"""Train S2 on S1 candidates (pickles of s1_pred_stem_processing.py --features).
+
+--model box (default): the box transformer, one token per distinct S1 box, relation-
+biased attention between boxes (stembb.s2.boxnet; flags --dim --layers --heads --dropout).
+--model gnn: the notebook's graph network over bases and candidate pairs, kept as the
+baseline (stembb.s2.gnn; flags --hid --kmer --embed_dim).
+
+After the last epoch the structure-decoding knob gamma is chosen on the validation split
+(best mean base-pair F1 of decoded structures) and stored in the checkpoint: prediction
+scripts use it unless --gamma is given.
 
 Outputs sit next to --log: with --log result/s2_gnn_run_20.log, the metrics are
 result/s2_gnn_run_20.metrics.csv / .metrics.png and the checkpoints
 result/s2_gnn_run_20.model_ckpt_ep_{epoch}.pth (epochs from 0), every --save_every epochs
 and at the last.
 
-    python s2_train_gnn.py --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \
-        --learning_rate 0.001 --epochs 50 --batch_size 10 --hid 32 32 32 --log result/s2_gnn_run_1.log \
+    python s2_train_gnn.py --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
+        --learning_rate 0.001 --epochs 50 --batch_size 10 --hid 32 32 32 --log result/s2_gnn_run_1.log \\
         --kmer 3 --embed_dim 16
 """
 import argparse
@@ -15,102 +24,189 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
-from stembb.checkpoint import S2_KIND, check_resume_args, load_checkpoint, save_checkpoint
+from stembb.checkpoint import check_resume_args, checkpoint_epoch, latest_checkpoint, load_checkpoint, save_checkpoint
+from stembb.cli import check_at_least_one
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_csv
 from stembb.plots import plot_history
 from stembb.runlog import start_run
 from stembb.s1.dataset import split_by_sequence
-from stembb.s2.engine import F1_THRESHOLDS, S2_COLUMNS, graphs_from_frame, run_epoch
-from stembb.s2.gnn import S2_CONFIG_KEYS, build_s2_model
+from stembb.s2.engine import F1_THRESHOLDS, S2_MODELS, calibrate_gamma, decoded_f1, run_epoch
+from stembb.structure import pairs_from_one_idx
 
-RESUME_KEYS = S2_CONFIG_KEYS + ("input_data", "training_proportion", "seed", "batch_size", "learning_rate")
-PANELS = [("loss", "BCE on candidate pairs"), ("auroc", "auROC"), ("auprc", "auPRC")] + [
-    (f"f1_at_{t}", f"F1 at p > {t}") for t in F1_THRESHOLDS]
+TRAIN_KEYS = ("model", "input_data", "training_proportion", "seed", "batch_size", "learning_rate", "pos_weight",
+              "struct_weight")
+PANELS = [("loss", "BCE on scored items"), ("auroc", "auROC"), ("auprc", "auPRC")] + [
+    (f"f1_at_{t}", f"item F1 at p > {t}") for t in F1_THRESHOLDS] + [
+    ("decoded_f1", "validation F1 of decoded structures")]
+# each epoch, decoded F1 on the first validation sequences at a few gammas (the full
+# calibration over GAMMA_GRID runs once, after the last epoch)
+DECODED_F1_SEQS = 200
+TERMS_LR_SCALE = 20
+DECODED_F1_GAMMAS = (1.0, 4.0)
 
 
-def parse_args():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_data", nargs="+", required=True, help="S2 feature pickles")
+    p.add_argument("--model", choices=sorted(S2_MODELS), default="box", help="S2 network (default: box)")
     p.add_argument("--training_proportion", type=float, default=0.9, help="share of sequences for training")
     p.add_argument("--learning_rate", type=float, default=0.001)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=10)
-    p.add_argument("--hid", type=int, nargs="+", default=[32, 32, 32], help="message-passing layer widths")
+    p.add_argument("--pos_weight", type=float, default=1.0,
+                   help="BCE weight of positive items (1 keeps probabilities calibrated; gamma absorbs the imbalance)")
+    p.add_argument("--struct_weight", type=float, default=0.0,
+                   help="weight of the structured margin loss on decoded structures (0: BCE only)")
+    p.add_argument("--hid", type=int, nargs="+", default=[32, 32, 32], help="gnn: message-passing layer widths")
+    p.add_argument("--kmer", type=int, default=3, help="gnn: k-mer length of base embeddings")
+    p.add_argument("--embed_dim", type=int, default=16, help="gnn: k-mer embedding width")
+    p.add_argument("--dim", type=int, default=64, help="box: token width")
+    p.add_argument("--layers", type=int, default=3, help="box: attention layers")
+    p.add_argument("--heads", type=int, default=4, help="box: attention heads (divides --dim)")
+    p.add_argument("--dropout", type=float, default=0.1, help="box: dropout in [0, 1)")
+    p.add_argument("--max_boxes", type=int, default=256, help="box: S1 boxes kept per sequence (most evidence first)")
     p.add_argument("--log", type=Path, required=True, help="log file; outputs are written next to it")
-    p.add_argument("--kmer", type=int, default=3)
-    p.add_argument("--embed_dim", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save_every", type=int, default=10)
-    p.add_argument("--resume", type=Path, default=None, help="S2 checkpoint to continue from")
+    p.add_argument("--resume", type=Path, default=None, help="S2 checkpoint, or the --log of a run, to continue")
     p.add_argument("--device", default=None)
-    args = p.parse_args()
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def check_args(args) -> None:
     args.input_data = [str(Path(d)) for d in args.input_data]
     if not 0 < args.training_proportion <= 1:
         raise InputError(f"--training_proportion must be in (0, 1], got {args.training_proportion}")
-    for name in ("epochs", "batch_size", "kmer", "embed_dim", "save_every"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    check_at_least_one(args, "epochs", "batch_size", "kmer", "embed_dim", "save_every", "dim", "layers", "heads",
+                       "max_boxes")
     if any(h < 1 for h in args.hid):
         raise InputError("--hid values must be at least 1")
-    return args
+    if not args.learning_rate > 0:
+        raise InputError(f"--learning_rate must be positive, got {args.learning_rate}")
+    if not args.pos_weight > 0:
+        raise InputError(f"--pos_weight must be positive, got {args.pos_weight}")
+    if args.struct_weight < 0:
+        raise InputError(f"--struct_weight must be at least 0, got {args.struct_weight}")
+    if not 0 <= args.dropout < 1:
+        raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.dim % args.heads:
+        raise InputError(f"--dim {args.dim} must be a multiple of --heads {args.heads}")
+
+
+def param_groups(model, lr: float) -> list[dict]:
+    """Adam groups: the box transformer's few loop terms (``model.terms``) learn
+    ``TERMS_LR_SCALE`` times faster than the network, whose per-pair logits would
+    otherwise swamp them for many epochs."""
+    terms = list(model.terms.parameters()) if hasattr(model, "terms") else []
+    ids = {id(p) for p in terms}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr}]
+    return groups + ([{"params": terms, "lr": lr * TERMS_LR_SCALE}] if terms else [])
 
 
 def output_prefix(log_path: Path) -> Path:
     return log_path.with_suffix("") if log_path.suffix == ".log" else log_path
 
 
-def main():
-    args = parse_args()
+def resume_checkpoint(path: Path) -> Path:
+    """A checkpoint path from --resume: the checkpoint itself, a run's --log, or its folder."""
+    if path.is_file() and path.suffix == ".pth":
+        return path
+    if path.is_dir():
+        found = latest_checkpoint(path)
+    else:
+        prefix = output_prefix(path)
+        found = max(prefix.parent.glob(f"{prefix.name}.model_ckpt_ep_*.pth"), key=checkpoint_epoch, default=None)
+    if found is None:
+        raise InputError(f"{path}: --resume names no S2 checkpoint, run log or run folder with checkpoints")
+    return found
+
+
+def main(args) -> None:
+    check_args(args)
+    spec = S2_MODELS[args.model]
+    config_keys = spec.config_keys
+    state = None
+    if args.resume:
+        args.resume = resume_checkpoint(args.resume)
+        state = load_checkpoint(args.resume, spec.kind)
+        check_resume_args(args.resume, state["args"], args, TRAIN_KEYS + config_keys)
+        if state["epoch"] + 1 >= args.epochs:
+            raise InputError(f"{args.resume}: the run already has {state['epoch'] + 1} epochs (--epochs {args.epochs}); "
+                             "raise --epochs to continue it")
     args.log.parent.mkdir(parents=True, exist_ok=True)
     log = start_run("s2_train", args.seed, args.log)
     prefix = output_prefix(args.log)
     torch.manual_seed(args.seed)
-    df = pd.concat([read_pickle(p, required=S2_COLUMNS) for p in args.input_data], ignore_index=True)
-    df = df[df["stem_bb_bps"].map(len) > 0].reset_index(drop=True)
+    df = pd.concat([read_pickle(p, required=spec.columns) for p in args.input_data], ignore_index=True)
+    n_items = df[spec.columns[-1]].map(len)
+    df = df[n_items > 0].reset_index(drop=True)
     if df.empty:
-        raise InputError(f"{' '.join(args.input_data)}: no sequence with candidate pairs")
+        raise InputError(f"{' '.join(args.input_data)}: no sequence with S1 candidates")
     train_idx, val_idx = split_by_sequence(df, 1 - args.training_proportion, args.seed)
-    train_graphs = graphs_from_frame(df.iloc[train_idx], args.kmer)
-    val_graphs = graphs_from_frame(df.iloc[val_idx], args.kmer)
-    n_pos = int(sum(g["labels"].sum() for g in train_graphs))
-    n_cand = sum(len(g["labels"]) for g in train_graphs)
-    log.info("data: %d training / %d validation sequences; %d candidates, %d true pairs (%.1f%%)",
-             len(train_graphs), len(val_graphs), n_cand, n_pos, 100 * n_pos / max(n_cand, 1))
+    config = {k: getattr(args, k) for k in config_keys}
+    rows = df.to_dict("records")
+    examples = [spec.from_row(r, config) for r in tqdm(rows, desc="S2 examples", disable=args.no_progress)]
+    train = [examples[k] for k in train_idx]
+    val = [examples[k] for k in val_idx]
+    val_refs = [pairs_from_one_idx(rows[k]["one_idx"]) for k in val_idx]
+    labels = np.concatenate([np.asarray(e["labels"]) for e in train])
+    log.info("data: %d training / %d validation sequences; %d %s items, %d positive (%.1f%%); --pos_weight %g",
+             len(train), len(val), len(labels), args.model, int(labels.sum()), 100 * labels.mean(), args.pos_weight)
     device = pick_device(args.device)
-    config = {k: getattr(args, k) for k in S2_CONFIG_KEYS}
-    model = build_s2_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    model = spec.build(config).to(device)
+    optimizer = torch.optim.Adam(param_groups(model, args.learning_rate))
     start, history = 0, []
-    if args.resume:
-        state = load_checkpoint(args.resume, S2_KIND, map_location=device)
-        check_resume_args(args.resume, state["args"], args, RESUME_KEYS)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["epoch"] + 1, state["history"]
         log.info("resuming from %s (epoch %d done)", args.resume, state["epoch"])
-    log.info("device: %s; parameters: %d", device, sum(p.numel() for p in model.parameters()))
+    log.info("device: %s; %s network, %d parameters", device, args.model, sum(p.numel() for p in model.parameters()))
+    val_logits = None
     for epoch in range(start, args.epochs):
         rng = np.random.default_rng([args.seed, epoch])
-        rows = [{"epoch": epoch, "split": "train",
-                 **run_epoch(model, train_graphs, device, args.batch_size, optimizer, rng, epoch)}]
-        if val_graphs:
-            rows.append({"epoch": epoch, "split": "validation", **run_epoch(model, val_graphs, device, args.batch_size)})
-        history += rows
+        metrics, _ = run_epoch(model, spec, train, device, args.batch_size, optimizer, rng, epoch, args.pos_weight,
+                               args.struct_weight)
+        epoch_rows = [{"epoch": epoch, "split": "train", **metrics}]
+        if val:
+            metrics, val_logits = run_epoch(model, spec, val, device, args.batch_size, pos_weight=args.pos_weight)
+            n = min(len(val), DECODED_F1_SEQS)
+            metrics["decoded_f1"] = max(decoded_f1(model, spec, val[:n], val_logits[:n], val_refs[:n], g)
+                                        for g in DECODED_F1_GAMMAS)
+            epoch_rows.append({"epoch": epoch, "split": "validation", **metrics})
+        history += epoch_rows
         log.info("epoch %d: %s", epoch, " | ".join(
             f"{r['split']} loss {r['loss']:.4f} auROC {r['auroc']:.4f} auPRC {r['auprc']:.4f} F1@0.5 {r['f1_at_0.5']:.3f}"
-            for r in rows))
+            + (f" decoded F1 {r['decoded_f1']:.3f}" if "decoded_f1" in r else "") for r in epoch_rows))
         write_csv(pd.DataFrame(history), Path(f"{prefix}.metrics.csv"))
         plot_history(history, PANELS, Path(f"{prefix}.metrics.png"), ncols=3)
-        if (epoch + 1) % args.save_every == 0 or epoch == args.epochs - 1:
+        last = epoch == args.epochs - 1
+        if (epoch + 1) % args.save_every == 0 or last:
+            ckpt = {"kind": spec.kind, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {"resume": None},
+                    "config": config, "epoch": epoch, "history": history}
+            if last:
+                ckpt["decode_gamma"], ckpt["gamma_scores"] = calibrate(model, spec, val, val_logits, val_refs, log)
             path = Path(f"{prefix}.model_ckpt_ep_{epoch}.pth")
-            save_checkpoint({"kind": S2_KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "args": vars(args) | {"log": str(args.log), "resume": None}, "config": config,
-                             "epoch": epoch, "history": history}, path)
+            save_checkpoint(ckpt, path)
             log.info("saved %s", path)
 
 
+def calibrate(model, spec, val, val_logits, val_refs, log) -> tuple[float, dict]:
+    """gamma with the best mean decoded F1 on the validation split (1.0 without one)."""
+    if not val:
+        log.info("no validation split: decoding gamma left at 1.0 (pass --gamma at prediction)")
+        return 1.0, {}
+    gamma, scores = calibrate_gamma(model, spec, val, val_logits, val_refs)
+    log.info("decoding gamma %g: validation mean F1 %.3f (%s)", gamma, scores[gamma],
+             ", ".join(f"{g:g}: {f:.3f}" for g, f in scores.items()))
+    return float(gamma), {float(g): float(f) for g, f in scores.items()}
+
+
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

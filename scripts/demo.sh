@@ -9,7 +9,8 @@ PY=${PY:-python}
 TRAIN="--chromosomes chr3 chr4"
 TEST="--chromosomes chr5"
 RUN=s1_training/result/demo
-S2LOG=s2_training/result/s2_gnn_demo.log
+S2_SEQS=${S2_SEQS:-1500}
+S2_EPOCHS=${S2_EPOCHS:-5}
 
 echo "== S1 data: multi-struct training set, merged stem boxes (chr3, chr4)"
 (cd s1_data_gen && $PY generate_human_transcriptome_segment_high_mfe_freq_multi_struct.py \
@@ -17,8 +18,8 @@ echo "== S1 data: multi-struct training set, merged stem boxes (chr3, chr4)"
   --out ../data/s1_train_merged_len40_5000.pkl.gz)
 echo "== S2 training data: variable length, MFE (chr3, chr4)"
 (cd s2_data_gen && $PY generate_human_transcriptome_segment_high_mfe_freq_var_len.py \
-  --len_min 20 --len_max 120 --num_seq 1000 --threshold_mfe_freq 0.02 $TRAIN --max_per_gene 200 --workers 2 \
-  --out ../data/s2_train_mfe_len20_120_1000.pkl.gz)
+  --len_min 20 --len_max 200 --num_seq $S2_SEQS --threshold_mfe_freq 0.02 $TRAIN --max_per_gene 1000 --workers 2 \
+  --out ../data/s2_train_mfe_len20_200_$S2_SEQS.pkl.gz)
 echo "== test set: variable length, MFE only, held-out chr5"
 (cd s2_data_gen && $PY generate_human_transcriptome_segment_high_mfe_freq_var_len.py \
   --len_min 20 --len_max 200 --num_seq 150 --threshold_mfe_freq 0.02 $TEST --max_per_gene 200 --workers 2 \
@@ -38,24 +39,25 @@ echo "== S1 evaluation on the held-out test set"
 $PY evaluation/run_s1_inference.py --data data/human_transcriptome_segment_high_mfe_freq_test_len20_200_150.pkl.gz \
   --threshold 0.05 0.1 0.2 0.4 --models "$RUN" --out data/s1_eval_metric_demo.csv
 
-echo "== S2 data: S1 proposals -> candidate pairs with features"
-(cd s2_data_gen && $PY s1_pred_stem_processing.py --data ../data/s2_train_mfe_len20_120_1000.pkl.gz --threshold_p 0.1 \
-  --model "../$S1" --out_file ../data/s2_train_pred_stem.pkl.gz --features --include_all)
+echo "== S2 data: S1 proposals -> candidate boxes and pairs"
+(cd s2_data_gen && $PY s1_pred_stem_processing.py --data ../data/s2_train_mfe_len20_200_$S2_SEQS.pkl.gz --threshold_p 0.1 \
+  --model "../$S1" --out_file ../data/s2_train_pred_stem.pkl.gz --include_all)
 
-echo "== S2 training"
-rm -f s2_training/result/s2_gnn_demo.*
+echo "== S2 training: box transformer; decoding gamma calibrated on its validation split"
+rm -f s2_training/result/s2_box_demo.*
 (cd s2_training && $PY s2_train_gnn.py --input_data ../data/s2_train_pred_stem.pkl.gz --training_proportion 0.9 \
-  --learning_rate 0.003 --epochs 15 --batch_size 10 --hid 32 32 32 --log result/s2_gnn_demo.log --kmer 3 --embed_dim 16)
-S2=$(ls s2_training/result/s2_gnn_demo.model_ckpt_ep_*.pth | sort -V | tail -1)
+  --learning_rate 0.002 --struct_weight 1 --epochs $S2_EPOCHS --batch_size 16 --log result/s2_box_demo.log \
+  --no_progress)
+S2=$(ls s2_training/result/s2_box_demo.model_ckpt_ep_*.pth | sort -V | tail -1)
 
 echo "== end-to-end evaluation against ViennaRNA on the held-out test set"
-$PY evaluation/run_end_to_end.py --s1_model "$S1" --s2_model "$S2" --gamma 12 \
+$PY evaluation/run_end_to_end.py --s1_model "$S1" --s2_model "$S2" \
   --data data/human_transcriptome_segment_high_mfe_freq_test_len20_200_150.pkl.gz --out data/end_to_end_demo.csv \
   2>&1 | tee data/end_to_end_demo.log
 
 echo
 echo "done. CSVs: data/s1_eval_metric_demo.csv data/end_to_end_demo.csv data/end_to_end_demo_summary.csv"
 echo "plots: plot/stem_size_distribution.png plot/s1_test_set_sensitivity.png plot/s1_sensitivity_tradeoff.png"
-echo "       $RUN/metrics.png s2_training/result/s2_gnn_demo.metrics.png data/end_to_end_demo.png"
+echo "       $RUN/metrics.png s2_training/result/s2_box_demo.metrics.png data/end_to_end_demo.png"
 grep -h "end-to-end F1" data/end_to_end_demo.log | cut -d' ' -f3-
 echo "main job took $((SECONDS / 60)) min $((SECONDS % 60)) s"

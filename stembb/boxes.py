@@ -1,4 +1,4 @@
-"""Stem-box geometry, in one convention (docs/DESIGN.md, "Coordinates").
+"""Stem-box geometry, in one convention (docs/DESIGN.md, "Structures and boxes").
 
 A stem box is given by its reference corner, the outermost pair ``(bx, by)``, and its
 size ``w``: its pairs are ``(bx + k, by - k)`` for ``k < w``, the anti-diagonal of the

@@ -12,7 +12,6 @@ from stembb.errors import InputError
 from stembb.io import atomic_path
 
 S1_KIND = "s1_stem_bb"
-S2_KIND = "s2_gnn"
 _EPOCH = re.compile(r"model_ckpt_ep_(\d+)\.pth$")
 
 
@@ -21,8 +20,9 @@ def save_checkpoint(state: dict, path: Path) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: Path, kind: str, map_location="cpu") -> dict:
-    """Read a checkpoint and check it is of ``kind``; one-line InputError otherwise."""
+def load_checkpoint(path: Path, kind: str | tuple[str, ...], map_location="cpu") -> dict:
+    """Read a checkpoint and check it is of ``kind`` (or one of several); one-line
+    InputError otherwise."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
@@ -30,9 +30,10 @@ def load_checkpoint(path: Path, kind: str, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch.load raises many types for a bad file
         raise InputError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("kind") != kind:
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    if not isinstance(state, dict) or state.get("kind") not in kinds:
         found = state.get("kind") if isinstance(state, dict) else type(state).__name__
-        raise InputError(f"{path}: not an {kind} checkpoint (found {found!r})")
+        raise InputError(f"{path}: not an {' or '.join(kinds)} checkpoint (found {found!r})")
     return state
 
 

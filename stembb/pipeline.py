@@ -10,28 +10,36 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from stembb.checkpoint import S2_KIND, load_model
+from stembb.checkpoint import load_checkpoint
+from stembb.cli import check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError
 from stembb.io import VALID_LETTERS
-from stembb.s2.decode import decode_structure
 from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
-from stembb.s2.candidates import pair_features
-from stembb.s2.gnn import build_graph, build_s2_model, collate_graphs
+from stembb.s2.engine import S2_KINDS, S2_MODELS, S2Model
 
 
-def load_s2_model(path: Path, device: torch.device):
-    """The network of an S2 checkpoint, in eval mode."""
-    return load_model(path, S2_KIND, build_s2_model, device)
+def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2Model, dict]:
+    """The network of an S2 checkpoint of either kind, in eval mode; its spec; the checkpoint."""
+    state = load_checkpoint(path, tuple(S2_KINDS), map_location=device)
+    spec = S2_MODELS[S2_KINDS[state["kind"]]]
+    model = spec.build(state["config"]).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, spec, state
 
 
 @dataclass
 class Predictor:
-    """Both stages loaded from their checkpoints; ``timings`` accumulate seconds per step."""
+    """Both stages loaded from their checkpoints; ``timings`` accumulate seconds per step.
+
+    ``gamma`` defaults to the value calibrated at the end of S2 training (stored in the
+    S2 checkpoint as ``decode_gamma``)."""
 
     s1_model: torch.nn.Module
     s2_model: torch.nn.Module
-    kmer: int
+    s2_spec: S2Model
+    s2_config: dict
     device: torch.device
     threshold: float = 0.1
     gamma: float = 1.0
@@ -39,33 +47,48 @@ class Predictor:
     timings: dict = field(default_factory=lambda: {"s1_forward": 0.0, "s1_decode": 0.0, "s2": 0.0, "structure": 0.0})
 
     @classmethod
-    def from_checkpoints(cls, s1_path: Path, s2_path: Path, device: torch.device, **kwargs) -> "Predictor":
+    def from_checkpoints(cls, s1_path: Path, s2_path: Path, device: torch.device, gamma: float | None = None,
+                         **kwargs) -> "Predictor":
         s1, _ = load_s1_model(s1_path, device)
-        s2, state = load_s2_model(s2_path, device)
-        return cls(s1, s2, state["config"]["kmer"], device, **kwargs)
+        s2, spec, state = load_s2_model(s2_path, device)
+        gamma = state.get("decode_gamma", 1.0) if gamma is None else gamma
+        return cls(s1, s2, spec, state["config"], device, gamma=gamma, **kwargs)
 
     @torch.no_grad()
     def predict(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
         """One structure (sorted 0-based pairs) per sequence."""
+        return self.structures(seqs, self.proposals(seqs))
+
+    @torch.no_grad()
+    def proposals(self, seqs: Sequence[str]) -> list:
+        """S1: the decoded box proposals of each sequence (``stembb.s1.predict.decode_proposals``)."""
         t = time.perf_counter()
         maps = predict_maps(self.s1_model, seqs, self.device, self.batch_size)
         self.timings["s1_forward"] += time.perf_counter() - t
-        out = []
-        for seq, m in zip(seqs, maps):
-            t = time.perf_counter()
-            features = pair_features(decode_proposals(m, seq, self.threshold))
-            self.timings["s1_decode"] += time.perf_counter() - t
-            if not features:
-                out.append([])
-                continue
-            t = time.perf_counter()
-            cands = list(features)
-            batch = collate_graphs([build_graph(seq, cands, [features[p] for p in cands], self.kmer)])
-            probs = torch.sigmoid(self.s2_model({k: v.to(self.device) for k, v in batch.items()})).cpu().numpy()
-            self.timings["s2"] += time.perf_counter() - t
-            t = time.perf_counter()
-            out.append(decode_structure(len(seq), np.array(cands), probs, self.gamma, seq))
-            self.timings["structure"] += time.perf_counter() - t
+        t = time.perf_counter()
+        out = [decode_proposals(m, seq, self.threshold) for seq, m in zip(seqs, maps)]
+        self.timings["s1_decode"] += time.perf_counter() - t
+        return out
+
+    @torch.no_grad()
+    def structures(self, seqs: Sequence[str], proposals: Sequence) -> list[list[tuple[int, int]]]:
+        """S2 over batches of sequences, then one valid structure per sequence."""
+        t = time.perf_counter()
+        examples = [self.s2_spec.from_proposals(seq, props, self.s2_config) for seq, props in zip(seqs, proposals)]
+        logits: list = [None] * len(seqs)
+        scored = [k for k, e in enumerate(examples) if e is not None]
+        for start in range(0, len(scored), self.batch_size):
+            idx = scored[start:start + self.batch_size]
+            batch = self.s2_spec.collate([examples[k] for k in idx])
+            flat = self.s2_model({k: v.to(self.device) for k, v in batch.items()}).double().cpu().numpy()
+            bounds = np.cumsum([0] + [self.s2_spec.n_items(examples[k]) for k in idx])
+            for k, a, b in zip(idx, bounds[:-1], bounds[1:]):
+                logits[k] = flat[a:b]
+        self.timings["s2"] += time.perf_counter() - t
+        t = time.perf_counter()
+        out = [self.s2_spec.decode(self.s2_model, ex, x, self.gamma) if ex is not None else []
+               for ex, x in zip(examples, logits)]
+        self.timings["structure"] += time.perf_counter() - t
         return out
 
 
@@ -74,20 +97,23 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s1_model", type=Path, required=True, help="S1 checkpoint")
     p.add_argument("--s2_model", type=Path, required=True, help="S2 checkpoint")
     p.add_argument("--threshold_p", type=float, default=0.1, help="S1 p_on threshold in (0, 1)")
-    p.add_argument("--gamma", type=float, default=1.0,
-                   help="structure decoding: a pair is taken when p > 1/(gamma+1); larger favours recall")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="structure decoding: a pair is taken when p > 1/(gamma+1); larger favours recall "
+                        "(default: the value calibrated on S2's validation split, stored in the S2 checkpoint)")
+    p.add_argument("--batch_size", type=int, default=16, help="sequences per S1 and S2 forward pass")
     p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0, help="logged; prediction has no randomness")
 
 
 def make_predictor(args) -> "Predictor":
     """A Predictor from the flags of ``add_predictor_args``, after checking them."""
-    if not 0 < args.threshold_p < 1:
-        raise InputError(f"--threshold_p must be in (0, 1), got {args.threshold_p}")
-    if args.gamma <= 0:
+    check_threshold("--threshold_p", args.threshold_p)
+    if args.gamma is not None and not args.gamma > 0:
         raise InputError(f"--gamma must be positive, got {args.gamma}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch_size must be at least 1, got {args.batch_size}")
     device = pick_device(args.device)
-    return Predictor.from_checkpoints(args.s1_model, args.s2_model, device, threshold=args.threshold_p, gamma=args.gamma)
+    return Predictor.from_checkpoints(args.s1_model, args.s2_model, device, gamma=args.gamma,
+                                      threshold=args.threshold_p, batch_size=args.batch_size)
 
 
 def check_sequences(path: Path, records, max_length: int) -> None:

@@ -27,7 +27,10 @@ def plot_history(history: list[dict], panels: list[tuple[str, str]], path: Path,
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.5 * nrows), squeeze=False)
     for ax, (col, title) in zip(axes.ravel(), panels):
-        for split, grp in df.groupby("split"):
+        if col not in df.columns:  # e.g. a validation-only metric in a run without validation
+            ax.axis("off")
+            continue
+        for split, grp in df[df[col].notna()].groupby("split"):
             ax.plot(grp["epoch"], grp[col], marker="o", ms=3, label=split)
         ax.set(title=title, xlabel="epoch")
         ax.legend(fontsize=7)

@@ -23,9 +23,10 @@ def git_commit() -> str:
     return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
-def start_run(name: str, seed: int, log_file: Path | None = None) -> logging.Logger:
+def start_run(name: str, seed: int | None = None, log_file: Path | None = None) -> logging.Logger:
     """A logger for one run (stderr, plus ``log_file`` when given, appended) that has
-    already recorded the command line, the git commit and the seed."""
+    already recorded the command line, the git commit and the seed (``None``: the run
+    has no randomness, and says so)."""
     log = logging.getLogger(name)
     log.setLevel(logging.INFO)
     log.handlers.clear()
@@ -40,5 +41,5 @@ def start_run(name: str, seed: int, log_file: Path | None = None) -> logging.Log
         log.addHandler(h)
     log.info("command: %s", shlex.join([sys.executable] + sys.argv))
     log.info("git commit: %s", git_commit())
-    log.info("seed: %s", seed)
+    log.info("seed: %s", "none (deterministic)" if seed is None else seed)
     return log

@@ -1,6 +1,6 @@
 """Secondary structures as base pairs, dot-bracket strings and local-structure boxes.
 
-Conventions (DESIGN.md, "Coordinates and local structures"):
+Conventions (docs/DESIGN.md, "Structures and boxes"):
 
 * A structure is a list of 0-based pairs ``(i, j)`` with ``i < j``; every base is in at
   most one pair. On disk (column ``one_idx``) it is the pair of lists ``([i...], [j...])``.
@@ -164,7 +164,7 @@ def stems(pairs: Iterable[tuple[int, int]]) -> list[list[tuple[int, int]]]:
         if partner.get(i - 1) == j + 1:
             continue  # not the outermost pair of its stem
         run = [(i, j)]
-        while partner.get(i + 1) == j - 1:
+        while j - i > 2 and partner.get(i + 1) == j - 1:
             i, j = i + 1, j - 1
             run.append((i, j))
         runs.append(run)
@@ -184,41 +184,36 @@ def stem_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
 
 
 def loop_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
-    """Hairpin, bulge and internal-loop boxes.
+    """Hairpin, bulge and internal-loop boxes, also where a closing pair crosses others.
 
-    For a pair (a, b), the pairs directly inside it decide the loop: none -> hairpin
-    ``((a, a), (b-a+1, b-a+1))``; one, (c, d), not stacked on (a, b) -> bulge/internal
-    loop ``((a, d), (c-a+1, b-d+1))``; several -> multiloop (no box). A pair with a
-    pair crossing it closes no loop box: that region is the pseudoknot box's.
+    Stems are taken in order of their 5' end. The innermost pair (a, b) of a stem closes a
+    hairpin ``((a, a), (b-a+1, b-a+1))`` when every base between a and b is unpaired; if
+    the next stem's outermost pair (c, d) lies inside, a < c < d < b, with every base
+    between a and c and between d and b unpaired, they close a bulge / internal loop
+    ``((a, d), (c-a+1, b-d+1))``. Anything else (multiloops) has no box.
     """
     pairs = sorted(pairs)
     if not pairs:
         return []
-    partner = {}
+    paired = np.zeros(max(j for _, j in pairs) + 2, dtype=np.int64)
     for i, j in pairs:
-        partner[i] = j
-        partner[j] = i
-    crossing = crossing_pairs(pairs)
+        paired[i] = paired[j] = 1
+    before = np.concatenate([[0], np.cumsum(paired)])  # before[k]: paired bases among 0..k-1
+
+    def unpaired_between(lo: int, hi: int) -> bool:
+        return before[hi] - before[lo + 1] == 0  # bases lo+1 .. hi-1
+
+    runs = stems(pairs)
     boxes = []
-    for a, b in pairs:
-        if partner.get(a + 1) == b - 1 or (a, b) in crossing:
-            continue  # stacked (inside a stem), or part of a pseudoknot
-        children = []
-        k = a + 1
-        while k < b:
-            q = partner.get(k)
-            if q is None:
-                k += 1
-            else:
-                # q < k only inside a pseudoknot nested in (a, b): counts as a branch
-                children.append((min(k, q), max(k, q)))
-                k = max(k, q) + 1
-        if not children:
+    for k, run in enumerate(runs):
+        a, b = run[-1]
+        if unpaired_between(a, b):
             boxes.append(Box((a, a), (b - a + 1, b - a + 1), HAIRPIN))
-        elif len(children) == 1:
-            c, d = children[0]
-            kind = BULGE if c == a + 1 or d == b - 1 else INTERNAL_LOOP
-            boxes.append(Box((a, d), (c - a + 1, b - d + 1), kind))
+        elif k + 1 < len(runs):
+            c, d = runs[k + 1][0]
+            if a < c and d < b and unpaired_between(a, c) and unpaired_between(d, b):
+                kind = BULGE if c == a + 1 or d == b - 1 else INTERNAL_LOOP
+                boxes.append(Box((a, d), (c - a + 1, b - d + 1), kind))
     return boxes
 
 
@@ -255,11 +250,11 @@ def local_structure_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
     for a, b in pairs:
         if partner[a - 1] != b + 1:  # outermost pair of a stem (partner[-1] is the -1 padding)
             i, j = a, b
-            while partner[i + 1] == j - 1:
+            while j - i > 2 and partner[i + 1] == j - 1:
                 i, j = i + 1, j - 1
             w = i - a + 1
             stem_out.append(Box((a, b - w + 1), (w, w), STEM))
-        if partner[a + 1] == b - 1:
+        if b - a > 2 and partner[a + 1] == b - 1:
             continue
         k, first, n_children = a + 1, None, 0
         while k < b:

@@ -67,3 +67,21 @@ def train_s1(data, result, *extra, check=True):
     return run_script("s1_training/train_conv_pixel_stem_bb.py", "--data", data, "--result", result, *TINY_NET,
                       "--lr", "0.01", "--batch_size", "8", "--cpu", "0", "--device", "cpu", "--no_progress",
                       *extra, check=check)
+
+
+@pytest.fixture(scope="session")
+def s2_models(tiny_s1_data, tmp_path_factory):
+    """S1 -> S2 data -> both S2 networks, with the real scripts on tiny data."""
+    root = tmp_path_factory.mktemp("s2")
+    train_s1(tiny_s1_data, root / "s1", "--epoch", 2)
+    s1 = root / "s1" / "model_ckpt_ep_1.pth"
+    s2_data = root / "s2.pkl.gz"
+    run_script("s2_data_gen/s1_pred_stem_processing.py", "--data", tiny_s1_data, "--threshold_p", 0.05, "--model", s1,
+               "--out_file", s2_data, "--features", "--include_all")
+    common = ["--input_data", s2_data, "--training_proportion", 0.7, "--learning_rate", 0.01, "--epochs", 2,
+              "--batch_size", 8, "--save_every", 1, "--no_progress"]
+    run_script("s2_training/s2_train_gnn.py", *common, "--model", "gnn", "--hid", 8, 8, "--kmer", 2,
+               "--embed_dim", 4, "--log", root / "result" / "gnn.log")
+    run_script("s2_training/s2_train_gnn.py", *common, "--dim", 16, "--layers", 1, "--heads", 2,
+               "--log", root / "result" / "box.log")
+    return root, s1, root / "result" / "box.model_ckpt_ep_1.pth", root / "result" / "gnn.model_ckpt_ep_1.pth"

@@ -7,7 +7,7 @@ from stembb.structure import is_canonical
 
 
 def slow_decode(maps, seq, threshold):
-    """Obviously-correct per-pixel reference of DESIGN.md's decoding."""
+    """Obviously-correct per-pixel reference of docs/DESIGN.md's S1 decoding."""
     length = len(seq)
     boxes = {}
     for i in range(length):

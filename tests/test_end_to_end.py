@@ -3,12 +3,11 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import error_line, run_script, train_s1
+from conftest import error_line, run_script
 from stembb.s2.decode import decode_structure
 from stembb.data.folding import fold
 from stembb.data.formats import format_record, read_bpseq, read_ct, read_fasta, read_references
 from stembb.metrics import pair_scores
-from stembb.s2.engine import s2_loss
 from stembb.s2.gnn import PairGNN, build_graph, collate_graphs
 from stembb.structure import canonical_pair_matrix, is_nested, pairs_from_db, validate_pairs
 
@@ -79,42 +78,32 @@ def test_slip_allowance():
     assert pair_scores([(0, 21), (1, 19)], ref, slip=1)["f1"] == 1.0
 
 
-def test_s2_loss_covers_candidate_pairs_only():
+def test_gnn_scores_candidate_pairs_only():
     seq = "GGGAAACCCUUUGGGAAACCC"
     cands = [(0, 8), (1, 7), (12, 20)]
     feats = [[1, 0, 0.5, 0.2, 0, 0]] * 3
     graph = build_graph(seq, cands, feats, 3, labels=[1, 0, 1])
     batch = collate_graphs([graph, build_graph(seq, cands[:1], feats[:1], 3, labels=[0])])
     torch.manual_seed(0)
-    model = PairGNN(3, 8, [8, 8])
-    logits = model(batch)
-    assert logits.shape == (4,)
-    manual = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0, 1, 0]))
-    assert torch.allclose(s2_loss(logits, batch["labels"]), manual)
+    logits = PairGNN(3, 8, [8, 8])(batch)
+    assert logits.shape == (4,) and batch["labels"].tolist() == [1, 0, 1, 0]
     # a true pair the candidates miss (2, 6) has no logit, so it cannot enter the loss
     assert batch["pairs"].tolist() == [[0, 8], [1, 7], [12, 20], [21, 29]]
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tiny_s1_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    train_s1(tiny_s1_data, root / "s1", "--epoch", 2)
-    s1 = root / "s1" / "model_ckpt_ep_1.pth"
-    s2_data = root / "s2.pkl.gz"
-    run_script("s2_data_gen/s1_pred_stem_processing.py", "--data", tiny_s1_data, "--threshold_p", 0.05, "--model", s1,
-               "--out_file", s2_data, "--features", "--include_all")
-    run_script("s2_training/s2_train_gnn.py", "--input_data", s2_data, "--training_proportion", 0.8,
-               "--learning_rate", 0.01, "--epochs", 2, "--batch_size", 8, "--hid", 8, 8, "--log",
-               root / "result" / "s2_gnn_run_1.log", "--kmer", 2, "--embed_dim", 4, "--save_every", 1)
-    return root, s1, root / "result" / "s2_gnn_run_1.model_ckpt_ep_1.pth"
+def tiny_models(s2_models):
+    """The tiny S1 and box-transformer S2 checkpoints of the session's ``s2_models``."""
+    root, s1, box, _ = s2_models
+    return root, s1, box
 
 
 def test_s2_training_outputs_next_to_log(tiny_models):
-    root, _, s2 = tiny_models
-    assert sorted(p.name for p in (root / "result").iterdir()) == [
-        "s2_gnn_run_1.log", "s2_gnn_run_1.metrics.csv", "s2_gnn_run_1.metrics.png",
-        "s2_gnn_run_1.model_ckpt_ep_0.pth", "s2_gnn_run_1.model_ckpt_ep_1.pth"]
-    metrics = pd.read_csv(root / "result" / "s2_gnn_run_1.metrics.csv")
+    root, _, _ = tiny_models
+    names = sorted(p.name for p in (root / "result").iterdir() if p.name.startswith("box."))
+    assert names == ["box.log", "box.metrics.csv", "box.metrics.png", "box.model_ckpt_ep_0.pth",
+                     "box.model_ckpt_ep_1.pth"]
+    metrics = pd.read_csv(root / "result" / "box.metrics.csv")
     assert {"loss", "auroc", "auprc", "f1_at_0.3", "f1_at_0.5", "f1_at_0.7"} <= set(metrics.columns)
     assert len(metrics) == 4
 

@@ -141,3 +141,20 @@ def test_inference_errors(tiny_s1_data, tmp_path):
                       "--model", not_s1, "--out_file", tmp_path / "o.pkl.gz", check=False)
     assert "--threshold_p must be in (0, 1)" in error_line(proc)
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "o.pkl.gz").exists()
+
+
+def test_size_catch_all_keeps_the_scalar_size_proposal_and_threshold_is_float64():
+    one = np.ones((3, 3), np.float32)
+    zero = np.zeros((3, 3), np.int64)
+    maps = {"p_on": np.zeros((3, 3), np.float32), "loc_x": zero, "p_loc_x": one, "loc_y": zero, "p_loc_y": one,
+            "size": np.full((3, 3), 10), "p_size": one, "size_scalar": one}
+    maps["p_on"][0, 2] = 0.9
+    for decode in (decode_proposals, slow_decode):
+        props = decode(maps, "GAC", 0.5)
+        assert props[["bb_x", "bb_y", "siz_x"]].values.tolist() == [[0, 2, 1]]
+        assert list(props["prob_on_sm"][0]) == [] and list(props["prob_on_sl"][0]) == pytest.approx([0.9])
+    # float32 0.1 is 0.10000000149 > 0.1: kept when compared in float64 (float32 would drop it)
+    maps["p_on"][0, 2] = np.float32(0.1)
+    assert len(decode_proposals(maps, "GAC", 0.1)) == len(slow_decode(maps, "GAC", 0.1)) == 1
+    maps["p_on"][0, 2] = np.nextafter(np.float32(0.1), np.float32(0))
+    assert decode_proposals(maps, "GAC", 0.1).empty and slow_decode(maps, "GAC", 0.1).empty

@@ -19,7 +19,7 @@ from stembb.s1.targets import one_hot, stem_targets
 
 
 def slow_targets(length, boxes, offset):
-    """Per-pixel reference of DESIGN.md's target definitions."""
+    """Per-pixel reference of docs/DESIGN.md's target definitions."""
     out = {k: np.zeros((length, length)) for k in ("stem_on", "location_x", "location_y", "sm_size", "sl_size",
                                                     "unmasked", "in_stem")}
     for i in range(length):
@@ -212,3 +212,10 @@ def test_resume_with_other_hyperparameters_is_refused(tiny_s1_data, tmp_path):
     line = error_line(proc)
     assert "disagrees with the flags" in line and "--mask 0.0 in the checkpoint vs 0.5" in line
     assert sorted(p.name for p in (tmp_path / "r").glob("*.pth")) == ["model_ckpt_ep_0.pth"]
+
+
+def test_pseudoknot_box_is_not_unmasked():
+    pairs = [(0, 2), (1, 3)]
+    t = stem_targets(4, local_structure_boxes(pairs), 0)
+    assert sorted(zip(*np.nonzero(t["unmasked"]))) == [(0, 2), (1, 3)]
+

@@ -137,3 +137,15 @@ def test_fast_path_agrees_with_the_component_functions_on_real_samples():
     for db in fold(seq, num_sample=50, seed=11).samples:
         pairs = pairs_from_db(db)
         assert local_structure_boxes(pairs) == stem_boxes(pairs) + loop_boxes(pairs) + pseudoknot_boxes(pairs)
+
+
+def test_loops_closed_by_pairs_that_also_cross_get_their_boxes():
+    boxes = local_structure_boxes([(0, 4), (1, 7), (3, 5)])
+    assert Box((1, 5), (3, 3), INTERNAL_LOOP) in boxes and any(b.kind == PSEUDOKNOT for b in boxes)
+    assert Box((0, 3), (2, 3), BULGE) in local_structure_boxes([(0, 5), (1, 3), (2, 6)])
+
+
+def test_pairs_of_neighbouring_bases_are_one_pair_stems():
+    assert stem_boxes([(1, 2)]) == [Box((1, 2), (1, 1), STEM)]
+    assert sorted(local_structure_boxes([(0, 1)])) == [Box((0, 0), (2, 2), HAIRPIN), Box((0, 1), (1, 1), STEM)]
+    assert stems([(0, 1), (2, 5)]) == [[(0, 1)], [(2, 5)]]

@@ -1,6 +1,6 @@
 """S1 losses, streaming metrics, and the plain ``train_one_epoch`` / ``evaluate`` loops.
 
-Loss terms (DESIGN.md): each averaged over the weighted pixels of an example, then over
+Loss terms (docs/DESIGN.md, "Stage 1"): each averaged over the weighted pixels of an example, then over
 the examples of the batch; the five are summed. The on/off loss weight of pixel (i, j)
 is 0 below the diagonal and on padding, 1 in the unmasked region, ``mask_weight``
 elsewhere; location and size are trained on stem pixels only.

@@ -1,4 +1,4 @@
-"""S1 input encoding and per-pixel targets (DESIGN.md, "S1 input and targets").
+"""S1 input encoding and per-pixel targets (docs/DESIGN.md, "Stage 1").
 
 Shapes: ``L`` is the sequence length; maps are ``(L, L)`` with row i = 5' base, column
 j = 3' base. Targets are built box by box with array slices, never pixel by pixel.
@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from stembb.structure import STEM, Box, base_codes
+from stembb.structure import PSEUDOKNOT, STEM, Box, base_codes
 
 LOCATION_CLASSES = 12  # offsets 0..10 exact, 11 = "more than 10"
 SIZE_CLASSES = 11      # sizes 1..10 -> 0..9, 10 = "more than 10"
@@ -42,8 +42,8 @@ def stem_targets(length: int, boxes: Sequence[Box], local_unmask_offset: int) ->
     - ``stem_on`` float32: 1 inside any stem box.
     - ``location_x`` / ``location_y`` int64: class of i - x0 and of (y0+w-1) - j.
     - ``sm_size`` int64: size class; ``sl_size`` float32: the size w.
-    - ``unmasked`` bool: inside a local-structure box grown by ``local_unmask_offset``
-      pixels per side (clipped), and i < j. Elsewhere the on/off loss is weighted by
+    - ``unmasked`` bool: inside a local-structure box other than a pseudoknot box,
+      grown by ``local_unmask_offset`` pixels per side (clipped), and i < j. Elsewhere the on/off loss is weighted by
       ``--mask``.
     - ``in_stem`` bool: where the location and size heads are trained.
     Outside stem boxes the class targets are 0 and unused.
@@ -56,7 +56,8 @@ def stem_targets(length: int, boxes: Sequence[Box], local_unmask_offset: int) ->
     grown = np.zeros((length, length), dtype=bool)
     d = local_unmask_offset
     for (x0, y0), (wx, wy), kind in boxes:
-        grown[max(x0 - d, 0):x0 + wx + d, max(y0 - d, 0):y0 + wy + d] = True
+        if kind != PSEUDOKNOT:  # a pseudoknot box spans distant stems: not local structure
+            grown[max(x0 - d, 0):x0 + wx + d, max(y0 - d, 0):y0 + wy + d] = True
         if kind != STEM:
             continue
         rows, cols = slice(x0, x0 + wx), slice(y0, y0 + wy)

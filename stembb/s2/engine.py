@@ -1,7 +1,29 @@
-"""S2 training: data from S2 feature pickles, BCE on candidate pairs, epoch metrics."""
+"""S2 training and scoring, shared by both S2 networks (docs/DESIGN.md, "Stage 2").
+
+An S2 network scores *items*: candidate pairs (the graph network, ``stembb.s2.gnn``) or
+distinct S1 boxes (the box transformer, ``stembb.s2.boxnet``). ``S2_MODELS`` names,
+per network, the functions the trainer and the predictor need: how to build it, which
+pickle columns it reads, how to turn a row (training) or S1 proposals (prediction) into
+an example, how to batch examples, and how its item logits become one structure.
+Every example maps its items to candidate pairs (``pairs``, ``entry_pair``,
+``entry_item``): a pair takes the largest logit of its items (``pair_max``).
+
+Decoding: the box transformer assembles structures with its learned loop terms
+(``stembb.s2.assemble``; pair scores = logits + log gamma); the graph network uses the
+maximum-expected-accuracy DP on probabilities (``stembb.s2.decode``; gain
+``(gamma + 1) p - 1``). Either way larger ``gamma`` favours recall, and after training
+``gamma`` is chosen on the validation split as the value with the best mean base-pair F1
+of the decoded structures (``calibrate_gamma``).
+
+Training is binary cross-entropy over items, plus, for the box transformer, a
+structured margin loss on the assembled structure (``structured_hinge``), the only way
+its loop terms learn.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -9,64 +31,202 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from stembb.s2.gnn import build_graph, collate_graphs
+from stembb.metrics import pair_scores
+from stembb.s2 import boxnet, gnn
+from stembb.s2.candidates import box_table, pair_features
+from stembb.s2.assemble import assemble, structure_score
+from stembb.s2.decode import decode_structure
+from stembb.structure import pairs_from_one_idx
 
-S2_COLUMNS = ("seq", "stem_bb_bps", "target_bps", "stem_bb_bps_features")
+GAMMA_GRID = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 F1_THRESHOLDS = (0.3, 0.5, 0.7)
 
 
-def graphs_from_frame(df: pd.DataFrame, k: int) -> list[dict]:
-    """One graph per row; label 1 for candidates in ``target_bps``."""
-    graphs = []
-    for seq, cands, target, feats in zip(df["seq"], df["stem_bb_bps"], df["target_bps"], df["stem_bb_bps_features"]):
-        cands = [tuple(p) for p in cands]
-        target = {tuple(p) for p in target}
-        graphs.append(build_graph(seq, cands, [feats[p] for p in cands], k, [p in target for p in cands]))
-    return graphs
+@dataclass(frozen=True)
+class S2Model:
+    """What the trainer and the predictor need to know of one S2 network."""
+
+    kind: str  # checkpoint kind
+    columns: tuple[str, ...]  # pickle columns it reads
+    config_keys: tuple[str, ...]  # hyperparameters (flags of the same name)
+    build: Callable  # config dict -> nn.Module
+    from_row: Callable  # (row dict, config) -> example with labels
+    from_proposals: Callable  # (seq, proposals DataFrame, config) -> example, or None without candidates
+    collate: Callable  # examples -> batch dict of tensors (flat ``labels`` when all have them)
+    n_items: Callable  # example -> number of scored items
+    decode: Callable  # (model, example, item logits, gamma) -> sorted pairs of one valid structure
 
 
-def batches(graphs: list[dict], batch_size: int, rng: np.random.Generator | None):
-    order = rng.permutation(len(graphs)) if rng is not None else np.arange(len(graphs))
-    for start in range(0, len(order), batch_size):
-        yield collate_graphs([graphs[k] for k in order[start:start + batch_size]])
+def _with_identity_pair_map(graph: dict) -> dict:
+    """A graph's items are its candidate pairs: each is its own pair (see ``pair_probs``)."""
+    n = len(graph["pairs"])
+    return graph | {"entry_pair": np.arange(n), "entry_item": np.arange(n)}
 
 
-def s2_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy over the candidate pairs only (non-candidates have no logit)."""
-    return F.binary_cross_entropy_with_logits(logits, labels)
+def _gnn_from_row(row: dict, config: dict) -> dict:
+    cands = [tuple(p) for p in row["stem_bb_bps"]]
+    ref = set(pairs_from_one_idx(row["one_idx"]))
+    target = {tuple(p) for p in row["target_bps"]}
+    feats = row["stem_bb_bps_features"]
+    graph = gnn.build_graph(row["seq"], cands, [feats[p] for p in cands], config["kmer"], [p in target for p in cands])
+    return _with_identity_pair_map(graph) | {"pair_labels": np.array([p in ref for p in cands], dtype=bool),
+                                             "seq": row["seq"]}
 
 
-def pair_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    both = 0 < labels.sum() < len(labels)
-    out = {"auroc": roc_auc_score(labels, probs) if both else float("nan"),
-           "auprc": average_precision_score(labels, probs) if both else float("nan")}
-    for t in F1_THRESHOLDS:
-        pred = probs > t
-        tp = float((pred & (labels > 0)).sum())
-        out[f"f1_at_{t}"] = 2 * tp / max(pred.sum() + labels.sum(), 1)
+def _gnn_from_proposals(seq: str, proposals: pd.DataFrame, config: dict):
+    features = pair_features(proposals)
+    if not features:
+        return None
+    cands = list(features)
+    return _with_identity_pair_map(gnn.build_graph(seq, cands, [features[p] for p in cands], config["kmer"])) | {
+        "seq": seq}
+
+
+def _box_from_proposals(seq: str, proposals: pd.DataFrame, config: dict):
+    return boxnet.box_example(seq, boxnet.top_boxes(box_table(proposals), config["max_boxes"])) if len(proposals) else None
+
+
+def pair_max(example: dict, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(pairs (P, 2), (P,))``: each candidate pair of an example with the largest of the
+    ``values`` (one per item) of the items that contain it."""
+    best = np.full(len(example["pairs"]), -np.inf)
+    np.maximum.at(best, example["entry_pair"], np.asarray(values, dtype=float)[example["entry_item"]])
+    return np.asarray(example["pairs"]), best
+
+
+def _decode_mea(model, example: dict, logits: np.ndarray, gamma: float) -> list[tuple[int, int]]:
+    pairs, best = pair_max(example, logits)
+    return decode_structure(len(example["seq"]), pairs, 1 / (1 + np.exp(-best)), gamma, example["seq"])
+
+
+def _decode_assemble(model, example: dict, logits: np.ndarray, gamma: float) -> list[tuple[int, int]]:
+    pairs, best = pair_max(example, logits)
+    return assemble(example["seq"], pairs, best + math.log(gamma), model.terms.numpy())
+
+
+S2_MODELS = {
+    "box": S2Model(
+        kind=boxnet.KIND, columns=("seq", "one_idx", "stem_bb_boxes"),
+        config_keys=tuple(asdict(boxnet.BoxNetConfig())), build=boxnet.build_boxnet,
+        from_row=lambda row, config: boxnet.box_example(
+            row["seq"], boxnet.top_boxes(row["stem_bb_boxes"], config["max_boxes"]), pairs_from_one_idx(row["one_idx"])),
+        from_proposals=_box_from_proposals, collate=boxnet.collate_boxes, n_items=lambda ex: len(ex["numeric"]),
+        decode=_decode_assemble),
+    "gnn": S2Model(
+        kind=gnn.KIND, columns=("seq", "one_idx", "stem_bb_bps", "target_bps", "stem_bb_bps_features"),
+        config_keys=gnn.S2_CONFIG_KEYS, build=gnn.build_s2_model, from_row=_gnn_from_row,
+        from_proposals=_gnn_from_proposals, collate=gnn.collate_graphs, n_items=lambda ex: len(ex["pairs"]),
+        decode=_decode_mea),
+}
+S2_KINDS = {m.kind: name for name, m in S2_MODELS.items()}
+
+
+def structured_hinge(logits: torch.Tensor, example: dict, terms) -> torch.Tensor:
+    """Margin loss of the assembled structure (``logits``: the example's item logits;
+    ``terms``: the model's ``LoopTerms``).
+
+    Pair scores are the largest logit of the items containing the pair. The
+    loss-augmented structure (pair scores + 1 off the reference, - 1 on it) must score
+    at least its Hamming distance below the reference pairs among the candidates:
+    ``max(0, S(pred) + distance - S(reference)) / |reference|``.
+    """
+    pairs = np.asarray(example["pairs"])
+    pair_logit = torch.full((len(pairs),), -1e4, device=logits.device, dtype=logits.dtype).scatter_reduce(
+        0, torch.as_tensor(example["entry_pair"], device=logits.device),
+        logits[torch.as_tensor(example["entry_item"], device=logits.device)], "amax")
+    gold = np.asarray(example["pair_labels"], dtype=bool)
+    augmented = pair_logit.detach().double().cpu().numpy() + np.where(gold, -1.0, 1.0)
+    pred = assemble(example["seq"], pairs, augmented, terms.numpy())
+    reference = [tuple(p) for p in pairs[gold].tolist()]
+    index = {p: k for k, p in enumerate(map(tuple, pairs.tolist()))}
+    distance = len(set(pred) ^ set(reference))
+    margin = (structure_score(example["seq"], pred, index, pair_logit, terms) + distance
+              - structure_score(example["seq"], reference, index, pair_logit, terms))
+    return torch.clamp(margin, min=0) / max(len(reference), 1)
+
+
+def size_batches(sizes, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Batches of example indices of similar size (padding of the box transformer grows
+    with the largest example). With ``rng``: sizes are sorted within shuffled chunks of
+    50 batches and the batches shuffled; without: in size order."""
+    sizes = np.asarray(sizes)
+    if rng is None:
+        order = np.argsort(sizes, kind="stable")
+    else:
+        order = rng.permutation(len(sizes))
+        chunk = 50 * batch_size
+        order = np.concatenate([c[np.argsort(sizes[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))]
+                               or [order])
+    out = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    if rng is not None:
+        out = [out[k] for k in rng.permutation(len(out))]
     return out
 
 
-def run_epoch(model, graphs, device, batch_size, optimizer=None, rng=None, epoch: int = 0) -> dict[str, float]:
-    """Train (with ``optimizer``) or evaluate over ``graphs``; loss, auROC, auPRC, F1s."""
+def item_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """auROC, auPRC and F1 at a few probability thresholds over scored items."""
+    both = 0 < labels.sum() < len(labels)
+    out = {"auroc": float(roc_auc_score(labels, probs)) if both else float("nan"),
+           "auprc": float(average_precision_score(labels, probs)) if both else float("nan")}
+    for t in F1_THRESHOLDS:
+        pred = probs > t
+        tp = float((pred & (labels > 0)).sum())
+        out[f"f1_at_{t}"] = 2 * tp / max(float(pred.sum() + labels.sum()), 1.0)
+    return out
+
+
+def run_epoch(model, spec: S2Model, examples: list[dict], device, batch_size: int, optimizer=None,
+              rng=None, epoch: int = 0, pos_weight: float = 1.0,
+              struct_weight: float = 0.0) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Train (with ``optimizer``) or score ``examples``: the epoch's loss and item metrics,
+    and each example's item logits (in example order).
+
+    The loss is BCE over items, plus, when training with ``struct_weight`` > 0, that
+    weight times the mean ``structured_hinge`` of the batch's examples."""
     model.train(optimizer is not None)
-    losses, probs, labels = [], [], []
+    total, n_items = 0.0, 0
+    logits_out: list = [None] * len(examples)
+    weight = torch.tensor(pos_weight, device=device)
     with torch.set_grad_enabled(optimizer is not None):
-        for step, batch in enumerate(batches(graphs, batch_size, rng)):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            if not len(batch["labels"]):
-                continue
+        for step, idx in enumerate(size_batches([spec.n_items(e) for e in examples], batch_size, rng)):
+            batch = {k: v.to(device) for k, v in spec.collate([examples[k] for k in idx]).items()}
             logits = model(batch)
-            loss = s2_loss(logits, batch["labels"])
+            if not len(logits):
+                continue
+            loss = F.binary_cross_entropy_with_logits(logits, batch["labels"], pos_weight=weight)
+            bounds = np.cumsum([0] + [spec.n_items(examples[k]) for k in idx])
+            if optimizer is not None and struct_weight > 0:
+                hinge = [structured_hinge(logits[a:b], examples[k], model.terms)
+                         for k, a, b in zip(idx, bounds[:-1], bounds[1:]) if b > a]
+                loss = loss + struct_weight * torch.stack(hinge).mean()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"non-finite S2 loss at epoch {epoch}, step {step}; lower --learning_rate")
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            losses.append((loss.item(), len(logits)))
-            probs.append(torch.sigmoid(logits).detach().cpu().numpy())
-            labels.append(batch["labels"].cpu().numpy())
-    total = sum(n for _, n in losses)
-    out = {"loss": sum(v * n for v, n in losses) / max(total, 1)}
-    return out | pair_metrics(np.concatenate(probs or [np.zeros(0)]), np.concatenate(labels or [np.zeros(0)]))
+            total += loss.item() * len(logits)
+            n_items += len(logits)
+            flat = logits.detach().double().cpu().numpy()
+            for k, a, b in zip(idx, bounds[:-1], bounds[1:]):
+                logits_out[k] = flat[a:b]
+    labels = np.concatenate([e["labels"].numpy() if torch.is_tensor(e["labels"]) else e["labels"] for e in examples]
+                            or [np.zeros(0)])
+    flat = np.concatenate([x if x is not None else np.zeros(spec.n_items(e)) for x, e in zip(logits_out, examples)]
+                          or [np.zeros(0)])
+    return {"loss": total / max(n_items, 1)} | item_metrics(1 / (1 + np.exp(-flat)), labels), logits_out
+
+
+def decoded_f1(model, spec: S2Model, examples, logits, refs, gamma: float) -> float:
+    """Mean base-pair F1 of the structures decoded at ``gamma`` against ``refs``."""
+    f1 = [pair_scores(spec.decode(model, ex, x, gamma), ref)["f1"] for ex, x, ref in zip(examples, logits, refs)]
+    return float(np.mean(f1)) if f1 else float("nan")
+
+
+def calibrate_gamma(model, spec: S2Model, examples, logits, refs,
+                    grid=GAMMA_GRID) -> tuple[float, dict[float, float]]:
+    """The ``gamma`` of ``grid`` with the best mean decoded F1 (the smallest among ties),
+    and the F1 of every value tried."""
+    scores = {g: decoded_f1(model, spec, examples, logits, refs, g) for g in grid}
+    best = max(grid, key=lambda g: (scores[g], -g))
+    return best, scores

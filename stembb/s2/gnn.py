@@ -1,4 +1,4 @@
-"""S2: a graph network that scores the S1 candidate pairs of a sequence.
+"""S2 baseline (the notebook's): a graph network that scores the S1 candidate pairs of a sequence.
 
 Graph of one sequence: nodes are bases, embedded by the k-mer centred on them
 (``kmer`` odd or even, window clipped at the ends, any N -> its own token); edges are
@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from stembb.s2.candidates import N_PAIR_FEATURES
 from stembb.structure import base_codes
 
-EDGE_FEATURES = 8
+KIND = "s2_gnn"
+EDGE_FEATURES = 2 + N_PAIR_FEATURES  # [backbone, pair] + the S1 features of a candidate pair
 S2_CONFIG_KEYS = ("kmer", "embed_dim", "hid")
 
 
@@ -36,7 +38,7 @@ def kmer_ids(seq: str, k: int) -> np.ndarray:
 
 def pair_edge_features(features: Sequence[Sequence[float]]) -> np.ndarray:
     """``(n, 8)`` edge features of candidate pairs from their six S1 features."""
-    f = np.asarray(features, dtype=np.float32).reshape(-1, 6)
+    f = np.asarray(features, dtype=np.float32).reshape(-1, N_PAIR_FEATURES)
     return np.concatenate([np.zeros((len(f), 1)), np.ones((len(f), 1)), np.log1p(f[:, :2]), f[:, 2:]],
                           axis=1).astype(np.float32)
 

@@ -1,0 +1,43 @@
+"""Checks of command-line values shared by the scripts: each failure is one
+``InputError`` line naming the flag (or file)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from stembb.errors import InputError
+
+
+def check_threshold(flag: str, value: float) -> None:
+    """A probability threshold strictly inside (0, 1)."""
+    if not 0 < value < 1:
+        raise InputError(f"{flag} must be in (0, 1), got {value}")
+
+
+def check_at_least_one(args, *names: str) -> None:
+    """Integer flags (attribute names of ``args``) that must be at least 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
+
+
+def check_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path | None]) -> None:
+    """Refuse, before any work, an output that is an existing folder or the same file as
+    one of the inputs (writing it would destroy that input)."""
+    sources = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
+    for out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        if out.is_dir():
+            raise InputError(f"{out}: output path is an existing folder; give a file name")
+        if out.resolve() in sources:
+            raise InputError(f"{out}: output path is also an input ({sources[out.resolve()]}); "
+                             "choose another output name")
+
+
+def check_num(num: int | None) -> None:
+    """``--num`` (first N sequences): absent, or at least 1 (0 or a negative number would
+    silently mean 'all' or 'all but the last')."""
+    if num is not None and num < 1:
+        raise InputError(f"--num must be at least 1, got {num}")

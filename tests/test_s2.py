@@ -1,0 +1,220 @@
+"""S2: box relations, box decoding, the box transformer learning, calibration, the GNN baseline."""
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+from stembb.boxes import stem_pairs, valid_boxes
+from stembb.checkpoint import load_checkpoint
+from stembb.data.folding import fold
+from stembb.metrics import pair_scores
+from stembb.pipeline import Predictor, add_predictor_args, make_predictor
+from stembb.s2 import boxnet
+from stembb.s2.candidates import BOX_COLUMNS
+from stembb.s2.decode import decode_structure
+from stembb.s2.assemble import LoopTerms, assemble, structure_score
+from stembb.s2.decode import decode_gains
+from stembb.s2.engine import S2_MODELS, calibrate_gamma, pair_max, run_epoch
+from stembb.structure import canonical_pair_matrix, is_nested, pairs_from_db, stem_boxes, validate_pairs
+
+
+def corners(boxes):
+    """(n, 3) reference corners (bx, by, w) of Box tuples."""
+    return np.array([(x0, y0 + w - 1, w) for (x0, y0), (w, _), _ in boxes], dtype=np.int64).reshape(-1, 3)
+
+
+def test_relations_of_hand_made_boxes():
+    # A (0,19,4); B stacked directly inside A; C crosses A; D = A shifted along its diagonal; E beside A
+    bx, by, w = np.array([0, 4, 10, 1, 21]), np.array([19, 15, 25, 18, 29]), np.array([4, 2, 3, 3, 2])
+    rel = boxnet.relations(bx, by, w)
+    assert rel[0].tolist() == [0, 5, 3, 1, 4]  # B inside A with 0 unpaired bases between them
+    assert rel[1, 0] == 11 and rel[3, 1] == 5 and rel[2, 4] == 3
+    # a box two bases further in: bucket 1-2
+    assert boxnet.relations(np.array([0, 5]), np.array([19, 14]), np.array([4, 2]))[0, 1] == 6
+    # sharing a base on another diagonal
+    assert boxnet.relations(np.array([0, 2]), np.array([19, 19]), np.array([4, 2]))[0, 1] == 2
+
+
+def random_boxes(rng, seq, n):
+    length = len(seq)
+    bx = rng.integers(0, length, n)
+    w = rng.integers(1, 7, n)
+    by = bx + 2 * w + rng.integers(3, 30, n)
+    keep = valid_boxes(bx, by, w, seq)
+    return np.unique(np.stack([bx[keep], by[keep], w[keep]], axis=1), axis=0)
+
+
+def table_of(boxes):
+    table = np.zeros((len(boxes), len(BOX_COLUMNS)), dtype=np.float32)
+    table[:, :3] = boxes
+    return table
+
+
+def random_terms(rng):
+    terms = LoopTerms()
+    with torch.no_grad():
+        for p in terms.parameters():
+            p.copy_(torch.as_tensor(rng.normal(size=tuple(p.shape))))
+    return terms
+
+
+def test_assembly_finds_the_best_scoring_structure():
+    rng = np.random.default_rng(0)
+    for _ in range(120):
+        length = int(rng.integers(6, 16))
+        seq = "".join(rng.choice(list("ACGU"), length))
+        i, j = np.triu_indices(length, 4)
+        keep = rng.random(len(i)) < 0.35
+        pairs = np.stack([i[keep], j[keep]], axis=1)[:9]
+        unary = rng.normal(size=len(pairs))
+        terms = random_terms(rng)
+        index = {tuple(p): k for k, p in enumerate(pairs.tolist())}
+        scores = {(): 0.0}
+        with torch.no_grad():
+            for r in range(1, len(pairs) + 1):
+                for c in itertools.combinations(map(tuple, pairs.tolist()), r):
+                    bases = [b for p in c for b in p]
+                    if len(set(bases)) == len(bases) and is_nested(c):
+                        scores[c] = float(structure_score(seq, list(c), index, torch.as_tensor(unary), terms))
+            got = assemble(seq, pairs, unary, terms.numpy())
+            got_score = float(structure_score(seq, got, index, torch.as_tensor(unary), terms)) if got else 0.0
+        assert got_score == pytest.approx(max(scores.values()))
+        # with no loop terms it is the plain maximum-gain DP
+        assert assemble(seq, pairs, unary, LoopTerms().numpy()) == decode_gains(length, pairs, unary)
+
+
+def test_box_decoding_is_always_a_valid_structure_on_box_pairs():
+    rng = np.random.default_rng(1)
+    model = boxnet.build_boxnet({"dim": 8, "layers": 1, "heads": 2, "dropout": 0.0})
+    for _ in range(60):
+        length = int(rng.integers(15, 90))
+        seq = "".join(rng.choice(list("ACGU"), length))
+        boxes = random_boxes(rng, seq, int(rng.integers(1, 80)))
+        example = boxnet.box_example(seq, table_of(boxes))
+        model.terms = random_terms(rng)
+        out = S2_MODELS["box"].decode(model, example, rng.normal(size=len(boxes)) * 3, float(rng.uniform(0.2, 30)))
+        validate_pairs(out, length)
+        assert is_nested(out)
+        on_boxes = {p for b in boxes for p in stem_pairs(((b[0], b[1] - b[2] + 1), (b[2], b[2]), "stem"))}
+        canonical = canonical_pair_matrix(seq)
+        assert all(p in on_boxes and canonical[p] and p[1] - p[0] > 3 for p in out)
+
+
+def test_box_decoding_returns_the_consistent_high_scoring_set():
+    rng = np.random.default_rng(2)
+    seq = "GGGAAAUCCCGCGCAUUAGCGCGUUAGCAAUGCUAACGGAUCCUAGCAUGCAUGGCUAGGAUCC"
+    truth = pairs_from_db(fold(seq, partition=False).mfe_structure)
+    true_boxes = corners(stem_boxes(truth))
+    decoys = random_boxes(rng, seq, 300)
+    decoys = decoys[~(decoys[:, None, :] == true_boxes[None]).all(2).any(1)]
+    assert len(decoys) > 20
+    example = boxnet.box_example(seq, table_of(np.concatenate([true_boxes, decoys])))
+    logits = np.r_[np.full(len(true_boxes), 4.0), rng.uniform(-8, -3, len(decoys))]
+    model = boxnet.build_boxnet({"dim": 8, "layers": 1, "heads": 2, "dropout": 0.0})
+    for gamma in (0.5, 1.0, 8.0):
+        assert S2_MODELS["box"].decode(model, example, logits, gamma) == truth
+
+
+def all_valid_boxes(seq, sizes=(3, 4, 5, 6)):
+    """Every canonical stem box of the given sizes enclosing at least 3 bases."""
+    length = len(seq)
+    out = []
+    for w in sizes:
+        bx, by = np.meshgrid(np.arange(length), np.arange(length), indexing="ij")
+        bx, by = bx.ravel(), by.ravel()
+        keep = (by - bx >= 2 * w + 2) & valid_boxes(bx, by, np.full(len(bx), w), seq)
+        out.append(np.stack([bx[keep], by[keep], np.full(keep.sum(), w)], axis=1))
+    return np.concatenate(out)
+
+
+def synthetic_examples(n, seed):
+    """Random sequences whose candidates are canonical stem boxes of 3-5 pairs; the
+    reference is the best structure made of the boxes with only GC pairs. The S1 evidence
+    is the same noise for every box: only the boxes' sequence tells right from wrong."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        seq = "".join(rng.choice(list("ACGU"), int(rng.integers(40, 60))))
+        pool = all_valid_boxes(seq, (3, 4, 5))
+        boxes = pool[rng.permutation(len(pool))[:30]]
+        gc_only = np.array([all(seq[i] + seq[j] in ("GC", "CG") for i, j in
+                                stem_pairs(((x, y - w + 1), (w, w), "stem"))) for x, y, w in boxes])
+        pairs, probs = pair_max(boxnet.box_example(seq, table_of(boxes)), gc_only.astype(float))
+        truth = decode_structure(len(seq), pairs, probs, 1.0, seq)
+        if not truth or gc_only.all():
+            continue
+        table = np.zeros((len(boxes), len(BOX_COLUMNS)), dtype=np.float32)
+        table[:, :3] = boxes
+        table[:, 3:5] = rng.integers(1, 5, (len(boxes), 2))
+        table[:, 5:] = rng.random((len(boxes), len(BOX_COLUMNS) - 5))
+        out.append((seq, truth, table))
+    return out
+
+
+def s1_prob_f1(data):
+    """Mean decoded F1 of the S1-probability baseline at its best gamma."""
+    scores = []
+    for gamma in (1.0, 4.0, 16.0):
+        f1 = []
+        for seq, truth, table in data:
+            pairs, probs = pair_max(boxnet.box_example(seq, table), np.maximum(table[:, 5], table[:, 7]))
+            f1.append(pair_scores(decode_structure(len(seq), pairs, probs, gamma, seq), truth)["f1"])
+        scores.append(np.mean(f1))
+    return max(scores)
+
+
+def test_box_transformer_learns_what_the_s1_evidence_cannot_tell():
+    torch.manual_seed(0)
+    spec = S2_MODELS["box"]
+    train_data, val_data = synthetic_examples(60, 3), synthetic_examples(20, 4)
+    train = [boxnet.box_example(s, t, truth) for s, truth, t in train_data]
+    val = [boxnet.box_example(s, t, truth) for s, truth, t in val_data]
+    model = boxnet.build_boxnet({"dim": 32, "layers": 2, "heads": 4, "dropout": 0.0})
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    device = torch.device("cpu")
+    before, _ = run_epoch(model, spec, train, device, 16)
+    for epoch in range(12):
+        run_epoch(model, spec, train, device, 16, optimizer, np.random.default_rng(epoch), epoch)
+    after, _ = run_epoch(model, spec, train, device, 16)
+    assert after["loss"] < 0.7 * before["loss"], (before, after)
+    _, probs = run_epoch(model, spec, val, device, 16)
+    refs = [truth for _, truth, _ in val_data]
+    gamma, scores = calibrate_gamma(model, spec, val, probs, refs)
+    baseline = s1_prob_f1(val_data)
+    assert scores[gamma] > baseline + 0.2, (scores, baseline)
+
+
+def test_calibrated_gamma_is_stored_and_is_the_cli_default(s2_models):
+    _, s1, box, gnn = s2_models
+    import argparse
+    for path in (box, gnn):
+        state = load_checkpoint(path, (boxnet.KIND, "s2_gnn"))
+        assert state["decode_gamma"] in state["gamma_scores"]
+        assert state["gamma_scores"][state["decode_gamma"]] == max(state["gamma_scores"].values())
+        parser = argparse.ArgumentParser()
+        add_predictor_args(parser)
+        args = parser.parse_args(["--s1_model", str(s1), "--s2_model", str(path)])
+        assert make_predictor(args).gamma == state["decode_gamma"]
+        args = parser.parse_args(["--s1_model", str(s1), "--s2_model", str(path), "--gamma", "7.5"])
+        assert make_predictor(args).gamma == 7.5
+
+
+def test_gnn_baseline_and_box_model_both_predict(s2_models, tiny_s1_data, tmp_path):
+    _, s1, box, gnn = s2_models
+    seqs = pd.read_pickle(tiny_s1_data)["seq"].tolist()[:6]
+    for path in (box, gnn):
+        predictor = Predictor.from_checkpoints(s1, path, torch.device("cpu"), threshold=0.05)
+        for seq, pairs in zip(seqs, predictor.predict(seqs)):
+            validate_pairs(pairs, len(seq))
+            assert is_nested(pairs)
+    out = tmp_path / "ablation.csv"
+    run_script("evaluation/run_s2_ablation.py", "--s1_model", s1, "--s2_models", box, gnn, "--data", tiny_s1_data,
+               "--num", 10, "--threshold_p", 0.05, "--out", out)
+    table = pd.read_csv(out)
+    assert table["method"].tolist() == ["oracle", "s1_prob", f"box:{box.name}", f"gnn:{gnn.name}"]
+    assert {"precision", "recall", "f1", "f1_slip", "gamma", "seconds_per_seq"} <= set(table.columns)
+    assert table.set_index("method").loc["oracle", "f1"] >= table["f1"].max() - 1e-9
+    assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
