@@ -2,10 +2,11 @@
 
 For lengths 50, 100, 200 (--num sequences each): sequences per second of the
 predict_structure pipeline, with S1 forward, S1 decoding + features, S2 and structure
-decoding timed separately, and of ViennaRNA's MFE fold on the same sequences; printed
-as a ratio. Models: --s1_model/--s2_model checkpoints (README's demo writes them), or
-random small networks with the S1 threshold set so about 3% of pixels pass. Last, the
-structure decoder alone at 500 nt.
+decoding timed separately (and everything after the S1 forward as a share of it), and of
+ViennaRNA's MFE fold on the same sequences; printed as a ratio. Models:
+--s1_model/--s2_model checkpoints (README's demo writes them), or random small networks
+(box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, the
+structure assembly alone at 200 nt.
 
     python bench/bench_end_to_end.py [--s1_model S1.pth --s2_model S2.pth] [--num 10]
 """
@@ -15,12 +16,15 @@ import time
 import numpy as np
 import torch
 
-from stembb.s2.decode import decode_structure
+from dataclasses import asdict
+
 from stembb.data.folding import fold
-from stembb.s1.model import SimpleConvNet
 from stembb.pipeline import Predictor
+from stembb.s1.model import SimpleConvNet
 from stembb.s1.predict import predict_maps
-from stembb.s2.gnn import PairGNN
+from stembb.s2.assemble import LoopTerms, assemble
+from stembb.s2.boxnet import BoxNetConfig, build_boxnet
+from stembb.s2.engine import S2_MODELS
 
 
 def random_predictor(rng) -> Predictor:
@@ -28,8 +32,9 @@ def random_predictor(rng) -> Predictor:
     s1 = SimpleConvNet([32, 32], [9, 9], [32, 32], 16).eval()
     probe = "".join(rng.choice(list("ACGU"), 100))
     p_on = predict_maps(s1, [probe], torch.device("cpu"))[0]["p_on"][np.triu_indices(100, 1)]
-    return Predictor(s1, PairGNN(3, 16, [32, 32, 32]).eval(), 3, torch.device("cpu"),
-                     threshold=float(np.quantile(p_on, 0.97)), gamma=4.0)
+    config = asdict(BoxNetConfig())
+    return Predictor(s1, build_boxnet(config).eval(), S2_MODELS["box"], config, torch.device("cpu"),
+                     threshold=float(np.quantile(p_on, 0.97)))
 
 
 def main():
@@ -55,16 +60,20 @@ def main():
         for seq in seqs:
             fold(seq, partition=False)
         vienna = time.perf_counter() - t
-        parts = ", ".join(f"{k} {1000 * v / args.num:.1f}" for k, v in predictor.timings.items())
-        print(f"L={length:3d}: stembb {args.num / ours:6.1f} seq/s (ms per seq: {parts}) | RNAfold "
-              f"{args.num / vienna:7.1f} seq/s | RNAfold is {ours / vienna:5.1f}x faster")
-    length = 500
+        timings = predictor.timings
+        parts = ", ".join(f"{k} {1000 * v / args.num:.1f}" for k, v in timings.items())
+        after = (timings["s1_decode"] + timings["s2"] + timings["structure"]) / max(timings["s1_forward"], 1e-9)
+        print(f"L={length:3d}: stembb {args.num / ours:6.1f} seq/s (ms per seq: {parts}; after the S1 forward: "
+              f"{100 * after:.0f}% of it; structure {100 * timings['structure'] / timings['s1_forward']:.0f}%) | "
+              f"RNAfold {args.num / vienna:7.1f} seq/s | RNAfold is {ours / vienna:5.1f}x faster")
+    length = 200
     i, j = np.triu_indices(length, 4)
-    keep = rng.random(len(i)) < 0.03
+    keep = rng.random(len(i)) < 0.04
     seq = "".join(rng.choice(list("ACGU"), length))
+    pairs = np.stack([i[keep], j[keep]], 1)
     t = time.perf_counter()
-    decode_structure(length, np.stack([i[keep], j[keep]], 1), rng.random(keep.sum()), gamma=2.0, seq=seq)
-    print(f"structure decoding alone at {length} nt ({keep.sum()} candidates): {1000 * (time.perf_counter() - t):.0f} ms")
+    assemble(seq, pairs, rng.normal(size=len(pairs)), LoopTerms().numpy())
+    print(f"structure assembly alone at {length} nt ({len(pairs)} candidates): {1000 * (time.perf_counter() - t):.0f} ms")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from stembb.cli import check_num, check_outputs
 from stembb.errors import run_main
 from stembb.data.folding import fold
 from stembb.io import write_csv
-from stembb.pipeline import add_predictor_args, check_sequences, make_predictor
+from stembb.pipeline import add_predictor_args, make_predictor
 from stembb.plots import plt, save_figure
-from stembb.report import load_records, score_row, summarize
+from stembb.report import reference_records, score_row, summarize
 from stembb.runlog import start_run
 from stembb.structure import pairs_from_db
 
@@ -38,7 +38,8 @@ def parse_args():
     src.add_argument("--refs", type=Path, help="folder of BPSEQ/CT files, or FASTA with dot-bracket lines")
     p.add_argument("--out", type=Path, required=True, help="per-sequence CSV")
     p.add_argument("--num", type=int, default=None, help="first N sequences only")
-    p.add_argument("--max_length", type=int, default=500)
+    p.add_argument("--max_length", type=int, default=500, help="longer sequences are skipped and counted")
+    p.add_argument("--strict_length", action="store_true", help="a sequence longer than --max_length is an error")
     return p.parse_args()
 
 
@@ -65,8 +66,7 @@ def main():
     check_outputs([args.out], [args.data or args.refs, args.s1_model, args.s2_model])
     check_num(args.num)
     log = start_run("run_end_to_end")
-    records = load_records(args.data, args.refs, args.num)
-    check_sequences(args.data or args.refs, records, args.max_length)
+    records = reference_records(args, log)
     predictor = make_predictor(args)
     rows = []
     for k, rec in enumerate(tqdm(records, desc="end-to-end")):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stembb.checkpoint import checkpoint_epoch, latest_checkpoint
+from stembb.checkpoint import checkpoint_epoch, latest_checkpoint, run_ids
 from stembb.cli import check_num, check_outputs
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
@@ -46,7 +46,8 @@ def parse_args():
     p.add_argument("--models", type=Path, nargs="+", default=None,
                    help=f"checkpoints or run folders (default: latest checkpoint of every run under {DEFAULT_RESULTS})")
     p.add_argument("--num", type=int, default=None, help="evaluate the first N sequences only")
-    p.add_argument("--plot_dir", type=Path, default=Path("plot"))
+    p.add_argument("--plot_dir", type=Path, default=REPO_ROOT / "plot",
+                   help="where the PNGs go (default: the repository's plot/, from whatever folder you run)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)
     return p.parse_args()
@@ -67,7 +68,7 @@ def find_checkpoints(models) -> list[Path]:
     return found
 
 
-def evaluate_checkpoint(ckpt: Path, df: pd.DataFrame, thresholds, device, batch_size) -> pd.DataFrame:
+def evaluate_checkpoint(ckpt: Path, run_id: str, df: pd.DataFrame, thresholds, device, batch_size) -> pd.DataFrame:
     """Per-sequence metrics of one checkpoint at every threshold."""
     model, _ = load_s1_model(ckpt, device)
     seqs = df["seq"].tolist()
@@ -80,7 +81,7 @@ def evaluate_checkpoint(ckpt: Path, df: pd.DataFrame, thresholds, device, batch_
                          **s1_sequence_metrics(stems, decode_proposals(maps[k], seq, t))})
     out = pd.DataFrame(rows)
     out.insert(0, "epoch_id", checkpoint_epoch(ckpt))
-    out.insert(0, "run_id", ckpt.parent.name)
+    out.insert(0, "run_id", run_id)
     return out
 
 
@@ -131,8 +132,8 @@ def main():
     device = pick_device(args.device)
     log.info("%d test sequences, %d checkpoint(s), thresholds %s, device %s", len(df), len(checkpoints),
              args.threshold, device)
-    per_seq = pd.concat([evaluate_checkpoint(c, df, args.threshold, device, args.batch_size) for c in checkpoints],
-                        ignore_index=True)
+    per_seq = pd.concat([evaluate_checkpoint(c, r, df, args.threshold, device, args.batch_size)
+                         for c, r in zip(checkpoints, run_ids(checkpoints))], ignore_index=True)
     summary = summarize(per_seq)
     write_csv(summary, args.out)
     per_seq_path = args.out.with_name(args.out.name.removesuffix(".csv") + "_per_seq.csv")

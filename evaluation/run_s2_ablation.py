@@ -30,9 +30,9 @@ from stembb.cli import check_num, check_outputs, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import write_csv
-from stembb.pipeline import Predictor, check_sequences, load_s2_model
+from stembb.pipeline import Predictor, load_s2_model
 from stembb.plots import plt, save_figure
-from stembb.report import load_records, score_row, summarize
+from stembb.report import reference_records, score_row, summarize
 from stembb.runlog import start_run
 from stembb.s1.predict import load_s1_model
 from stembb.s2.candidates import pair_features
@@ -51,7 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold_p", type=float, default=0.1, help="S1 p_on threshold in (0, 1)")
     p.add_argument("--gamma", type=float, default=None, help="decode every S2 model at this gamma instead of its own")
     p.add_argument("--num", type=int, default=None, help="first N sequences only")
-    p.add_argument("--max_length", type=int, default=500)
+    p.add_argument("--max_length", type=int, default=500, help="longer sequences are skipped and counted")
+    p.add_argument("--strict_length", action="store_true", help="a sequence longer than --max_length is an error")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)
     return p
@@ -88,8 +89,7 @@ def main(args) -> None:
     check_outputs([args.out], [args.data or args.refs, args.s1_model, *args.s2_models])
     check_num(args.num)
     log = start_run("run_s2_ablation")
-    records = load_records(args.data, args.refs, args.num)
-    check_sequences(args.data or args.refs, records, args.max_length)
+    records = reference_records(args, log)
     seqs = [r.seq for r in records]
     device = pick_device(args.device)
     s1, _ = load_s1_model(args.s1_model, device)

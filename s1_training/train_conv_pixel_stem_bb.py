@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from stembb.checkpoint import S1_KIND, check_resume_args, latest_checkpoint, load_checkpoint, save_checkpoint
+from stembb.cli import check_at_least_one
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
 from stembb.errors import InputError, run_main
@@ -71,9 +72,11 @@ def check_args(args) -> None:
     for name in ("num_filters", "filter_width", "hid_shared"):
         if any(v < 1 for v in getattr(args, name)):
             raise InputError(f"--{name} values must be at least 1")
-    for name in ("epoch", "batch_size", "max_length", "save_every", "hid_output"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    check_at_least_one(args, "epoch", "batch_size", "max_length", "save_every", "hid_output")
+    if not args.lr > 0:
+        raise InputError(f"--lr must be positive, got {args.lr}")
+    if not 0 <= args.dropout < 1:
+        raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
     if not 0 <= args.mask <= 1:
         raise InputError(f"--mask must be in [0, 1], got {args.mask}")
     if not 0 <= args.val_fraction < 1:
@@ -110,6 +113,9 @@ def resume_state(args, log):
         raise InputError(f"{args.resume}: no model_ckpt_ep_*.pth to resume from")
     state = load_checkpoint(path, S1_KIND)
     check_resume_args(path, state["args"], args, RESUME_KEYS)
+    if state["epoch"] + 1 >= args.epoch:
+        raise InputError(f"{path}: the run already has {state['epoch'] + 1} epochs (--epoch {args.epoch}); "
+                         "raise --epoch to continue it")
     log.info("resuming from %s (epoch %d done)", path, state["epoch"])
     return state
 

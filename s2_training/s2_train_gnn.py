@@ -44,7 +44,7 @@ PANELS = [("loss", "BCE on scored items"), ("auroc", "auROC"), ("auprc", "auPRC"
     ("decoded_f1", "validation F1 of decoded structures")]
 # each epoch, decoded F1 on the first validation sequences at a few gammas (the full
 # calibration over GAMMA_GRID runs once, after the last epoch)
-DECODED_F1_SEQS = 200
+DECODED_F1_SEQS = 100
 TERMS_LR_SCALE = 20
 DECODED_F1_GAMMAS = (1.0, 4.0)
 

@@ -10,7 +10,7 @@ TRAIN="--chromosomes chr3 chr4"
 TEST="--chromosomes chr5"
 RUN=s1_training/result/demo
 S2_SEQS=${S2_SEQS:-1500}
-S2_EPOCHS=${S2_EPOCHS:-5}
+S2_EPOCHS=${S2_EPOCHS:-4}
 
 echo "== S1 data: multi-struct training set, merged stem boxes (chr3, chr4)"
 (cd s1_data_gen && $PY generate_human_transcriptome_segment_high_mfe_freq_multi_struct.py \

@@ -3,6 +3,7 @@ written atomically, that carries its own hyperparameters so inference and ``--re
 need nothing else."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -64,3 +65,15 @@ def check_resume_args(path: Path, saved: dict, args, keys) -> None:
             if saved.get(k) != getattr(args, k)]
     if diff:
         raise InputError(f"{path}: --resume checkpoint disagrees with the flags: {'; '.join(diff)}")
+
+
+def run_ids(checkpoints: list[Path]) -> list[str]:
+    """A name per checkpoint's run folder: the folder name, or, when two runs share a
+    name, the folder's path relative to the runs' common parent (metrics are never pooled
+    across checkpoints)."""
+    folders = [c.resolve().parent for c in checkpoints]
+    names = [f.name for f in folders]
+    if len(set(names)) == len(set(folders)):
+        return names
+    common = Path(os.path.commonpath(folders))
+    return [str(f.relative_to(common)) if f != common else f.name for f in folders]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from stembb.errors import InputError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -23,10 +25,16 @@ class DistInfo:
 
 
 def pick_device(flag: str | None, local_rank: int = 0) -> torch.device:
-    """``--device`` when given; else CUDA (the local rank's GPU among those
-    CUDA_VISIBLE_DEVICES shows) when available; else CPU."""
+    """``--device`` when given (a bare ``cuda`` means the local rank's GPU); else CUDA
+    (the local rank's GPU among those CUDA_VISIBLE_DEVICES shows) when available; else CPU."""
     if flag:
-        return torch.device(flag)
+        try:
+            device = torch.device(flag)
+        except RuntimeError:
+            raise InputError(f"--device {flag!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {flag}: CUDA is not available on this machine")
+        return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")

@@ -39,6 +39,8 @@ from stembb.errors import InputError
 from stembb.structure import StructureError, normalize_box, pairs_from_one_idx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 VALID_LETTERS = frozenset("ACGTUN")
 STRUCTURE_COLUMNS = ("seq", "one_idx", "bounding_boxes")
 
@@ -47,11 +49,13 @@ STRUCTURE_COLUMNS = ("seq", "one_idx", "bounding_boxes")
 def atomic_path(path: Path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
 
-    A crash or Ctrl-C leaves ``path`` as it was (absent or the previous complete file).
+    A crash, Ctrl-C or SIGTERM (``stembb.errors.run_main``) leaves ``path`` as it was
+    (absent or the previous complete file). The file gets the usual permissions (umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared like any file
     os.close(fd)
     try:
         yield Path(tmp)

@@ -116,13 +116,21 @@ def make_predictor(args) -> "Predictor":
                                       threshold=args.threshold_p, batch_size=args.batch_size)
 
 
-def check_sequences(path: Path, records, max_length: int) -> None:
-    """One-line InputError naming the first empty, non-ACGTUN or too long record."""
+def check_sequences(path: Path, records, max_length: int, skip_long: bool = False) -> list:
+    """The records to predict: one-line InputError naming the first empty or non-ACGTUN
+    record; records longer than ``max_length`` are an error too, or, with ``skip_long``,
+    left out (the caller reports how many)."""
     for rec in records:
         if not rec.seq:
             raise InputError(f"{path}: record {rec.name!r} is empty")
         bad = set(rec.seq) - VALID_LETTERS
         if bad:
-            raise InputError(f"{path}: record {rec.name!r} has letters outside ACGTUN: {''.join(sorted(bad))}")
-        if len(rec.seq) > max_length:
+            shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" if not ch.isprintable() or ch.isspace() else ch
+                              for ch in sorted(bad))
+            raise InputError(f"{path}: record {rec.name!r} has letters outside ACGTUN: {shown}")
+        if len(rec.seq) > max_length and not skip_long:
             raise InputError(f"{path}: record {rec.name!r} is {len(rec.seq)} nt, longer than --max_length {max_length}")
+    kept = [rec for rec in records if len(rec.seq) <= max_length]
+    if not kept:
+        raise InputError(f"{path}: no record of at most --max_length {max_length} nt")
+    return kept

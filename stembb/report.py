@@ -9,6 +9,7 @@ import pandas as pd
 from stembb.data.formats import Record, read_references
 from stembb.io import read_pickle
 from stembb.metrics import pair_scores
+from stembb.pipeline import check_sequences
 from stembb.structure import pairs_from_one_idx
 
 LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 10 ** 6)
@@ -25,6 +26,18 @@ def load_records(data: Path | None, refs: Path | None, num: int | None = None) -
     else:
         records = read_references(refs)
     return records[:num] if num else records
+
+
+def reference_records(args, log) -> list[Record]:
+    """The records of ``--data`` or ``--refs`` (first ``--num``) to evaluate: bad letters
+    are an error; records longer than ``--max_length`` are skipped and counted, or, with
+    ``--strict_length``, an error."""
+    records = load_records(args.data, args.refs, args.num)
+    kept = check_sequences(args.data or args.refs, records, args.max_length, skip_long=not args.strict_length)
+    if len(kept) < len(records):
+        log.info("skipped %d of %d sequences longer than --max_length %d", len(records) - len(kept), len(records),
+                 args.max_length)
+    return kept
 
 
 def score_row(index: int, rec: Record, method: str, pred, seconds: float) -> dict:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stembb.errors import RUN_LOGS
 from stembb.io import REPO_ROOT
 
 
@@ -39,6 +40,7 @@ def start_run(name: str, seed: int | None = None, log_file: Path | None = None) 
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
+    RUN_LOGS[:] = [log]
     log.info("command: %s", shlex.join([sys.executable] + sys.argv))
     log.info("git commit: %s", git_commit())
     log.info("seed: %s", "none (deterministic)" if seed is None else seed)

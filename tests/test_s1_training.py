@@ -25,7 +25,8 @@ def slow_targets(length, boxes, offset):
     for i in range(length):
         for j in range(length):
             for (x0, y0), (wx, wy), kind in boxes:
-                if i < j and x0 - offset <= i < x0 + wx + offset and y0 - offset <= j < y0 + wy + offset:
+                if kind != "pseudo_knot" and i < j and x0 - offset <= i < x0 + wx + offset \
+                        and y0 - offset <= j < y0 + wy + offset:
                     out["unmasked"][i, j] = 1
                 if kind == "stem" and x0 <= i < x0 + wx and y0 <= j < y0 + wy:
                     out["stem_on"][i, j] = out["in_stem"][i, j] = 1

@@ -63,12 +63,12 @@ def random_terms(rng):
 
 def test_assembly_finds_the_best_scoring_structure():
     rng = np.random.default_rng(0)
-    for _ in range(120):
-        length = int(rng.integers(6, 16))
+    for _ in range(150):
+        length = int(rng.integers(8, 24))
         seq = "".join(rng.choice(list("ACGU"), length))
         i, j = np.triu_indices(length, 4)
-        keep = rng.random(len(i)) < 0.35
-        pairs = np.stack([i[keep], j[keep]], axis=1)[:9]
+        keep = rng.random(len(i)) < 0.3
+        pairs = np.stack([i[keep], j[keep]], axis=1)[rng.permutation(keep.sum())[:10]]
         unary = rng.normal(size=len(pairs))
         terms = random_terms(rng)
         index = {tuple(p): k for k, p in enumerate(pairs.tolist())}

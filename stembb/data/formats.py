@@ -4,6 +4,7 @@ Indices in files are 1-based; in memory pairs are 0-based ``(i, j)``, i < j.
 """
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,21 @@ class Record:
     family: str = ""
 
 
+def read_text(path: Path) -> str:
+    """A text file's contents, gzip-compressed or not, a UTF-8 byte-order mark dropped;
+    one-line InputError when it is not UTF-8 text."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{path}: damaged gzip file ({exc})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
+
+
 def _pairs_from_partners(path: Path, partners: list[int]) -> list[tuple[int, int]]:
     pairs = set()
     for i, j in enumerate(partners, 1):
@@ -37,7 +53,7 @@ def _pairs_from_partners(path: Path, partners: list[int]) -> list[tuple[int, int
 def read_bpseq(path: Path) -> Record:
     """BPSEQ: lines ``index base partner`` (partner 0 = unpaired); other lines are skipped."""
     seq, partners = [], []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         cols = line.split()
         if len(cols) != 3 or not cols[0].isdigit():
             continue
@@ -52,7 +68,7 @@ def read_bpseq(path: Path) -> Record:
 
 def read_ct(path: Path) -> Record:
     """CT: a header ``N title`` then N lines ``index base prev next partner index``."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
     try:
         n = int(lines[0].split()[0])
         rows = [line.split() for line in lines[1:n + 1]]
@@ -93,7 +109,7 @@ def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
         else:
             rec.seq = "".join(body).upper()
 
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         line = line.strip()
         if not line or line.startswith(";"):
             continue

@@ -84,6 +84,14 @@ def read_genes(path: Path, gene_types: Sequence[str] | None = None) -> list[Gene
     if not path.exists():
         raise InputError(f"{path}: annotation file not found")
     wanted = set(gene_types) if gene_types else None
+    try:
+        return _parse_genes(path, wanted)
+    except (EOFError, OSError, UnicodeDecodeError) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"{path}: unreadable annotation, truncated or not a (gzipped) GTF "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _parse_genes(path: Path, wanted: set | None) -> list[Gene]:
     genes = []
     with _open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):

@@ -1,0 +1,102 @@
+"""Bad input, faults and shared use: one-line errors, no lost or half-written files."""
+import gzip
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import error_line, run_script, train_s1
+from stembb.checkpoint import run_ids
+
+
+def test_output_equal_to_an_input_is_refused_and_the_input_kept(tiny_s1_data, s2_models, tmp_path):
+    _, s1, box, _ = s2_models
+    copy = tmp_path / "data.pkl.gz"
+    copy.write_bytes(tiny_s1_data.read_bytes())
+    before = copy.read_bytes()
+    for script, args in (("evaluation/run_s1_inference.py", ["--data", copy, "--models", s1, "--out", copy]),
+                         ("evaluation/run_end_to_end.py", ["--data", copy, "--s1_model", s1, "--s2_model", box,
+                                                           "--out", copy]),
+                         ("s2_data_gen/s1_pred_stem_processing.py", ["--data", copy, "--model", s1, "--threshold_p",
+                                                                     0.1, "--out_file", copy])):
+        assert "output path is also an input" in error_line(run_script(script, *args, check=False))
+        assert copy.read_bytes() == before
+    proc = run_script("evaluation/run_end_to_end.py", "--data", copy, "--s1_model", s1, "--s2_model", box,
+                      "--out", tmp_path, check=False)
+    assert "existing folder" in error_line(proc)
+    for num in (0, -5):
+        proc = run_script("evaluation/run_end_to_end.py", "--data", copy, "--s1_model", s1, "--s2_model", box,
+                          "--out", tmp_path / "x.csv", "--num", num, check=False)
+        assert f"--num must be at least 1, got {num}" in error_line(proc)
+
+
+def test_run_ids_of_same_named_runs_differ(tmp_path):
+    a, b = tmp_path / "A" / "run" / "model_ckpt_ep_1.pth", tmp_path / "B" / "run" / "model_ckpt_ep_1.pth"
+    assert run_ids([a, b]) == ["A/run", "B/run"]
+    assert run_ids([a, tmp_path / "A" / "other" / "model_ckpt_ep_1.pth"]) == ["run", "other"]
+
+
+def test_sigterm_removes_the_partial_file_and_outputs_honour_the_umask(tmp_path):
+    code = ("import os, signal\n"
+            "from stembb.errors import run_main\nfrom stembb.io import atomic_path\n"
+            "def main():\n"
+            f"    with atomic_path({str(tmp_path / 'out.bin')!r}) as tmp:\n"
+            "        tmp.write_bytes(b'half')\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "run_main(main)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130 and "interrupted" in proc.stderr
+    assert os.listdir(tmp_path) == []
+    code = ("import os, pandas as pd\nos.umask(0o022)\nfrom stembb.io import write_csv\n"
+            f"write_csv(pd.DataFrame({{'a': [1]}}), {str(tmp_path / 'x.csv')!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert (tmp_path / "x.csv").stat().st_mode & 0o777 == 0o644  # lab-mates can read it
+
+
+def test_failed_run_log_ends_with_the_error(tiny_s1_data, tmp_path):
+    log = tmp_path / "s2.log"
+    proc = run_script("s2_training/s2_train_gnn.py", "--input_data", tiny_s1_data, "--log", log, check=False)
+    line = error_line(proc)
+    assert "missing column" in line and log.read_text().strip().splitlines()[-1] == line
+
+
+def test_truncated_annotation_and_gzipped_fasta(tmp_path, s2_models):
+    gtf = tmp_path / "genes.gtf.gz"
+    gtf.write_bytes(gzip.compress(("chr3\tx\tgene\t1\t900\t.\t+\t.\tgene_id \"g\";\n" * 2000).encode())[:-40])
+    proc = run_script("s1_data_gen/generate_human_transcriptome_segment_high_mfe_freq.py", "--len", 40,
+                      "--num_seq", 5, "--chromosomes", "chr3", "--annotation", gtf, "--out", tmp_path / "o.pkl.gz",
+                      check=False)
+    assert "truncated or not a (gzipped) GTF" in error_line(proc)
+    _, s1, box, _ = s2_models
+    fasta = tmp_path / "in.fa.gz"
+    fasta.write_bytes(gzip.compress(b"\xef\xbb\xbf>a\nGGGGAAACCCCAUGCGAAAGCAUG\n>a\nGGGAAACCCAAAA\n"))
+    proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", box, "--fasta", fasta)
+    assert proc.stdout.splitlines()[0] == ">a" and len(proc.stdout.splitlines()) == 6
+    for text, message in ((b">a\nGGG\xa0AAACCC\n", "not UTF-8 text (byte 6"),
+                          (">a\nGGG\u00a0AAACCC\n".encode(), "'\\xa0' (U+00A0)")):
+        fasta.write_bytes(text)
+        proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", box, "--fasta", fasta,
+                          check=False)
+        assert message in error_line(proc)
+
+
+def test_duplicate_reference_names_and_long_references(tmp_path, s2_models):
+    _, s1, box, _ = s2_models
+    refs = tmp_path / "refs.fa"
+    refs.write_text(">x\nGGGGAAAACCCC\n((((....))))\n>x\nGGGAAACCCAAA\n(((...)))...\n>long\n"
+                    + "GGGGAAAACCCC" * 3 + "\n" + "((((....))))" * 3 + "\n")
+    out = tmp_path / "e2e.csv"
+    proc = run_script("evaluation/run_end_to_end.py", "--s1_model", s1, "--s2_model", box, "--refs", refs,
+                      "--out", out, "--max_length", 20)
+    assert "skipped 1 of 3 sequences longer than --max_length 20" in proc.stderr
+    assert list(pd.read_csv(out)["name"]) == ["x", "x", "x", "x"] and (tmp_path / "e2e.png").exists()
+    proc = run_script("evaluation/run_end_to_end.py", "--s1_model", s1, "--s2_model", box, "--refs", refs,
+                      "--out", out, "--max_length", 20, "--strict_length", check=False)
+    assert "longer than --max_length 20" in error_line(proc)
+
+
+def test_resume_of_a_finished_s1_run_says_so(tiny_s1_data, tmp_path):
+    train_s1(tiny_s1_data, tmp_path / "r", "--epoch", 1)
+    proc = train_s1(tiny_s1_data, tmp_path / "r", "--epoch", 1, "--resume", tmp_path / "r", check=False)
+    assert "already has 1 epochs" in error_line(proc)
