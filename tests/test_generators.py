@@ -99,10 +99,32 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, args, message):
 @pytest.mark.parametrize("args, message", [
     (["--len", "0", "--num_data", "5"], "--len must be at least 1"),
     (["--len", "40", "--num_data", "5", "--workers", "0"], "--workers must be at least 1"),
+    (["--len", "40", "--num_data", "5", "--threshold_mfe_freq", "1.5"], "--threshold_mfe_freq is a frequency in [0, 1]"),
+    (["--len", "40", "--num_data", "5", "--out", "."], "output path is an existing folder"),
 ])
 def test_bad_flags(tmp_path, args, message):
-    proc = run_script(MULTI, *args, "--out", tmp_path / "o.pkl.gz", check=False)
+    proc = run_script(MULTI, "--out", tmp_path / "o.pkl.gz", *args, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_segments_longer_than_every_gene_and_genes_past_the_contig_end(tmp_path, tiny_genome):
+    fasta, gtf, _ = tiny_genome
+    proc = run_script(FIXED, "--len", 500, "--num_seq", 5, "--genome", fasta, "--annotation", gtf,
+                      "--out", tmp_path / "o.pkl.gz", check=False)
+    assert "every usable gene is shorter (the longest is 60 nt)" in error_line(proc)
+    past = tmp_path / "past.gtf"
+    past.write_text('chrT\tt\tgene\t250\t400\t.\t+\t.\tgene_id "late"; gene_type "lncRNA";\n')
+    proc = run_script(FIXED, "--len", 20, "--num_seq", 5, "--genome", fasta, "--annotation", past,
+                      "--out", tmp_path / "o.pkl.gz", check=False)
+    assert "all 1 genes of chrT in past.gtf run past the end of their contig" in error_line(proc)
+    both = tmp_path / "both.gtf.gz"
+    both.write_bytes(gtf.read_bytes())
+    import gzip
+    with gzip.open(both, "at") as fh:
+        fh.write(past.read_text())
+    proc = run_script(FIXED, "--len", 20, "--num_seq", 3, "--genome", fasta, "--annotation", both,
+                      "--out", tmp_path / "o.pkl.gz")
+    assert "1 of 4 genes run past the end of their contig" in proc.stderr
 
 
 def test_notebook_debug_command_runs_on_a_genome_with_chr1(tmp_path):

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 from tqdm import tqdm
 
+from stembb.cli import check_outputs
 from stembb.errors import InputError
 from stembb.data.folding import fold, sampling_seed
 from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, Segment, iter_segments
@@ -186,6 +187,10 @@ def open_genome(args: argparse.Namespace, log) -> tuple[Genome, list]:
     if unusable:
         log.warning("warning: skipping chromosomes absent from %s or without genes: %s",
                     args.genome.name, " ".join(unusable))
+    past_end = genome.genes_past_end(chromosomes)
+    if past_end:
+        log.warning("warning: %d of %d genes run past the end of their contig in %s and are skipped",
+                    past_end, past_end + len(genes), args.genome.name)
     return genome, genes
 
 
@@ -201,8 +206,15 @@ def run_generator(args: argparse.Namespace, job: FoldJob, num_wanted: int, desc:
 
     ``segment_shape`` is ``length=...`` or ``len_min=..., len_max=...``.
     """
+    if not 0 <= job.threshold_mfe_freq <= 1:
+        raise InputError(f"--threshold_mfe_freq is a frequency in [0, 1], got {job.threshold_mfe_freq}")
+    check_outputs([args.out], [args.genome, args.annotation])
     log = start_run(desc, args.seed)
     genome, genes = open_genome(args, log)
+    shortest = segment_shape.get("length", segment_shape.get("len_min"))
+    if not any(g.end - g.start + 1 >= shortest for g in genes):
+        longest = max(g.end - g.start + 1 for g in genes)
+        raise InputError(f"--len/--len_min {shortest}: every usable gene is shorter (the longest is {longest} nt)")
     segments = iter_segments(genes, args.seed, args.max_per_gene, **segment_shape)
     rows, skipped, accepted = generate(genome, segments, job, num_wanted, args.workers, desc)
     write_rows(rows, args.out)

@@ -149,6 +149,11 @@ class Genome:
                  and g.end <= len(self.fasta[g.chrom])]
         with_genes = {g.chrom for g in genes}
         unusable = [c for c in chromosomes if c not in with_genes]
+        past_end = self.genes_past_end(chromosomes)
+        if not genes and past_end:
+            raise InputError(f"all {past_end} genes of {' '.join(chromosomes)} in {self.annotation_path.name} run past "
+                             f"the end of their contig in {self.fasta_path.name}: the annotation does not fit this "
+                             "genome (another assembly, or coordinates with an offset)")
         if not genes:
             raise InputError(
                 f"none of the requested chromosomes ({' '.join(chromosomes)}) has genes in "
@@ -156,6 +161,12 @@ class Genome:
                 f"{' '.join(sorted(have & {g.chrom for g in self.genes})) or 'no annotated chromosome'}; "
                 "pass --genome/--annotation for a full genome")
         return genes, unusable
+
+    def genes_past_end(self, chromosomes: Sequence[str]) -> int:
+        """How many genes of ``chromosomes`` end beyond their contig in the FASTA (unusable)."""
+        have = set(self.chromosomes)
+        return sum(1 for g in self.genes if g.chrom in chromosomes and g.chrom in have
+                   and g.end > len(self.fasta[g.chrom]))
 
     def segment_seq(self, seg: Segment) -> str:
         """Sequence of a segment on the gene's strand, upper case DNA."""
