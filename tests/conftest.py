@@ -18,6 +18,17 @@ def run_script(script: str, *args, cwd: Path = REPO, check: bool = True) -> subp
     return proc
 
 
+def random_candidates(rng, min_length: int, max_length: int, min_span: int, density: float):
+    """A random RNA sequence and a random subset (share ``density``) of its pairs (i, j)
+    with j - i >= ``min_span``, for property tests of the structure decoders."""
+    import numpy as np
+    length = int(rng.integers(min_length, max_length))
+    seq = "".join(rng.choice(list("ACGU"), length))
+    i, j = np.triu_indices(length, min_span)
+    keep = rng.random(len(i)) < density
+    return seq, np.stack([i[keep], j[keep]], axis=1)
+
+
 def error_line(proc: subprocess.CompletedProcess) -> str:
     """The one-line error a script printed last on stderr."""
     assert proc.returncode == 2, proc.stderr

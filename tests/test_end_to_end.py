@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import error_line, run_script
+from conftest import error_line, random_candidates, run_script
 from stembb.s2.decode import decode_structure
 from stembb.data.folding import fold
 from stembb.data.formats import format_record, read_bpseq, read_ct, read_fasta, read_references
@@ -15,11 +15,8 @@ from stembb.structure import canonical_pair_matrix, is_nested, pairs_from_db, va
 def test_decoded_structure_is_always_valid():
     rng = np.random.default_rng(0)
     for trial in range(150):
-        length = int(rng.integers(2, 70))
-        seq = "".join(rng.choice(list("ACGU"), length))
-        i, j = np.triu_indices(length, 1)
-        keep = rng.random(len(i)) < rng.uniform(0.05, 1.0)
-        pairs = np.stack([i[keep], j[keep]], axis=1)
+        seq, pairs = random_candidates(rng, 2, 70, 1, rng.uniform(0.05, 1.0))
+        length = len(seq)
         probs = rng.random(len(pairs)) ** rng.uniform(0.2, 3)
         out = decode_structure(length, pairs, probs, gamma=float(rng.uniform(0.3, 8)), seq=seq)
         validate_pairs(out, length)  # each base at most once, i < j, in range

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import random_candidates, run_script
 from stembb.boxes import stem_pairs, valid_boxes
 from stembb.checkpoint import load_checkpoint
 from stembb.data.folding import fold
@@ -64,11 +64,9 @@ def random_terms(rng):
 def test_assembly_finds_the_best_scoring_structure():
     rng = np.random.default_rng(0)
     for _ in range(150):
-        length = int(rng.integers(8, 24))
-        seq = "".join(rng.choice(list("ACGU"), length))
-        i, j = np.triu_indices(length, 4)
-        keep = rng.random(len(i)) < 0.3
-        pairs = np.stack([i[keep], j[keep]], axis=1)[rng.permutation(keep.sum())[:10]]
+        seq, pairs = random_candidates(rng, 8, 24, 4, 0.3)
+        length = len(seq)
+        pairs = pairs[rng.permutation(len(pairs))[:10]]
         unary = rng.normal(size=len(pairs))
         terms = random_terms(rng)
         index = {tuple(p): k for k, p in enumerate(pairs.tolist())}
