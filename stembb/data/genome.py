@@ -8,6 +8,7 @@ coordinates of the contig, whatever the strand.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,10 @@ class Genome:
         fasta = Path(fasta)
         if not fasta.exists():
             raise InputError(f"{fasta}: genome FASTA not found")
+        index = fasta.with_name(fasta.name + ".fai")
+        if not index.exists() and not os.access(fasta.parent, os.W_OK):
+            raise InputError(f"{fasta}: no index {index.name}, and its folder is not writable to make one; "
+                             f"run `samtools faidx {fasta}` where you can write, or copy the FASTA to a writable folder")
         try:
             self.fasta = pyfaidx.Fasta(str(fasta), as_raw=True, sequence_always_upper=True)
         except Exception as exc:  # pyfaidx raises several types for bad files
