@@ -1,7 +1,9 @@
-"""Train S2 on S1 candidates (pickles of s1_pred_stem_processing.py --features).
+"""Train S2 on S1 candidates (pickles of s1_pred_stem_processing.py; --features for gnn).
 
 --model box (default): the box transformer, one token per distinct S1 box, relation-
-biased attention between boxes (stembb.s2.boxnet; flags --dim --layers --heads --dropout).
+biased attention between boxes (stembb.s2.boxnet; flags --dim --layers --heads --dropout
+--max_boxes), decoded by the structure assembly with learned loop terms
+(stembb.s2.assemble), which learn through --struct_weight's structured margin loss.
 --model gnn: the notebook's graph network over bases and candidate pairs, kept as the
 baseline (stembb.s2.gnn; flags --hid --kmer --embed_dim).
 
@@ -15,6 +17,8 @@ result/s2_gnn_run_20.model_ckpt_ep_{epoch}.pth (epochs from 0), every --save_eve
 and at the last.
 
     python s2_train_gnn.py --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
+        --learning_rate 0.002 --struct_weight 1 --epochs 5 --batch_size 16 --log result/s2_box_run_1.log
+    python s2_train_gnn.py --model gnn --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
         --learning_rate 0.001 --epochs 50 --batch_size 10 --hid 32 32 32 --log result/s2_gnn_run_1.log \\
         --kmer 3 --embed_dim 16
 """
@@ -92,6 +96,8 @@ def check_args(args) -> None:
         raise InputError(f"--pos_weight must be positive, got {args.pos_weight}")
     if args.struct_weight < 0:
         raise InputError(f"--struct_weight must be at least 0, got {args.struct_weight}")
+    if args.struct_weight and args.model != "box":
+        raise InputError("--struct_weight trains the box model's structure assembly; --model gnn has none")
     if not 0 <= args.dropout < 1:
         raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.dim % args.heads:

@@ -58,7 +58,7 @@ class S2Model:
 
 
 def _with_identity_pair_map(graph: dict) -> dict:
-    """A graph's items are its candidate pairs: each is its own pair (see ``pair_probs``)."""
+    """A graph's items are its candidate pairs: each is its own pair (see ``pair_max``)."""
     n = len(graph["pairs"])
     return graph | {"entry_pair": np.arange(n), "entry_item": np.arange(n)}
 
