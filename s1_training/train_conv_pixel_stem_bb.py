@@ -161,8 +161,12 @@ def train(args, dist_info, device):
     if args.amp:
         if device.type == "cuda":
             scaler = torch.amp.GradScaler("cuda")
+            if state and state.get("scaler"):  # a resumed run keeps its loss scale
+                scaler.load_state_dict(state["scaler"])
         else:
             log.warning("--amp needs CUDA; training in float32 on %s", device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # lengths are bucketed, so few distinct shapes
     train_loader, train_sampler = make_loader(df, train_idx, args, True, dist_info, device)
     val_loader = make_loader(df, val_idx, args, False, dist_info, device)[0] if len(val_idx) else None
     show = is_main and not args.no_progress
@@ -186,6 +190,7 @@ def train(args, dist_info, device):
             if (epoch + 1) % args.save_every == 0 or epoch == args.epoch - 1:
                 path = args.result / f"model_ckpt_ep_{epoch}.pth"
                 save_checkpoint({"kind": S1_KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler is not None else None,
                                  "args": vars(args) | {"result": str(args.result), "resume": None},
                                  "config": config, "epoch": epoch, "history": history}, path)
                 log.info("saved %s", path)

@@ -36,7 +36,7 @@ def pick_device(flag: str | None, local_rank: int = 0) -> torch.device:
             raise InputError(f"--device {flag}: CUDA is not available on this machine")
         return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
@@ -49,11 +49,20 @@ def init_distributed(device_flag: str | None) -> tuple[DistInfo, torch.device]:
     if "RANK" in os.environ:
         info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("WORLD_SIZE", "1")),
                         int(os.environ.get("LOCAL_RANK", "0")), enabled=True)
+    if info.world_size > 1 and device_flag and torch.device(device_flag).index is not None:
+        raise InputError(f"--device {device_flag} under torchrun would put every rank on one GPU; "
+                         "pass --device cuda (each rank takes its local GPU) or leave it out")
     device = pick_device(device_flag, info.local_rank)
     if device.type == "cuda":
+        if device.index >= torch.cuda.device_count():
+            raise InputError(f"rank {info.rank} needs GPU {device.index}, but only {torch.cuda.device_count()} are "
+                             "visible (CUDA_VISIBLE_DEVICES); start at most one process per GPU")
         torch.cuda.set_device(device)
     if info.enabled:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return info, device
 
 

@@ -108,6 +108,9 @@ def test_length_batch_sampler_buckets_and_splits_ranks():
     ranks = [list(LengthBatchSampler(lengths, 10, True, 3, num_replicas=2, rank=r)) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == len(LengthBatchSampler(lengths, 10, True, 3, 2, 0))
     assert {i for r in ranks for b in r for i in b} == set(range(103))
+    # fewer batches than ranks: every rank still gets one (no rank waits alone in a collective)
+    per_rank = [len(list(LengthBatchSampler(lengths[:25], 10, True, 3, num_replicas=8, rank=r))) for r in range(8)]
+    assert per_rank == [1] * 8
 
 
 def _tiny_loader(data, n=32):
@@ -223,3 +226,13 @@ def test_pseudoknot_box_is_not_unmasked():
     t = stem_targets(4, local_structure_boxes(pairs), 0)
     assert sorted(zip(*np.nonzero(t["unmasked"]))) == [(0, 2), (1, 3)]
 
+
+
+def test_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
+    from stembb.distributed import init_distributed
+    from stembb.errors import InputError
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(InputError, match="would put every rank on one GPU"):
+        init_distributed("cuda:0")

@@ -100,7 +100,9 @@ class LengthBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             batches = [batches[k] for k in rng.permutation(len(batches))]
         per_rank = math.ceil(len(batches) / self.num_replicas)
-        batches += batches[:per_rank * self.num_replicas - len(batches)]  # equal share per rank
+        # tile, so every rank gets the same number of batches even with fewer batches than
+        # ranks (an empty rank would leave the others waiting in their collectives)
+        batches = [batches[k % len(batches)] for k in range(per_rank * self.num_replicas)] if batches else []
         return batches[self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
