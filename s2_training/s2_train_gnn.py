@@ -42,14 +42,13 @@ from stembb.s2.engine import F1_THRESHOLDS, S2_MODELS, calibrate_gamma, decoded_
 from stembb.structure import pairs_from_one_idx
 
 TRAIN_KEYS = ("model", "input_data", "training_proportion", "seed", "batch_size", "learning_rate", "pos_weight",
-              "struct_weight")
+              "struct_weight", "terms_lr_scale")
 PANELS = [("loss", "BCE on scored items"), ("auroc", "auROC"), ("auprc", "auPRC")] + [
     (f"f1_at_{t}", f"item F1 at p > {t}") for t in F1_THRESHOLDS] + [
     ("decoded_f1", "validation F1 of decoded structures")]
 # each epoch, decoded F1 on the first validation sequences at a few gammas (the full
 # calibration over GAMMA_GRID runs once, after the last epoch)
 DECODED_F1_SEQS = 100
-TERMS_LR_SCALE = 20
 DECODED_F1_GAMMAS = (1.0, 4.0)
 
 
@@ -65,6 +64,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="BCE weight of positive items (1 keeps probabilities calibrated; gamma absorbs the imbalance)")
     p.add_argument("--struct_weight", type=float, default=0.0,
                    help="weight of the structured margin loss on decoded structures (0: BCE only)")
+    p.add_argument("--terms_lr_scale", type=float, default=60.0,
+                   help="box: the assembly's loop terms learn this many times faster than the network")
     p.add_argument("--hid", type=int, nargs="+", default=[32, 32, 32], help="gnn: message-passing layer widths")
     p.add_argument("--kmer", type=int, default=3, help="gnn: k-mer length of base embeddings")
     p.add_argument("--embed_dim", type=int, default=16, help="gnn: k-mer embedding width")
@@ -92,6 +93,8 @@ def check_args(args) -> None:
         raise InputError("--hid values must be at least 1")
     if not args.learning_rate > 0:
         raise InputError(f"--learning_rate must be positive, got {args.learning_rate}")
+    if not args.terms_lr_scale > 0:
+        raise InputError(f"--terms_lr_scale must be positive, got {args.terms_lr_scale}")
     if not args.pos_weight > 0:
         raise InputError(f"--pos_weight must be positive, got {args.pos_weight}")
     if args.struct_weight < 0:
@@ -104,14 +107,14 @@ def check_args(args) -> None:
         raise InputError(f"--dim {args.dim} must be a multiple of --heads {args.heads}")
 
 
-def param_groups(model, lr: float) -> list[dict]:
+def param_groups(model, lr: float, terms_lr_scale: float) -> list[dict]:
     """Adam groups: the box transformer's few loop terms (``model.terms``) learn
-    ``TERMS_LR_SCALE`` times faster than the network, whose per-pair logits would
+    ``terms_lr_scale`` times faster than the network, whose per-pair logits would
     otherwise swamp them for many epochs."""
     terms = list(model.terms.parameters()) if hasattr(model, "terms") else []
     ids = {id(p) for p in terms}
     groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr}]
-    return groups + ([{"params": terms, "lr": lr * TERMS_LR_SCALE}] if terms else [])
+    return groups + ([{"params": terms, "lr": lr * terms_lr_scale}] if terms else [])
 
 
 def output_prefix(log_path: Path) -> Path:
@@ -165,7 +168,7 @@ def main(args) -> None:
              len(train), len(val), len(labels), args.model, int(labels.sum()), 100 * labels.mean(), args.pos_weight)
     device = pick_device(args.device)
     model = spec.build(config).to(device)
-    optimizer = torch.optim.Adam(param_groups(model, args.learning_rate))
+    optimizer = torch.optim.Adam(param_groups(model, args.learning_rate, args.terms_lr_scale))
     start, history = 0, []
     if state is not None:
         model.load_state_dict(state["model"])
