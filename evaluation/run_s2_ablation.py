@@ -26,9 +26,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.boxes import proposal_pairs
-from stembb.cli import check_num, check_outputs, check_threshold
+from stembb.cli import check_at_least_one, check_num, check_outputs, check_positive, check_threshold
 from stembb.distributed import pick_device
-from stembb.errors import InputError, run_main
+from stembb.errors import run_main
 from stembb.io import write_csv
 from stembb.pipeline import Predictor, load_s2_model
 from stembb.plots import plt, save_figure
@@ -84,8 +84,8 @@ def plot_ablation(summary: pd.DataFrame, methods: list[str], path: Path) -> None
 
 def main(args) -> None:
     check_threshold("--threshold_p", args.threshold_p)
-    if args.gamma is not None and not args.gamma > 0:
-        raise InputError(f"--gamma must be positive, got {args.gamma}")
+    check_positive(args, "gamma")
+    check_at_least_one(args, "batch_size")
     check_outputs([args.out], [args.data or args.refs, args.s1_model, *args.s2_models])
     check_num(args.num)
     log = start_run("run_s2_ablation")

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from stembb.checkpoint import S1_KIND, check_resume_args, latest_checkpoint, load_checkpoint, save_checkpoint
-from stembb.cli import check_at_least_one
+from stembb.cli import check_at_least_one, check_positive
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
 from stembb.errors import InputError, run_main
@@ -73,8 +73,7 @@ def check_args(args) -> None:
         if any(v < 1 for v in getattr(args, name)):
             raise InputError(f"--{name} values must be at least 1")
     check_at_least_one(args, "epoch", "batch_size", "max_length", "save_every", "hid_output")
-    if not args.lr > 0:
-        raise InputError(f"--lr must be positive, got {args.lr}")
+    check_positive(args, "lr")
     if not 0 <= args.dropout < 1:
         raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
     if not 0 <= args.mask <= 1:

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from stembb.checkpoint import check_resume_args, checkpoint_epoch, latest_checkpoint, load_checkpoint, save_checkpoint
-from stembb.cli import check_at_least_one
+from stembb.cli import check_at_least_one, check_positive
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_csv
@@ -91,12 +91,7 @@ def check_args(args) -> None:
                        "max_boxes")
     if any(h < 1 for h in args.hid):
         raise InputError("--hid values must be at least 1")
-    if not args.learning_rate > 0:
-        raise InputError(f"--learning_rate must be positive, got {args.learning_rate}")
-    if not args.terms_lr_scale > 0:
-        raise InputError(f"--terms_lr_scale must be positive, got {args.terms_lr_scale}")
-    if not args.pos_weight > 0:
-        raise InputError(f"--pos_weight must be positive, got {args.pos_weight}")
+    check_positive(args, "learning_rate", "terms_lr_scale", "pos_weight")
     if args.struct_weight < 0:
         raise InputError(f"--struct_weight must be at least 0, got {args.struct_weight}")
     if args.struct_weight and args.model != "box":

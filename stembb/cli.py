@@ -21,6 +21,14 @@ def check_at_least_one(args, *names: str) -> None:
             raise InputError(f"--{name} must be at least 1, got {getattr(args, name)}")
 
 
+def check_positive(args, *names: str) -> None:
+    """Number flags (attribute names of ``args``) that must be above 0 when given."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise InputError(f"--{name} must be positive, got {value}")
+
+
 def check_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path | None]) -> None:
     """Refuse, before any work, an output that is an existing folder or the same file as
     one of the inputs (writing it would destroy that input)."""

@@ -7,16 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from stembb.checkpoint import load_checkpoint
-from stembb.cli import check_threshold
+from stembb.cli import check_at_least_one, check_positive, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError
 from stembb.io import VALID_LETTERS
 from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
-from stembb.s2.engine import S2_KINDS, S2_MODELS, S2Model
+from stembb.s2.engine import S2_KINDS, S2_MODELS, S2Model, item_slices
 
 
 def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2Model, dict]:
@@ -81,9 +80,8 @@ class Predictor:
             idx = scored[start:start + self.batch_size]
             batch = self.s2_spec.collate([examples[k] for k in idx])
             flat = self.s2_model({k: v.to(self.device) for k, v in batch.items()}).double().cpu().numpy()
-            bounds = np.cumsum([0] + [self.s2_spec.n_items(examples[k]) for k in idx])
-            for k, a, b in zip(idx, bounds[:-1], bounds[1:]):
-                logits[k] = flat[a:b]
+            for k, items in item_slices(self.s2_spec, examples, idx):
+                logits[k] = flat[items]
         self.timings["s2"] += time.perf_counter() - t
         t = time.perf_counter()
         out = [self.s2_spec.decode(self.s2_model, ex, x, self.gamma) if ex is not None else []
@@ -107,10 +105,8 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
 def make_predictor(args) -> "Predictor":
     """A Predictor from the flags of ``add_predictor_args``, after checking them."""
     check_threshold("--threshold_p", args.threshold_p)
-    if args.gamma is not None and not args.gamma > 0:
-        raise InputError(f"--gamma must be positive, got {args.gamma}")
-    if args.batch_size < 1:
-        raise InputError(f"--batch_size must be at least 1, got {args.batch_size}")
+    check_positive(args, "gamma")
+    check_at_least_one(args, "batch_size")
     device = pick_device(args.device)
     return Predictor.from_checkpoints(args.s1_model, args.s2_model, device, gamma=args.gamma,
                                       threshold=args.threshold_p, batch_size=args.batch_size)

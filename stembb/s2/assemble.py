@@ -42,6 +42,12 @@ for _k, (_a, _b) in enumerate(("AU", "UA", "GC", "CG", "GU", "UG")):
     PAIR_TYPE["ACGU".index(_a), "ACGU".index(_b)] = _k
 
 
+def base_at(codes: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Base codes (``base_codes``) at positions ``pos``; 4 ("no base") outside the sequence."""
+    inside = (pos >= 0) & (pos < len(codes))
+    return np.where(inside, codes[np.where(inside, pos, 0)], 4)
+
+
 def pair_types(seq: str) -> np.ndarray:
     """``(L, L)`` pair type of bases i and j (``PAIR_TYPE``)."""
     c = base_codes(seq)
@@ -71,10 +77,10 @@ def _neighbours(seq: str, pairs: np.ndarray) -> dict[str, tuple[np.ndarray, np.n
     candidate pair (i, j), as seen from each side: ``inside`` (t(i, j), i+1, j-1),
     ``from_loop`` (t(j, i), j+1, i-1: the pair as the inner pair of an interior loop),
     ``closing`` (t(j, i), j-1, i+1) and ``outside`` (t(i, j), i-1, j+1). Base 4 = none."""
-    codes = np.r_[base_codes(seq), 4]  # index -1 and L read as 4
+    codes = base_codes(seq)
 
     def base(pos):
-        return codes[np.where((pos >= 0) & (pos < len(seq)), pos, len(seq))]
+        return base_at(codes, pos)
 
     i, j = pairs[:, 0], pairs[:, 1]
     ci, cj = base(i), base(j)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stembb.boxes import anti_diagonal
-from stembb.s2.assemble import N_PAIR_TYPES, PAIR_TYPE, LoopTerms
+from stembb.s2.assemble import N_PAIR_TYPES, PAIR_TYPE, LoopTerms, base_at
 from stembb.s2.candidates import BOX_COLUMNS
 from stembb.structure import base_codes
 
@@ -106,11 +106,6 @@ def box_example(seq: str, table: np.ndarray, ref_pairs=None) -> dict[str, np.nda
     if not stacks.shape[1]:
         stacks = np.full((len(bx), 1), STACK_PAD)
     rows = np.arange(len(bx))
-    padded = np.r_[codes, 4]  # index -1 and L read as 4: "no base"
-
-    def base(pos):
-        return padded[np.where((pos >= 0) & (pos < length), pos, length)]
-
     n_pairs = np.maximum(w, 1)
     gc = (np.isin(ptype, (2, 3)) & on).sum(1) / n_pairs
     au = (np.isin(ptype, (0, 1)) & on).sum(1) / n_pairs
@@ -125,7 +120,8 @@ def box_example(seq: str, table: np.ndarray, ref_pairs=None) -> dict[str, np.nda
     example = {
         "numeric": numeric, "stacks": stacks.astype(np.int64),
         "outer": ptype[:, 0], "inner": ptype[rows, np.maximum(w - 1, 0)],
-        "flank_out": base(bx - 1) * 5 + base(by + 1), "flank_in": base(bx + w) * 5 + base(by - w),
+        "flank_out": base_at(codes, bx - 1) * 5 + base_at(codes, by + 1),
+        "flank_in": base_at(codes, bx + w) * 5 + base_at(codes, by - w),
         "relations": relations(bx, by, w), "boxes": np.stack([bx, by, w], axis=1), "seq": seq,
     }
     example["pairs"], example["entry_pair"], example["entry_item"] = box_pairs(example["boxes"])

@@ -121,6 +121,13 @@ S2_MODELS = {
 S2_KINDS = {m.kind: name for name, m in S2_MODELS.items()}
 
 
+def item_slices(spec: S2Model, examples: list[dict], idx) -> list[tuple[int, slice]]:
+    """For the examples ``idx`` batched together: each one's index and the slice of its
+    items in the batch's flat logits (the networks return them in example order)."""
+    bounds = np.cumsum([0] + [spec.n_items(examples[k]) for k in idx])
+    return [(k, slice(a, b)) for k, a, b in zip(idx, bounds[:-1], bounds[1:])]
+
+
 def structured_hinge(logits: torch.Tensor, example: dict, terms) -> torch.Tensor:
     """Margin loss of the assembled structure (``logits``: the example's item logits;
     ``terms``: the model's ``LoopTerms``).
@@ -194,10 +201,10 @@ def run_epoch(model, spec: S2Model, examples: list[dict], device, batch_size: in
             if not len(logits):
                 continue
             loss = F.binary_cross_entropy_with_logits(logits, batch["labels"], pos_weight=weight)
-            bounds = np.cumsum([0] + [spec.n_items(examples[k]) for k in idx])
+            slices = item_slices(spec, examples, idx)
             if optimizer is not None and struct_weight > 0:
-                hinge = [structured_hinge(logits[a:b], examples[k], model.terms)
-                         for k, a, b in zip(idx, bounds[:-1], bounds[1:]) if b > a]
+                hinge = [structured_hinge(logits[items], examples[k], model.terms)
+                         for k, items in slices if items.stop > items.start]
                 loss = loss + struct_weight * torch.stack(hinge).mean()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"non-finite S2 loss at epoch {epoch}, step {step}; lower --learning_rate")
@@ -208,8 +215,8 @@ def run_epoch(model, spec: S2Model, examples: list[dict], device, batch_size: in
             total += loss.item() * len(logits)
             n_items += len(logits)
             flat = logits.detach().double().cpu().numpy()
-            for k, a, b in zip(idx, bounds[:-1], bounds[1:]):
-                logits_out[k] = flat[a:b]
+            for k, items in slices:
+                logits_out[k] = flat[items]
     labels = np.concatenate([e["labels"].numpy() if torch.is_tensor(e["labels"]) else e["labels"] for e in examples]
                             or [np.zeros(0)])
     flat = np.concatenate([x if x is not None else np.zeros(spec.n_items(e)) for x, e in zip(logits_out, examples)]
