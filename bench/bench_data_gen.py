@@ -1,10 +1,12 @@
-"""Multi-struct generator throughput against ViennaRNA's own cost, and 2 workers vs 1.
+"""Multi-struct generator throughput against ViennaRNA's own cost: 1 worker, 2 workers,
+a 2-process Dask LocalCluster, and two shards run side by side.
 
 Prints examples (segments) per second of ``stembb.data.datagen.generate`` with the settings of
 the notebook (--len 40 --num_sample 10) and the time of the bare ViennaRNA calls for the
 same sequences (MFE, rescale, partition function, MFE frequency, ensemble
 diversity, non-redundant sampling: the values every row records) in the same run.
-Aim: overhead at most 15% of ViennaRNA's time; 2 workers at least 1.7x one.
+Aim: overhead at most 15% of ViennaRNA's time; 2 workers at least 1.7x one; Dask and
+shards as close as they get to bare ViennaRNA in 2 processes (the ceiling).
 
     python bench/bench_data_gen.py [--num 2000]
 """
@@ -18,12 +20,26 @@ from stembb.data.datagen import FoldJob, generate
 from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, iter_segments
 
 
-def run_generator(genome, genes, num, workers):
+def run_generator(genome, genes, num, workers, dask=None, shard=None):
     segments = iter_segments(genes, seed=0, max_per_gene=200, length=40)
-    clock = time.process_time if workers == 1 else time.perf_counter
+    clock = time.process_time if workers == 1 and not dask and not shard else time.perf_counter
     t = clock()
-    rows, _, accepted = generate(genome, segments, FoldJob(seed=0, num_sample=10), num, workers, f"{workers} worker(s)")
+    rows, _, accepted, _ = generate(genome, segments, FoldJob(seed=0, num_sample=10), num, workers,
+                                    f"{dask or workers} worker(s)", dask=dask, shard=shard)
     return clock() - t, rows, accepted
+
+
+def _shard(args):
+    genome, genes, num, k = args
+    return run_generator(genome, genes, num, 1, shard=(k, 2))[2]
+
+
+def run_shards(genome, genes, num):
+    """Wall seconds for shards 0/2 and 1/2 folded side by side, and their accepted segments."""
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        t = time.perf_counter()
+        accepted = sum(pool.map(_shard, [(genome, genes, num, k) for k in (0, 1)]))
+        return time.perf_counter() - t, accepted
 
 
 def vienna_fold(task):
@@ -61,7 +77,7 @@ def main():
     args = p.parse_args()
     genome = Genome(DEFAULT_GENOME, DEFAULT_ANNOTATION)
     genes, _ = genome.usable_genes(genome.chromosomes)
-    t1 = tv = t2 = tv2 = float("inf")
+    t1 = tv = t2 = tv2 = td = ts = float("inf")
     # one process: CPU time (this VM's neighbours steal wall time); two: wall time
     for _ in range(args.repeats):  # interleaved, best of: this machine's neighbours are noisy
         t, rows, accepted = run_generator(genome, genes, args.num, 1)
@@ -70,12 +86,20 @@ def main():
         tv = min(tv, vienna_only(seqs))
         t2 = min(t2, run_generator(genome, genes, args.num, 2)[0])
         tv2 = min(tv2, vienna_only(seqs, 2))
+        td = min(td, run_generator(genome, genes, args.num, 1, dask="local:2")[0])
+        t_shards, shard_accepted = run_shards(genome, genes, args.num)
+        ts = min(ts, t_shards)
     print(f"segments: {accepted} (len 40, 10 unique samples each, {len(rows)} rows), best of {args.repeats}")
     print(f"generator, 1 worker : {accepted / t1:8.1f} segments/s")
     print(f"ViennaRNA calls only: {len(seqs) / tv:8.1f} segments/s (MFE, rescale, partition function, MFE frequency, diversity, sampling)")
     print(f"overhead over ViennaRNA: {100 * (t1 - tv) / tv:.1f}% (aim <= 15%)")
     print(f"generator, 2 workers: {accepted / t2:8.1f} segments/s (wall); speed-up 2 vs 1 worker: {t1 / t2:.2f}x (aim >= 1.7x)")
     print(f"ceiling on this machine: bare ViennaRNA calls, 2 processes (wall) vs 1: {tv / tv2:.2f}x")
+    print(f"Dask LocalCluster, 2 processes: {accepted / td:8.1f} segments/s (wall, cluster start included); "
+          f"{t1 / td:.2f}x one worker = {100 * (t1 / td) / (tv / tv2):.0f}% of the ceiling")
+    print(f"2 shards side by side: {shard_accepted / ts:8.1f} segments/s (wall; {shard_accepted} segments, "
+          f"each shard folds {100 * (shard_accepted / accepted - 1):.0f}% over its share); "
+          f"{(shard_accepted / ts) / (accepted / t1):.2f}x one worker")
 
 
 if __name__ == "__main__":

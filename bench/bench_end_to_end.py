@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 from stembb.data.folding import fold
 from stembb.pipeline import Predictor
-from stembb.s1.model import SimpleConvNet
+from stembb.s1.model import named_network
 from stembb.s1.predict import predict_maps
 from stembb.s2.assemble import LoopTerms, assemble
 from stembb.s2.boxnet import BoxNetConfig, build_boxnet
@@ -29,7 +29,7 @@ from stembb.s2.engine import S2_MODELS
 
 def random_predictor(rng) -> Predictor:
     torch.manual_seed(0)
-    s1 = SimpleConvNet([32, 32], [9, 9], [32, 32], 16).eval()
+    s1 = named_network("small").eval()
     probe = "".join(rng.choice(list("ACGU"), 100))
     p_on = predict_maps(s1, [probe], torch.device("cpu"))[0]["p_on"][np.triu_indices(100, 1)]
     config = asdict(BoxNetConfig())

@@ -18,13 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stembb.s1.model import SimpleConvNet
+from stembb.s1.model import named_network
 from stembb.s1.predict import decode_proposals, predict_maps
 
-NETWORKS = {
-    "run_32": ([128, 128, 256, 256, 512, 512], [3, 3, 5, 5, 7, 7], [128, 128, 128, 256, 256, 256], 64),
-    "small": ([32, 32], [9, 9], [32, 32], 16),
-}
+NETWORKS = ("run_32", "small")  # stembb.s1.model.NAMED_NETWORKS
 REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "reference_decode.py"
 
 
@@ -53,7 +50,7 @@ def main():
     slow_decode = load_reference()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    nets = {name: SimpleConvNet(*cfg).eval() for name, cfg in NETWORKS.items() if name != "run_32" or not args.skip_run32}
+    nets = {name: named_network(name).eval() for name in NETWORKS if name != "run_32" or not args.skip_run32}
     cpu = torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one sequence per call; best of repeats")
     for length in (40, 100, 200):

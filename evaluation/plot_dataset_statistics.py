@@ -13,15 +13,14 @@ from stembb.runlog import start_run
 from stembb.structure import KINDS, STEM
 
 
-def parse_args():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", type=Path, nargs="+", required=True, help="one or more pickles")
     p.add_argument("--out", type=Path, default=Path("plot/stem_size_distribution.png"), help="output PNG")
-    return p.parse_args()
+    return p
 
 
-def main():
-    args = parse_args()
+def main(args) -> None:
     log = start_run("plot_dataset_statistics")
     frames = {path.name: read_pickle(path) for path in args.data}
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
@@ -54,4 +53,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

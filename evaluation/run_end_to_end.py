@@ -1,11 +1,12 @@
 """End-to-end evaluation: sequence -> S1 -> S2 -> structure, beside ViennaRNA's MFE.
 
-References: a test pickle (--data; its MFE structures) or real structures (--refs: a
-folder of .bpseq/.ct files, subfolders naming families, or a FASTA with dot-bracket
-lines). Both predictors are scored by base-pair precision, recall and F1 per sequence
-(exact, and with a one-position slip allowance), and timed per sequence. Writes --out
-(per sequence and method), <out>_summary.csv (mean F1 overall, per length bin and per
-family) and <out>.png.
+References: a test pickle (--data: a generator's MFE structures, or real structures from
+s1_data_gen/make_structure_dataset.py, with --split test for its held-out families) or
+structure files (--refs: a folder of .bpseq/.ct files, subfolders naming families, or a
+FASTA with dot-bracket lines). Both predictors are scored by base-pair precision, recall
+and F1 per sequence (exact, and with a one-position slip allowance), and timed per
+sequence. Writes --out (per sequence and method), <out>_summary.csv (mean F1 overall, per
+length bin, per family and per clan, and the family-macro mean) and <out>.png.
 
     python evaluation/run_end_to_end.py --s1_model S1.pth --s2_model S2.pth --data TEST.pkl.gz --out data/e2e.csv
 """
@@ -23,24 +24,19 @@ from stembb.data.folding import fold
 from stembb.io import write_csv
 from stembb.pipeline import add_predictor_args, make_predictor
 from stembb.plots import plt, save_figure
-from stembb.report import reference_records, score_row, summarize
+from stembb.report import add_reference_args, reference_records, score_row, summarize
 from stembb.runlog import start_run
 from stembb.structure import pairs_from_db
 
 METHODS = ("stembb", "ViennaRNA")
 
 
-def parse_args():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_predictor_args(p)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="test pickle from the var-len generator")
-    src.add_argument("--refs", type=Path, help="folder of BPSEQ/CT files, or FASTA with dot-bracket lines")
+    add_reference_args(p)
     p.add_argument("--out", type=Path, required=True, help="per-sequence CSV")
-    p.add_argument("--num", type=int, default=None, help="first N sequences only")
-    p.add_argument("--max_length", type=int, default=500, help="longer sequences are skipped and counted")
-    p.add_argument("--strict_length", action="store_true", help="a sequence longer than --max_length is an error")
-    return p.parse_args()
+    return p
 
 
 def plot_comparison(per_seq: pd.DataFrame, summary: pd.DataFrame, path: Path) -> None:
@@ -61,8 +57,7 @@ def plot_comparison(per_seq: pd.DataFrame, summary: pd.DataFrame, path: Path) ->
     save_figure(fig, path)
 
 
-def main():
-    args = parse_args()
+def main(args) -> None:
     check_outputs([args.out], [args.data or args.refs, args.s1_model, args.s2_model])
     check_num(args.num)
     log = start_run("run_end_to_end")
@@ -89,7 +84,12 @@ def main():
              len(records), overall.loc["stembb", "f1"], overall.loc["stembb", "f1_slip"],
              overall.loc["stembb", "seconds_per_seq"], overall.loc["ViennaRNA", "f1"],
              overall.loc["ViennaRNA", "f1_slip"], overall.loc["ViennaRNA", "seconds_per_seq"])
+    macro = summary[summary["group"] == "family_macro"].set_index("method")
+    if not macro.empty:
+        n_fam = int((summary["group"] == "family").sum() // len(METHODS))
+        log.info("family-macro F1 over %d families: stembb %.3f, ViennaRNA %.3f", n_fam, macro.loc["stembb", "f1"],
+                 macro.loc["ViennaRNA", "f1"])
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

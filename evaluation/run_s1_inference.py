@@ -9,6 +9,7 @@ stem, one curve per run across the thresholds).
     python evaluation/run_s1_inference.py --data TEST.pkl.gz --threshold 0.1 --out data/s1_eval_metric_1.csv
 """
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from stembb.io import read_pickle, write_csv
 from stembb.boxes import stem_corners
 from stembb.metrics import s1_sequence_metrics
 from stembb.plots import plt, save_figure
-from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
+from stembb.s1.predict import decode_proposals, iter_maps, load_s1_model
 from stembb.runlog import start_run
 
 METRICS = ("bb_identical", "bb_overlap", "bp")
@@ -38,7 +39,7 @@ def threshold_value(text: str) -> float:
     return v
 
 
-def parse_args():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="test pickle (seq, one_idx, bounding_boxes)")
     p.add_argument("--threshold", type=threshold_value, nargs="+", default=[0.1], help="p_on thresholds in (0, 1)")
@@ -50,7 +51,7 @@ def parse_args():
                    help="where the PNGs go (default: the repository's plot/, from whatever folder you run)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)
-    return p.parse_args()
+    return p
 
 
 def find_checkpoints(models) -> list[Path]:
@@ -72,14 +73,15 @@ def evaluate_checkpoint(ckpt: Path, run_id: str, df: pd.DataFrame, thresholds, d
     """Per-sequence metrics of one checkpoint at every threshold."""
     model, _ = load_s1_model(ckpt, device)
     seqs = df["seq"].tolist()
-    maps = predict_maps(model, seqs, device, batch_size, show_progress=True)
+    boxes = df["bounding_boxes"].tolist()
     rows = []
-    for k, (seq, boxes) in enumerate(tqdm(zip(seqs, df["bounding_boxes"]), total=len(seqs), desc=f"decode {ckpt.name}")):
-        stems = stem_corners(boxes)
+    # maps are decoded batch by batch as they come (never all held at once)
+    for k, maps in tqdm(iter_maps(model, seqs, device, batch_size), total=len(seqs), desc=f"S1 {ckpt.name}"):
+        stems = stem_corners(boxes[k])
         for t in thresholds:
-            rows.append({"seq_index": k, "length": len(seq), "threshold": t,
-                         **s1_sequence_metrics(stems, decode_proposals(maps[k], seq, t))})
-    out = pd.DataFrame(rows)
+            rows.append({"seq_index": k, "length": len(seqs[k]), "threshold": t,
+                         **s1_sequence_metrics(stems, decode_proposals(maps, seqs[k], t))})
+    out = pd.DataFrame(rows).sort_values("seq_index", kind="stable").reset_index(drop=True)
     out.insert(0, "epoch_id", checkpoint_epoch(ckpt))
     out.insert(0, "run_id", run_id)
     return out
@@ -122,8 +124,7 @@ def plot_tradeoff(summary: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def main():
-    args = parse_args()
+def main(args) -> None:
     check_num(args.num)
     log = start_run("run_s1_inference")
     df = read_pickle(args.data, first=args.num)
@@ -132,8 +133,14 @@ def main():
     device = pick_device(args.device)
     log.info("%d test sequences, %d checkpoint(s), thresholds %s, device %s", len(df), len(checkpoints),
              args.threshold, device)
-    per_seq = pd.concat([evaluate_checkpoint(c, r, df, args.threshold, device, args.batch_size)
-                         for c, r in zip(checkpoints, run_ids(checkpoints))], ignore_index=True)
+    frames = []
+    for ckpt, run_id in zip(checkpoints, run_ids(checkpoints)):
+        started = time.perf_counter()
+        frames.append(evaluate_checkpoint(ckpt, run_id, df, args.threshold, device, args.batch_size))
+        log.info("%s: S1 forward + decoding of %d sequences at %d threshold(s) in %.1f s (%.1f sequences/s)",
+                 ckpt, len(df), len(args.threshold), time.perf_counter() - started,
+                 len(df) / (time.perf_counter() - started))
+    per_seq = pd.concat(frames, ignore_index=True)
     summary = summarize(per_seq)
     write_csv(summary, args.out)
     per_seq_path = args.out.with_name(args.out.name.removesuffix(".csv") + "_per_seq.csv")
@@ -148,4 +155,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -32,7 +32,7 @@ from stembb.errors import run_main
 from stembb.io import write_csv
 from stembb.pipeline import Predictor, load_s2_model
 from stembb.plots import plt, save_figure
-from stembb.report import reference_records, score_row, summarize
+from stembb.report import add_reference_args, reference_records, score_row, summarize
 from stembb.runlog import start_run
 from stembb.s1.predict import load_s1_model
 from stembb.s2.candidates import pair_features
@@ -44,15 +44,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--s1_model", type=Path, required=True, help="S1 checkpoint")
     p.add_argument("--s2_models", type=Path, nargs="+", required=True, help="S2 checkpoints (box or gnn)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="test pickle")
-    src.add_argument("--refs", type=Path, help="folder of BPSEQ/CT files, or FASTA with dot-bracket lines")
+    add_reference_args(p)
     p.add_argument("--out", type=Path, required=True, help="summary CSV")
     p.add_argument("--threshold_p", type=float, default=0.1, help="S1 p_on threshold in (0, 1)")
     p.add_argument("--gamma", type=float, default=None, help="decode every S2 model at this gamma instead of its own")
-    p.add_argument("--num", type=int, default=None, help="first N sequences only")
-    p.add_argument("--max_length", type=int, default=500, help="longer sequences are skipped and counted")
-    p.add_argument("--strict_length", action="store_true", help="a sequence longer than --max_length is an error")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)
     return p

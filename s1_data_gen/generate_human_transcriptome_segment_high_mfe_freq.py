@@ -2,26 +2,25 @@
 structure's ensemble frequency reaches ``--threshold_mfe_freq``."""
 import argparse
 
-from stembb.data.datagen import FoldJob, add_common_args, check_positive, run_generator
+from stembb.cli import check_at_least_one
+from stembb.data.datagen import FoldJob, add_common_args, run_generator
 from stembb.errors import run_main
 
 
-def parse_args():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--len", type=int, required=True, help="segment length (nt)")
     p.add_argument("--num_seq", type=int, required=True, help="number of sequences")
     p.add_argument("--threshold_mfe_freq", type=float, default=0.0)
     add_common_args(p)
-    args = p.parse_args()
-    check_positive(p, args, "len", "num_seq", "max_per_gene", "workers")
-    return args
+    return p
 
 
-def main():
-    args = parse_args()
+def main(args) -> None:
+    check_at_least_one(args, "len", "num_seq", "max_per_gene", "workers")
     job = FoldJob(seed=args.seed, threshold_mfe_freq=args.threshold_mfe_freq)
     run_generator(args, job, args.num_seq, "MFE", length=args.len)
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -16,7 +16,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from stembb.checkpoint import S1_KIND, check_resume_args, latest_checkpoint, load_checkpoint, save_checkpoint
+from stembb.checkpoint import (S1_KIND, check_resume_args, init_weights, latest_checkpoint, load_checkpoint,
+                              save_checkpoint)
 from stembb.cli import check_at_least_one, check_positive
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
@@ -25,7 +26,8 @@ from stembb.io import read_pickle, write_csv
 from stembb.s1.model import CONFIG_KEYS, build_model
 from stembb.plots import plot_history
 from stembb.runlog import start_run
-from stembb.s1.dataset import LengthBatchSampler, StemBoxDataset, collate, filter_rows, split_by_sequence
+from stembb.data.splits import train_val_rows
+from stembb.s1.dataset import LengthBatchSampler, StemBoxDataset, collate, filter_rows
 
 # Flags a resumed run must share with its checkpoint: they define the network, the data,
 # the split and the loss. The rest (epochs, workers, device, saving) may change.
@@ -33,7 +35,7 @@ RESUME_KEYS = CONFIG_KEYS + ("data", "mask", "local_unmask_offset", "max_length"
                              "batch_size", "lr")
 
 
-def parse_args(argv=None):
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="one or more training pickles")
     p.add_argument("--result", type=Path, required=True, help="run folder")
@@ -54,18 +56,19 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save_every", type=int, default=10, help="checkpoint every N epochs (and the last)")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint, or run folder (its latest checkpoint)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this S1 checkpoint's weights (same architecture; fresh optimizer and epochs)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--amp", nargs="?", const="fp16", choices=("fp16", "bf16"), default=None,
+                   help="mixed precision on CUDA: --amp (or --amp fp16) with a loss scaler, --amp bf16 without")
     p.add_argument("--val_fraction", type=float, default=0.05)
     p.add_argument("--no_progress", action="store_true", help="no progress bars (logs only)")
-    args = p.parse_args(argv)
-    args.data = [str(Path(d)) for d in args.data]
-    check_args(args)
-    return args
+    return p
 
 
 def check_args(args) -> None:
     """Semantic flag checks, each a one-line InputError before anything runs."""
+    args.data = [str(Path(d)) for d in args.data]
     if len(args.num_filters) != len(args.filter_width):
         raise InputError(f"--num_filters has {len(args.num_filters)} values but --filter_width has "
                          f"{len(args.filter_width)}: give one width per conv layer")
@@ -80,19 +83,22 @@ def check_args(args) -> None:
         raise InputError(f"--mask must be in [0, 1], got {args.mask}")
     if not 0 <= args.val_fraction < 1:
         raise InputError(f"--val_fraction must be in [0, 1), got {args.val_fraction}")
+    if args.init and args.resume:
+        raise InputError("--init starts a new run from a checkpoint's weights, --resume continues one: give one")
     if args.cpu < 0 or args.local_unmask_offset < 0:
         raise InputError("--cpu and --local_unmask_offset must not be negative")
 
 
 def load_data(args, log):
     frames = [read_pickle(path, required=("seq", "bounding_boxes"), check_letters=False) for path in args.data]
-    df = pd.concat([f[["seq", "bounding_boxes"]] for f in frames], ignore_index=True)
+    columns = ["seq", "bounding_boxes"] + (["split"] if all("split" in f.columns for f in frames) else [])
+    df = pd.concat([f[columns] for f in frames], ignore_index=True)
     df, dropped = filter_rows(df, args.max_length)
     log.info("data: %d rows kept; dropped: %s", len(df), ", ".join(f"{n} {why}" for why, n in dropped.items()))
     if df.empty:
         raise InputError(f"{' '.join(args.data)}: no rows left after filtering (see dropped counts above)")
-    train_idx, val_idx = split_by_sequence(df, args.val_fraction, args.seed)
-    log.info("split: %d training rows, %d validation rows (by sequence, seed %d)", len(train_idx), len(val_idx), args.seed)
+    train_idx, val_idx, how = train_val_rows(df, args.val_fraction, args.seed)
+    log.info("split: %d training rows, %d validation rows (%s)", len(train_idx), len(val_idx), how)
     return df, train_idx, val_idx
 
 
@@ -124,8 +130,8 @@ S1_PANELS = [("loss", "summed loss"), ("stem_on_auroc", "stem_on auROC"), ("stem
              ("sm_size_acc", "size (softmax) accuracy"), ("sl_size_mae", "size (scalar) MAE")]
 
 
-def main():
-    args = parse_args()
+def main(args) -> None:
+    check_args(args)
     dist_info, device = init_distributed(args.device)
     try:
         train(args, dist_info, device)
@@ -151,19 +157,23 @@ def train(args, dist_info, device):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
+    elif args.init:
+        init_weights(model, args.init, S1_KIND, config)
+        log.info("weights from %s (--init); new optimizer, epoch 0", args.init)
     log.info("device: %s%s; processes: %d; parameters: %d", device,
              f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "",
              dist_info.world_size, sum(p.numel() for p in model.parameters()))
+    if dist_info.enabled:
+        log.info("torch.distributed backend: %s", torch.distributed.get_backend())
     net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if dist_info.enabled else model
     scaler = None
-    if args.amp:
-        if device.type == "cuda":
-            scaler = torch.amp.GradScaler("cuda")
-            if state and state.get("scaler"):  # a resumed run keeps its loss scale
-                scaler.load_state_dict(state["scaler"])
-        else:
-            log.warning("--amp needs CUDA; training in float32 on %s", device)
+    if args.amp and device.type != "cuda":
+        log.warning("--amp needs CUDA; training in float32 on %s", device)
+    elif args.amp == "fp16":
+        scaler = torch.amp.GradScaler("cuda")
+        if state and state.get("scaler"):  # a resumed run keeps its loss scale
+            scaler.load_state_dict(state["scaler"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # lengths are bucketed, so few distinct shapes
     train_loader, train_sampler = make_loader(df, train_idx, args, True, dist_info, device)
@@ -171,7 +181,8 @@ def train(args, dist_info, device):
     show = is_main and not args.no_progress
     for epoch in range(start_epoch, args.epoch):
         train_sampler.set_epoch(epoch)
-        splits = {"train": train_one_epoch(net, optimizer, train_loader, device, epoch, args.mask, scaler, show)}
+        splits = {"train": train_one_epoch(net, optimizer, train_loader, device, epoch, args.mask, scaler, show,
+                                            args.amp)}
         if val_loader is not None:
             splits["validation"] = evaluate(net, val_loader, device, args.mask, show)
         for metrics in splits.values():
@@ -183,6 +194,7 @@ def train(args, dist_info, device):
             log.info("epoch %d: %s", epoch, " | ".join(
                 f"{r['split']} loss {r['loss']:.4f} auROC {r['stem_on_auroc']:.4f} auPRC {r['stem_on_auprc']:.4f} "
                 f"loc_x {r['location_x_acc']:.3f} loc_y {r['location_y_acc']:.3f} size {r['sm_size_acc']:.3f}"
+                + (f" ({r['examples_per_s']:.1f} examples/s per process after warm-up)" if "examples_per_s" in r else "")
                 for r in rows))
             write_csv(pd.DataFrame(history), args.result / "metrics.csv")
             plot_history(history, S1_PANELS, args.result / "metrics.png")
@@ -197,4 +209,4 @@ def train(args, dist_info, device):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -3,29 +3,28 @@ with their MFE structure, ``fe``, ``mfe_freq`` and ``ens_div``; kept when ``mfe_
 reaches ``--threshold_mfe_freq``. Also the test-set generator (held-out chromosome)."""
 import argparse
 
-from stembb.data.datagen import FoldJob, add_common_args, check_positive, run_generator
-from stembb.errors import run_main
+from stembb.cli import check_at_least_one
+from stembb.data.datagen import FoldJob, add_common_args, run_generator
+from stembb.errors import InputError, run_main
 
 
-def parse_args():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--len_min", type=int, required=True)
     p.add_argument("--len_max", type=int, required=True)
     p.add_argument("--num_seq", type=int, required=True, help="number of sequences")
     p.add_argument("--threshold_mfe_freq", type=float, default=0.0)
     add_common_args(p)
-    args = p.parse_args()
-    check_positive(p, args, "len_min", "num_seq", "max_per_gene", "workers")
+    return p
+
+
+def main(args) -> None:
+    check_at_least_one(args, "len_min", "num_seq", "max_per_gene", "workers")
     if args.len_max < args.len_min:
-        p.error(f"--len_max ({args.len_max}) is below --len_min ({args.len_min})")
-    return args
-
-
-def main():
-    args = parse_args()
+        raise InputError(f"--len_max ({args.len_max}) is below --len_min ({args.len_min})")
     job = FoldJob(seed=args.seed, threshold_mfe_freq=args.threshold_mfe_freq)
     run_generator(args, job, args.num_seq, "MFE var-len", len_min=args.len_min, len_max=args.len_max)
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

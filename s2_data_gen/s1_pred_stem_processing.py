@@ -19,13 +19,13 @@ from stembb.cli import check_num, check_outputs, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_pickle
-from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
+from stembb.s1.predict import decode_proposals, iter_maps, load_s1_model
 from stembb.runlog import start_run
 from stembb.s2.candidates import s2_row
 from stembb.structure import STEM
 
 
-def parse_args():
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--threshold_p", type=float, required=True, help="p_on threshold in (0, 1)")
@@ -37,33 +37,33 @@ def parse_args():
     p.add_argument("--num", type=int, default=None, help="first N sequences only")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)
-    args = p.parse_args()
+    return p
+
+
+def main(args) -> None:
     check_threshold("--threshold_p", args.threshold_p)
     check_num(args.num)
     check_outputs([args.out_file], [args.data, args.model])
-    return args
-
-
-def main():
-    args = parse_args()
     log = start_run("s1_pred_stem_processing")
     df = read_pickle(args.data, first=args.num)
     device = pick_device(args.device)
     model, _ = load_s1_model(args.model, device)
     seqs = df["seq"].tolist()
-    maps = predict_maps(model, seqs, device, args.batch_size, show_progress=True)
-    rows, skipped = [], Counter()
-    for record, m in tqdm(zip(df.to_dict("records"), maps), total=len(df), desc="S2 features"):
-        proposals = decode_proposals(m, record["seq"], args.threshold_p)
+    records = df.to_dict("records")
+    kept, skipped = {}, Counter()
+    # maps are decoded batch by batch as they come (never all held at once)
+    for k, m in tqdm(iter_maps(model, seqs, device, args.batch_size), total=len(df), desc="S1 + S2 features"):
+        proposals = decode_proposals(m, seqs[k], args.threshold_p)
         if proposals.empty:
             skipped["no proposal"] += 1
             continue
-        stems = [b for b in record["bounding_boxes"] if b.kind == STEM]
+        stems = [b for b in records[k]["bounding_boxes"] if b.kind == STEM]
         extra, complete = s2_row(stems, proposals, args.features)
         if not complete and not args.include_all:
             skipped["target stems not all recoverable"] += 1
             continue
-        rows.append({**record, **extra})
+        kept[k] = {**records[k], **extra}
+    rows = [kept[k] for k in sorted(kept)]
     if not rows:
         raise InputError(f"{args.data}: no sequence kept ({dict(skipped)}); lower --threshold_p or pass --include_all")
     out = pd.DataFrame(rows)
@@ -75,4 +75,4 @@ def main():
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: main(get_args_parser().parse_args()))

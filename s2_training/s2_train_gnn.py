@@ -30,14 +30,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stembb.checkpoint import check_resume_args, checkpoint_epoch, latest_checkpoint, load_checkpoint, save_checkpoint
+from stembb.checkpoint import (check_resume_args, checkpoint_epoch, init_weights, latest_checkpoint, load_checkpoint,
+                              save_checkpoint)
 from stembb.cli import check_at_least_one, check_positive
-from stembb.distributed import pick_device
+from stembb.distributed import pick_device, synchronized_time
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_csv
 from stembb.plots import plot_history
 from stembb.runlog import start_run
-from stembb.s1.dataset import split_by_sequence
+from stembb.data.splits import train_val_rows
 from stembb.s2.engine import F1_THRESHOLDS, S2_MODELS, calibrate_gamma, decoded_f1, run_epoch
 from stembb.structure import pairs_from_one_idx
 
@@ -78,6 +79,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save_every", type=int, default=10)
     p.add_argument("--resume", type=Path, default=None, help="S2 checkpoint, or the --log of a run, to continue")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this S2 checkpoint's weights (same --model and sizes; fresh optimizer and epochs)")
     p.add_argument("--device", default=None)
     p.add_argument("--no_progress", action="store_true")
     return p
@@ -98,6 +101,8 @@ def check_args(args) -> None:
         raise InputError("--struct_weight trains the box model's structure assembly; --model gnn has none")
     if not 0 <= args.dropout < 1:
         raise InputError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.init and args.resume:
+        raise InputError("--init starts a new run from a checkpoint's weights, --resume continues one: give one")
     if args.dim % args.heads:
         raise InputError(f"--dim {args.dim} must be a multiple of --heads {args.heads}")
 
@@ -151,7 +156,8 @@ def main(args) -> None:
     df = df[n_items > 0].reset_index(drop=True)
     if df.empty:
         raise InputError(f"{' '.join(args.input_data)}: no sequence with S1 candidates")
-    train_idx, val_idx = split_by_sequence(df, 1 - args.training_proportion, args.seed)
+    train_idx, val_idx, how = train_val_rows(df, 1 - args.training_proportion, args.seed)
+    log.info("split: %s", how)
     config = {k: getattr(args, k) for k in config_keys}
     rows = df.to_dict("records")
     examples = [spec.from_row(r, config) for r in tqdm(rows, desc="S2 examples", disable=args.no_progress)]
@@ -170,12 +176,17 @@ def main(args) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["epoch"] + 1, state["history"]
         log.info("resuming from %s (epoch %d done)", args.resume, state["epoch"])
+    elif args.init:
+        init_weights(model, args.init, spec.kind, config, ignore=("dropout", "max_boxes"))
+        log.info("weights from %s (--init); new optimizer, epoch 0", args.init)
     log.info("device: %s; %s network, %d parameters", device, args.model, sum(p.numel() for p in model.parameters()))
     val_logits = None
     for epoch in range(start, args.epochs):
         rng = np.random.default_rng([args.seed, epoch])
+        started = synchronized_time(device)
         metrics, _ = run_epoch(model, spec, train, device, args.batch_size, optimizer, rng, epoch, args.pos_weight,
                                args.struct_weight)
+        metrics["sequences_per_s"] = len(train) / (synchronized_time(device) - started)
         epoch_rows = [{"epoch": epoch, "split": "train", **metrics}]
         if val:
             metrics, val_logits = run_epoch(model, spec, val, device, args.batch_size, pos_weight=args.pos_weight)
@@ -186,7 +197,8 @@ def main(args) -> None:
         history += epoch_rows
         log.info("epoch %d: %s", epoch, " | ".join(
             f"{r['split']} loss {r['loss']:.4f} auROC {r['auroc']:.4f} auPRC {r['auprc']:.4f} F1@0.5 {r['f1_at_0.5']:.3f}"
-            + (f" decoded F1 {r['decoded_f1']:.3f}" if "decoded_f1" in r else "") for r in epoch_rows))
+            + (f" decoded F1 {r['decoded_f1']:.3f}" if "decoded_f1" in r else "")
+            + (f" ({r['sequences_per_s']:.1f} sequences/s)" if "sequences_per_s" in r else "") for r in epoch_rows))
         write_csv(pd.DataFrame(history), Path(f"{prefix}.metrics.csv"))
         plot_history(history, PANELS, Path(f"{prefix}.metrics.png"), ncols=3)
         last = epoch == args.epochs - 1

@@ -11,6 +11,7 @@ TEST="--chromosomes chr5"
 RUN=s1_training/result/demo
 S2_SEQS=${S2_SEQS:-1500}
 S2_EPOCHS=${S2_EPOCHS:-4}
+SMALL=$($PY -m stembb.s1.model small)  # the "small" network of stembb.s1.model.NAMED_NETWORKS
 
 echo "== S1 data: multi-struct training set, merged stem boxes (chr3, chr4)"
 (cd s1_data_gen && $PY generate_human_transcriptome_segment_high_mfe_freq_multi_struct.py \
@@ -31,7 +32,7 @@ $PY evaluation/plot_dataset_statistics.py --data data/s1_train_merged_len40_5000
 echo "== S1 training (small network, CPU)"
 rm -rf "$RUN"
 (cd s1_training && $PY train_conv_pixel_stem_bb.py --data ../data/s1_train_merged_len40_5000.pkl.gz \
-  --result result/demo --num_filters 32 32 32 --filter_width 5 5 5 --hid_shared 32 32 --hid_output 16 --lr 0.003 \
+  --result result/demo $SMALL --lr 0.003 \
   --epoch 5 --mask 0 --local_unmask_offset 2 --batch_size 10 --max_length 200 --cpu 1 --no_progress)
 S1=$(ls "$RUN"/model_ckpt_ep_*.pth | sort -V | tail -1)
 

@@ -1,12 +1,14 @@
 """Checkpoints: one dict ``{kind, model, optimizer, args, config, epoch, history}``,
 written atomically, that carries its own hyperparameters so inference and ``--resume``
-need nothing else."""
+need nothing else. Values are plain Python (numbers, strings, lists, dicts) and tensors,
+so a plain ``torch.load`` (``weights_only=True``) reads them."""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from stembb.errors import InputError
@@ -16,9 +18,30 @@ S1_KIND = "s1_stem_bb"
 _EPOCH = re.compile(r"model_ckpt_ep_(\d+)\.pth$")
 
 
+# Checkpoints written before histories were stored as plain floats hold numpy scalars.
+_LEGACY_NUMPY = [np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType,
+                 getattr(np, "_core", np.core).multiarray.scalar]
+
+
+def plain(value):
+    """``value`` with numpy scalars and arrays turned into Python numbers and lists,
+    recursively through dicts, lists and tuples (tensors left as they are)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` (model/optimizer state dicts kept as tensors, everything else made
+    ``plain``) atomically."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({k: v if k in ("model", "optimizer") else plain(v) for k, v in state.items()}, tmp)
 
 
 def load_checkpoint(path: Path, kind: str | tuple[str, ...], map_location="cpu") -> dict:
@@ -28,7 +51,8 @@ def load_checkpoint(path: Path, kind: str | tuple[str, ...], map_location="cpu")
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_LEGACY_NUMPY):
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types for a bad file
         raise InputError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
@@ -46,6 +70,32 @@ def load_model(path: Path, kind: str, build, device):
     model.load_state_dict(state["model"])
     model.eval()
     return model, state
+
+
+def init_weights(model: torch.nn.Module, path: Path, kind: str | tuple[str, ...], config: dict,
+                 ignore: tuple[str, ...] = ("dropout",)) -> dict:
+    """``--init``: copy a checkpoint's weights into ``model`` (built from ``config``) and
+    return the checkpoint. One-line InputError when the architectures differ (a config
+    key outside ``ignore`` disagrees, or the weights do not fit)."""
+    state = load_checkpoint(path, kind)
+    saved = state.get("config", {})
+    diff = [f"{k} {saved.get(k)!r} there vs {config[k]!r} here" for k in config
+            if k not in ignore and saved.get(k) != config[k]]
+    if diff:
+        raise InputError(f"{path}: --init checkpoint has another architecture: {'; '.join(diff)}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise InputError(f"{path}: --init weights do not fit this network ({str(exc).splitlines()[0]})") from None
+    return state
+
+
+def export_weights(src: Path, dst: Path, kind: str | tuple[str, ...], **extra) -> None:
+    """A checkpoint without its optimizer and scaler state (what inference needs, a third
+    of the size), with ``extra`` entries (e.g. provenance) added."""
+    state = load_checkpoint(src, kind)
+    keep = {k: v for k, v in state.items() if k not in ("optimizer", "scaler")}
+    save_checkpoint(keep | extra, dst)
 
 
 def checkpoint_epoch(path: Path) -> int:

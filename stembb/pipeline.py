@@ -13,7 +13,7 @@ from stembb.checkpoint import load_checkpoint
 from stembb.cli import check_at_least_one, check_positive, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError
-from stembb.io import VALID_LETTERS
+from stembb.io import REPO_ROOT, VALID_LETTERS
 from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
 from stembb.s2.engine import S2_KINDS, S2_MODELS, S2Model, item_slices
 
@@ -90,10 +90,17 @@ class Predictor:
         return out
 
 
+# The shipped model (models/MODEL_CARD.md): what the end-to-end scripts use without flags.
+SHIPPED_S1 = REPO_ROOT / "models" / "stembb_s1.pth"
+SHIPPED_S2 = REPO_ROOT / "models" / "stembb_s2.pth"
+
+
 def add_predictor_args(p: argparse.ArgumentParser) -> None:
     """The flags every end-to-end script shares: checkpoints, threshold, gamma, device."""
-    p.add_argument("--s1_model", type=Path, required=True, help="S1 checkpoint")
-    p.add_argument("--s2_model", type=Path, required=True, help="S2 checkpoint")
+    p.add_argument("--s1_model", type=Path, default=SHIPPED_S1,
+                   help="S1 checkpoint (default: the shipped models/stembb_s1.pth, see models/MODEL_CARD.md)")
+    p.add_argument("--s2_model", type=Path, default=SHIPPED_S2,
+                   help="S2 checkpoint (default: the shipped models/stembb_s2.pth)")
     p.add_argument("--threshold_p", type=float, default=0.1, help="S1 p_on threshold in (0, 1)")
     p.add_argument("--gamma", type=float, default=None,
                    help="structure decoding: a pair is taken when p > 1/(gamma+1); larger favours recall "
@@ -107,6 +114,10 @@ def make_predictor(args) -> "Predictor":
     check_threshold("--threshold_p", args.threshold_p)
     check_positive(args, "gamma")
     check_at_least_one(args, "batch_size")
+    for flag, path, shipped in (("--s1_model", args.s1_model, SHIPPED_S1), ("--s2_model", args.s2_model, SHIPPED_S2)):
+        if path == shipped and not path.is_file():
+            raise InputError(f"{path}: the shipped model is missing from this checkout; pass {flag} "
+                             "or restore models/ (git checkout models/)")
     device = pick_device(args.device)
     return Predictor.from_checkpoints(args.s1_model, args.s2_model, device, gamma=args.gamma,
                                       threshold=args.threshold_p, batch_size=args.batch_size)

@@ -1,5 +1,6 @@
 """End-to-end reports: reference records from a test pickle or structure files, per-
-sequence base-pair scores, and summaries overall, per length bin and per family."""
+sequence base-pair scores, and summaries overall, per length bin, per family and per clan,
+with family-macro averages (each family weighs the same, however many sequences it has)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from stembb.data.formats import Record, read_references
+from stembb.data.splits import SPLITS
+from stembb.errors import InputError
 from stembb.io import read_pickle
 from stembb.metrics import pair_scores
 from stembb.pipeline import check_sequences
@@ -15,24 +18,51 @@ from stembb.structure import pairs_from_one_idx
 LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 10 ** 6)
 
 
-def load_records(data: Path | None, refs: Path | None, num: int | None = None) -> list[Record]:
-    """Reference records: the rows of a test pickle (``data``; its ``one_idx`` structure and
-    its ``family`` column when present) or the files under ``refs``; the first ``num`` only."""
+def load_records(data: Path | None, refs: Path | None, num: int | None = None,
+                 split: str | None = None) -> list[Record]:
+    """Reference records: the rows of a pickle (``data``; its ``one_idx`` structure, its
+    ``family``/``clan``/``name`` columns when present, only the rows of ``split`` when
+    given) or the files under ``refs``; the first ``num`` only."""
     if data is not None:
-        df = read_pickle(data, first=num)
-        families = df["family"].astype(str) if "family" in df.columns else [""] * len(df)
-        records = [Record(f"row{k}", seq.upper(), pairs_from_one_idx(idx), fam)
-                   for k, (seq, idx, fam) in enumerate(zip(df["seq"], df["one_idx"], families))]
+        df = read_pickle(data, first=None if split else num)
+        if split is not None:
+            if "split" not in df.columns:
+                raise InputError(f"{data}: --split {split} given but the pickle has no split column")
+            df = df[df["split"] == split].reset_index(drop=True)
+            if df.empty:
+                raise InputError(f"{data}: no row with split {split!r}")
+
+        def column(name, default):
+            return df[name].astype(str).tolist() if name in df.columns else [default(k) for k in range(len(df))]
+
+        records = [Record(name, seq.upper(), pairs_from_one_idx(idx), fam, clan)
+                   for seq, idx, name, fam, clan in zip(df["seq"], df["one_idx"], column("name", lambda k: f"row{k}"),
+                                                        column("family", lambda k: ""), column("clan", lambda k: ""))]
     else:
         records = read_references(refs)
     return records[:num] if num else records
+
+
+def add_reference_args(p) -> None:
+    """The flags that choose the reference structures of an evaluation script."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path,
+                     help="test pickle (a generator's, or make_structure_dataset.py's: family/clan tables)")
+    src.add_argument("--refs", type=Path, help="folder of BPSEQ/CT files, or FASTA with dot-bracket lines")
+    p.add_argument("--split", choices=SPLITS, default=None,
+                   help="only the rows of this split (pickles with a split column, e.g. --split test)")
+    p.add_argument("--num", type=int, default=None, help="first N sequences only")
+    p.add_argument("--max_length", type=int, default=500, help="longer sequences are skipped and counted")
+    p.add_argument("--strict_length", action="store_true", help="a sequence longer than --max_length is an error")
 
 
 def reference_records(args, log) -> list[Record]:
     """The records of ``--data`` or ``--refs`` (first ``--num``) to evaluate: bad letters
     are an error; records longer than ``--max_length`` are skipped and counted, or, with
     ``--strict_length``, an error."""
-    records = load_records(args.data, args.refs, args.num)
+    if args.split and args.refs:
+        raise InputError("--split selects rows of a --data pickle; --refs files have no split")
+    records = load_records(args.data, args.refs, args.num, args.split)
     kept = check_sequences(args.data or args.refs, records, args.max_length, skip_long=not args.strict_length)
     if len(kept) < len(records):
         log.info("skipped %d of %d sequences longer than --max_length %d", len(records) - len(kept), len(records),
@@ -44,22 +74,34 @@ def score_row(index: int, rec: Record, method: str, pred, seconds: float) -> dic
     """One per-sequence row: precision, recall, F1 (exact and with a one-position slip).
     ``index`` is the record's position (names need not be unique)."""
     exact, slip = pair_scores(pred, rec.pairs), pair_scores(pred, rec.pairs, slip=1)
-    return {"index": index, "name": rec.name, "family": rec.family, "length": len(rec.seq), "method": method, **exact,
+    return {"index": index, "name": rec.name, "family": rec.family, "clan": rec.clan, "length": len(rec.seq),
+            "method": method, **exact,
             "f1_slip": slip["f1"], "n_pred_pairs": len(pred), "n_ref_pairs": len(rec.pairs), "seconds": seconds}
 
 
 def summarize(per_seq: pd.DataFrame) -> pd.DataFrame:
     """Mean scores per method: overall, per length bin and (when there are families) per
-    family, with the number of sequences and seconds per sequence."""
+    family, per clan (families without one under their own accession) and the
+    family-macro mean (group ``family_macro``: the mean of the per-family means), with the
+    number of sequences and seconds per sequence."""
     bins = pd.cut(per_seq["length"], LENGTH_BINS, right=True)
     order = {str(c): k for k, c in enumerate(bins.cat.categories)}
     per_seq = per_seq.assign(length_bin=bins.astype(str)).sort_values("length_bin", key=lambda s: s.map(order),
                                                                       kind="stable")
     parts = [per_seq.assign(group="all", value="all")]
     parts.append(per_seq.assign(group="length", value=per_seq["length_bin"]))
-    if (per_seq["family"] != "").any():
+    has_families = (per_seq["family"] != "").any()
+    if has_families:
         parts.append(per_seq.assign(group="family", value=per_seq["family"]))
+        clans = per_seq["clan"].where(per_seq["clan"] != "", per_seq["family"]) if "clan" in per_seq else None
+        if clans is not None and (per_seq["clan"] != "").any():
+            parts.append(per_seq.assign(group="clan", value=clans))
     table = pd.concat(parts).groupby(["group", "value", "method"], sort=False).agg(
         n=("f1", "size"), precision=("precision", "mean"), recall=("recall", "mean"), f1=("f1", "mean"),
-        f1_slip=("f1_slip", "mean"), seconds_per_seq=("seconds", "mean"))
-    return table.reset_index()
+        f1_slip=("f1_slip", "mean"), seconds_per_seq=("seconds", "mean")).reset_index()
+    if has_families:
+        fam = table[table["group"] == "family"]
+        macro = fam.groupby("method", sort=False)[["precision", "recall", "f1", "f1_slip", "seconds_per_seq"]].mean()
+        macro = macro.assign(group="family_macro", value="all", n=fam.groupby("method", sort=False)["n"].sum())
+        table = pd.concat([table, macro.reset_index()[table.columns]], ignore_index=True)
+    return table

@@ -111,6 +111,35 @@ def pairs_from_db(db: str) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+WUSS_UNPAIRED = frozenset(".,:_-~")
+
+
+def pairs_from_wuss(ss: str) -> list[tuple[int, int]]:
+    """WUSS (Rfam/Infernal consensus structures) -> pairs, pseudoknots included.
+
+    ``<>``, ``()``, ``[]``, ``{}`` pair by their own stacks; an upper-case letter pairs with
+    the next matching lower-case one (``Aa``: pseudoknot); ``. , : _ - ~`` are unpaired.
+    """
+    openers = {b[0]: b[1] for b in BRACKETS}
+    closers = {b[1]: b[0] for b in BRACKETS}
+    stacks: dict[str, list[int]] = {}
+    pairs = []
+    for pos, ch in enumerate(ss):
+        if ch in openers or (ch.isalpha() and ch.isupper()):
+            stacks.setdefault(ch, []).append(pos)
+        elif ch in closers or (ch.isalpha() and ch.islower()):
+            stack = stacks.get(closers.get(ch, ch.upper()))
+            if not stack:
+                raise StructureError(f"unmatched {ch!r} at position {pos}")
+            pairs.append((stack.pop(), pos))
+        elif ch not in WUSS_UNPAIRED:
+            raise StructureError(f"unexpected character {ch!r} at position {pos}")
+    for o, stack in stacks.items():
+        if stack:
+            raise StructureError(f"unmatched {o!r} at position {stack[-1]}")
+    return sorted(pairs)
+
+
 def _crosses(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] < b[0] < a[1] < b[1] or b[0] < a[0] < b[1] < a[1]
 

@@ -14,7 +14,7 @@ def slow_decode(maps, seq, threshold):
         for j in range(i + 1, length):
             if not float(maps["p_on"][i, j]) > threshold:
                 continue
-            lx, ly, sz = maps["loc_x"][i, j], maps["loc_y"][i, j], maps["size"][i, j]
+            lx, ly, sz = int(maps["loc_x"][i, j]), int(maps["loc_y"][i, j]), int(maps["size"][i, j])
             if lx == 11 or ly == 11:
                 continue
             x0, top = i - lx, j + ly

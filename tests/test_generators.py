@@ -30,6 +30,28 @@ def test_same_seed_same_pickle_with_one_and_two_workers(tmp_path):
     assert per_seq.all()  # samples of a segment are unique
 
 
+@pytest.mark.parametrize("script, size", [(MULTI, ["--len", 30, "--num_data", 60, "--num_sample", 3]),
+                                          (VARLEN, ["--len_min", 20, "--len_max", 60, "--num_seq", 50])])
+def test_shards_merge_into_the_unsharded_output_and_dask_matches_one_worker(tmp_path, script, size):
+    common = [*size, "--chromosomes", "chr3", "--seed", 1]
+    run_script(script, *common, "--out", tmp_path / "full.pkl.gz")
+    full = pd.read_pickle(tmp_path / "full.pkl.gz")
+    shards = []
+    for k in range(3):
+        shards.append(tmp_path / f"part{k}.pkl.gz")
+        run_script(script, *common, "--shard", f"{k}/3", "--out", shards[-1])
+    run_script("s1_data_gen/merge_shards.py", "--inputs", *reversed(shards), "--out", tmp_path / "merged.pkl.gz")
+    pd.testing.assert_frame_equal(full, read_pickle(tmp_path / "merged.pkl.gz"))
+    assert full["segment_index"].is_monotonic_increasing
+
+    proc = run_script("s1_data_gen/merge_shards.py", "--inputs", *shards[:2], "--out", tmp_path / "m2.pkl.gz",
+                      check=False)
+    assert "shards [2] of 3 are missing" in error_line(proc) and not (tmp_path / "m2.pkl.gz").exists()
+    if script == MULTI:
+        run_script(script, *common, "--dask", "local:2", "--out", tmp_path / "dask.pkl.gz")
+        pd.testing.assert_frame_equal(full, pd.read_pickle(tmp_path / "dask.pkl.gz"))
+
+
 def test_different_seed_different_data(tmp_path):
     a, b = tmp_path / "a.pkl.gz", tmp_path / "b.pkl.gz"
     run_script(FIXED, "--len", 40, "--num_seq", 20, "--seed", 1, "--out", a)
@@ -101,6 +123,9 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, args, message):
     (["--len", "40", "--num_data", "5", "--workers", "0"], "--workers must be at least 1"),
     (["--len", "40", "--num_data", "5", "--threshold_mfe_freq", "1.5"], "--threshold_mfe_freq is a frequency in [0, 1]"),
     (["--len", "40", "--num_data", "5", "--out", "."], "output path is an existing folder"),
+    (["--len", "40", "--num_data", "5", "--shard", "3/3"], "--shard K/N needs 0 <= K < N"),
+    (["--len", "40", "--num_data", "5", "--shard", "half"], "--shard must be K/N"),
+    (["--len", "40", "--num_data", "5", "--dask", "local:x"], "--dask local:N needs a number of processes"),
 ])
 def test_bad_flags(tmp_path, args, message):
     proc = run_script(MULTI, "--out", tmp_path / "o.pkl.gz", *args, cwd=tmp_path, check=False)

@@ -1,12 +1,13 @@
 """Bad input, faults and shared use: one-line errors, no lost or half-written files."""
 import gzip
 import os
+import re
 import subprocess
 import sys
 
 import pandas as pd
 
-from conftest import error_line, run_script, train_s1
+from conftest import REPO, error_line, run_script, train_s1
 from stembb.checkpoint import run_ids
 
 
@@ -115,3 +116,17 @@ def test_resume_of_a_finished_s1_run_says_so(tiny_s1_data, tmp_path):
     train_s1(tiny_s1_data, tmp_path / "r", "--epoch", 1)
     proc = train_s1(tiny_s1_data, tmp_path / "r", "--epoch", 1, "--resume", tmp_path / "r", check=False)
     assert "already has 1 epochs" in error_line(proc)
+
+
+def test_gpu_check_dry_run_passes_on_cpu(tmp_path):
+    """scripts/gpu_check.sh --dry-run: the GPU check's every step, tiny, on CPU, with the
+    same script a lent GPU machine runs (so it cannot rot between GPU loans)."""
+    env = dict(os.environ, PY=sys.executable, WORK=str(tmp_path / "work"), OUT=str(tmp_path / "out"))
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert re.search(r"tiny bf16: [0-9.]+ examples/s per process \| device: cpu", out), out
+    assert "resuming from" in out and "torch.distributed backend: gloo" in out
+    assert re.search(r"predicted \d+ structures in [0-9.]+ s", out) and "gpu check done" in out
+    assert (tmp_path / "out" / "s1_eval.csv").is_file() and (tmp_path / "out" / "s2_train.log").is_file()

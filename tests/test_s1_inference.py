@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import error_line, run_script, train_s1
 from reference_decode import slow_decode
@@ -8,17 +9,21 @@ from stembb.checkpoint import save_checkpoint
 from stembb.data.folding import fold
 from stembb.boxes import stem_corners
 from stembb.metrics import s1_sequence_metrics
-from stembb.s1.predict import PROPOSAL_COLUMNS, decode_proposals
+from stembb.s1.model import SimpleConvNet
+from stembb.s1.predict import MAP_NAMES, PROPOSAL_COLUMNS, decode_proposals, iter_maps, predict_maps
 from stembb.s2.candidates import pair_features, s2_row
 from stembb.structure import STEM, Box, local_structure_boxes, pairs_from_db
 from stembb.s1.targets import stem_targets
 
 
 def random_maps(length, rng):
+    def classes(n):
+        return rng.integers(0, n, (length, length)).astype(np.uint8)  # argmax maps are uint8, as iter_maps gives
+
     return {"p_on": rng.random((length, length)).astype(np.float32),
-            "loc_x": rng.integers(0, 12, (length, length)), "p_loc_x": rng.random((length, length)).astype(np.float32),
-            "loc_y": rng.integers(0, 12, (length, length)), "p_loc_y": rng.random((length, length)).astype(np.float32),
-            "size": rng.integers(0, 11, (length, length)), "p_size": rng.random((length, length)).astype(np.float32),
+            "loc_x": classes(12), "p_loc_x": rng.random((length, length)).astype(np.float32),
+            "loc_y": classes(12), "p_loc_y": rng.random((length, length)).astype(np.float32),
+            "size": classes(11), "p_size": rng.random((length, length)).astype(np.float32),
             "size_scalar": (rng.random((length, length)) * 8 - 1).astype(np.float32)}
 
 
@@ -40,6 +45,26 @@ def oracle_maps(length, boxes):
     ones = np.ones((length, length), np.float32)
     return {"p_on": t["stem_on"], "loc_x": t["location_x"], "p_loc_x": ones, "loc_y": t["location_y"], "p_loc_y": ones,
             "size": t["sm_size"], "p_size": ones, "size_scalar": t["sl_size"]}
+
+
+def test_batched_maps_are_compact_own_their_memory_and_equal_single_sequence_ones():
+    torch.manual_seed(0)
+    net = SimpleConvNet([4, 4], [3, 3], [4], 4).eval()
+    rng = np.random.default_rng(3)
+    seqs = ["".join(rng.choice(list("ACGU"), n)) for n in (31, 12, 57, 12, 40)]
+    cpu = torch.device("cpu")
+    batched = dict(iter_maps(net, seqs, cpu, batch_size=3))
+    assert sorted(batched) == list(range(len(seqs)))
+    for k, seq in enumerate(seqs):
+        alone = predict_maps(net, [seq], cpu)[0]
+        for name in MAP_NAMES:
+            got = batched[k][name]
+            assert got.shape == (len(seq), len(seq)) and got.flags.owndata, name
+            if got.dtype == np.uint8:  # argmax maps: last-bit differences may flip a near-tie
+                assert (got == alone[name]).mean() > 0.99, name
+            else:  # padding is masked; CPU conv kernels differ by shape only in the last bits
+                np.testing.assert_allclose(got, alone[name], rtol=1e-4, atol=1e-5)
+        assert batched[k]["loc_x"].dtype == np.uint8 and batched[k]["size"].dtype == np.uint8
 
 
 def test_exact_targets_as_outputs_give_sensitivity_one():

@@ -190,6 +190,8 @@ def test_calibrated_gamma_is_stored_and_is_the_cli_default(s2_models):
     import argparse
     for path in (box, gnn):
         state = load_checkpoint(path, (boxnet.KIND, "s2_gnn"))
+        plain = torch.load(path, weights_only=True)  # plain values only: the safe default load reads it
+        assert plain["history"] == state["history"] and isinstance(plain["history"][0]["loss"], float)
         assert state["decode_gamma"] in state["gamma_scores"]
         assert state["gamma_scores"][state["decode_gamma"]] == max(state["gamma_scores"].values())
         parser = argparse.ArgumentParser()
@@ -216,3 +218,17 @@ def test_gnn_baseline_and_box_model_both_predict(s2_models, tiny_s1_data, tmp_pa
     assert {"precision", "recall", "f1", "f1_slip", "gamma", "seconds_per_seq"} <= set(table.columns)
     assert table.set_index("method").loc["oracle", "f1"] >= table["f1"].max() - 1e-9
     assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_s2_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(s2_models, tmp_path):
+    root, _, box, _ = s2_models
+    common = ["--input_data", root / "s2.pkl.gz", "--epochs", 1, "--batch_size", 8, "--layers", 1, "--heads", 2,
+              "--no_progress", "--init", box]
+    run_script("s2_training/s2_train_gnn.py", *common, "--dim", 16, "--log", tmp_path / "ft.log")
+    log = (tmp_path / "ft.log").read_text()
+    assert "(--init); new optimizer, epoch 0" in log
+    tuned = load_checkpoint(tmp_path / "ft.model_ckpt_ep_0.pth", boxnet.KIND)
+    start = load_checkpoint(box, boxnet.KIND)
+    assert tuned["epoch"] == 0 and tuned["config"] == start["config"]
+    proc = run_script("s2_training/s2_train_gnn.py", *common, "--dim", 32, "--log", tmp_path / "bad.log", check=False)
+    assert proc.returncode == 2 and "another architecture: dim 16 there vs 32 here" in proc.stderr.splitlines()[-1]

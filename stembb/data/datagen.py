@@ -1,12 +1,20 @@
 """The engine shared by the data-generation scripts: gene segments -> folded rows.
 
 Segments come from ``stembb.data.genome.iter_segments`` in a seeded order; each gets a task
-index, folding runs in ``--workers`` processes in fixed-size batches, and results are
-taken in task order, so the output for a seed does not depend on the number of workers.
+index (``segment_index`` in the output), folding runs in ``--workers`` processes or on a
+Dask cluster (``--dask``) in fixed-size batches, and results are taken in task order, so
+the output for a seed does not depend on where or in how many processes it was folded.
+
+Sharding (``--shard K/N``): the task stream is cut into blocks of ``shard_block`` tasks;
+shard K folds blocks K, K+N, K+2N, ... until it has ``shard_target`` accepted segments,
+and records in the pickle's ``attrs`` how far it got. ``s1_data_gen/merge_shards.py``
+puts the shards back in task order and keeps the first ``--num_data`` accepted segments:
+exactly the rows of the unsharded run with the same flags.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -30,6 +38,9 @@ from stembb.structure import STEM, local_structure_boxes, one_idx_from_pairs, pa
 SKIP_N = "contains N"
 SKIP_FREQ = "mfe_freq below --threshold_mfe_freq"
 SKIP_UNSTRUCTURED = "no base pair"
+SHARD_BLOCK = 256  # tasks per shard block, at most (smaller for small runs: see shard_block)
+SHARD_SLACK = 0.1  # a shard folds this share more than its part, so merged shards cover --num_data
+DASK_CHUNK = 8  # segments per Dask task (amortizes the scheduler's per-task cost)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -46,13 +57,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="at most this many segments from one gene (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="folding processes (default 1)")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS|local:N",
+                        help="fold on a dask.distributed cluster: a running scheduler's address, or local:N for a "
+                             "LocalCluster of N processes (replaces --workers; same output)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="fold only shard K of N (0-based) of the segment stream; "
+                             "s1_data_gen/merge_shards.py joins the N outputs into the unsharded one")
     parser.add_argument("--out", type=Path, required=True, help="output .pkl.gz")
-
-
-def check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
 
 
 @dataclass(frozen=True)
@@ -101,21 +112,98 @@ def rows_for_segment(job: FoldJob, task: tuple[int, str]) -> tuple[list[dict], s
              **energetics}], None
 
 
-def provenance(seg: Segment) -> dict:
+def provenance(seg: Segment, index: int) -> dict:
     return {"chrom": seg.gene.chrom, "strand": seg.gene.strand, "start": seg.start,
-            "end": seg.end, "gene_id": seg.gene.gene_id}
+            "end": seg.end, "gene_id": seg.gene.gene_id, "segment_index": index}
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """``--shard K/N`` -> ``(K, N)`` with 0 <= K < N; one-line InputError otherwise."""
+    if value is None:
+        return None
+    try:
+        k, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must be K/N (e.g. 0/4), got {value!r}") from None
+    if not 0 <= k < n:
+        raise InputError(f"--shard K/N needs 0 <= K < N, got {value!r}")
+    return k, n
+
+
+def shard_block(num_wanted: int, n_shards: int) -> int:
+    """Tasks per block: small enough that every shard folds many blocks, so the shards
+    advance through the task stream together."""
+    return max(1, min(SHARD_BLOCK, num_wanted // (8 * n_shards)))
+
+
+def shard_target(num_wanted: int, n_shards: int) -> int:
+    """Accepted segments one shard folds: its share plus ``SHARD_SLACK`` (and a few), so
+    that the merged shards reach ``num_wanted`` in task order."""
+    return math.ceil(num_wanted * (1 + SHARD_SLACK) / n_shards) + 8
+
+
+def fold_batch(job: FoldJob, tasks: list[tuple[int, str]]) -> list[tuple[list[dict], str | None]]:
+    """``rows_for_segment`` over a list of tasks (one Dask task)."""
+    return [rows_for_segment(job, t) for t in tasks]
+
+
+class Folder:
+    """Where segments are folded: this process, a local pool, or a Dask cluster.
+    ``submit(tasks)`` returns a handle, ``results(handle)`` the rows in task order."""
+
+    def __init__(self, job: FoldJob, workers: int = 1, dask: str | None = None):
+        self.job, self.workers, self.pool, self.client, self.cluster = job, workers, None, None, None
+        if dask:
+            from dask.distributed import Client, LocalCluster
+            if dask.startswith("local:"):
+                n = int(dask.split(":", 1)[1])
+                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
+                self.client = Client(self.cluster)
+            else:
+                self.client = Client(dask)
+            self.workers = max(len(self.client.scheduler_info()["workers"]), 1)
+        elif workers > 1:
+            self.pool = multiprocessing.get_context("fork").Pool(workers)
+
+    def submit(self, tasks: list[tuple[int, str]]):
+        if self.client is not None:
+            chunks = [tasks[k:k + DASK_CHUNK] for k in range(0, len(tasks), DASK_CHUNK)]
+            return self.client.map(fold_batch, [self.job] * len(chunks), chunks, pure=False)
+        if self.pool is not None:
+            return self.pool.map_async(partial(rows_for_segment, self.job), tasks, chunksize=8)
+        return map(partial(rows_for_segment, self.job), tasks)
+
+    def results(self, handle) -> Iterable:
+        if self.client is not None:
+            return (r for future in handle for r in future.result())
+        return handle.get() if self.pool is not None else handle
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 def generate(genome: Genome, segments: Iterable[Segment], job: FoldJob, num_wanted: int,
-             workers: int, desc: str) -> tuple[list[dict], Counter, int]:
-    """Fold segments until ``num_wanted`` segments gave rows.
+             workers: int, desc: str, dask: str | None = None,
+             shard: tuple[int, int] | None = None) -> tuple[list[dict], Counter, int, dict]:
+    """Fold segments until ``num_wanted`` segments gave rows (with ``shard`` (K, N): only
+    shard K's blocks, until ``shard_target`` did).
 
-    Returns the rows (provenance added), a Counter of skip reasons, and the number of
-    segments that gave rows.
+    Returns the rows (provenance added), a Counter of skip reasons, the number of
+    segments that gave rows, and the shard record (``attrs`` of a shard's pickle).
     """
     skipped: Counter = Counter()
     rows: list[dict] = []
     accepted = 0
+    target = shard_target(num_wanted, shard[1]) if shard else num_wanted
+    block = shard_block(num_wanted, shard[1]) if shard else 1
+    last_index = -1
+    exhausted = True
 
     def tasks() -> Iterator[tuple[tuple[int, str], Segment]]:
         index = 0
@@ -124,48 +212,50 @@ def generate(genome: Genome, segments: Iterable[Segment], job: FoldJob, num_want
             if "N" in seq:
                 skipped[SKIP_N] += 1
                 continue
-            yield (index, seq), seg
+            if shard is None or (index // block) % shard[1] == shard[0]:
+                yield (index, seq), seg
             index += 1
 
-    work = partial(rows_for_segment, job)
-    batch_size = 256 * workers
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    folder = Folder(job, workers, dask)
+    batch_size = 256 * folder.workers
     task_iter = tasks()
     pending: deque = deque()  # (batch, its results or async handle), oldest first
 
     def refill() -> None:
         # Keep up to two batches in flight, sized to what is still wanted, so workers fold
         # the next batch while this process turns the previous one into rows.
-        need = num_wanted - accepted - sum(len(b) for b, _ in pending)
+        need = target - accepted - sum(len(b) for b, _ in pending)
         while need > 0 and len(pending) < 2:
-            batch = list(islice(task_iter, min(batch_size, max(need, 8 * workers))))
+            batch = list(islice(task_iter, min(batch_size, max(need, 8 * folder.workers))))
             if not batch:
                 return
-            inputs = [t for t, _ in batch]
-            pending.append((batch, pool.map_async(work, inputs, chunksize=8) if pool else map(work, inputs)))
+            pending.append((batch, folder.submit([t for t, _ in batch])))
             need -= len(batch)
 
     try:
-        with tqdm(total=num_wanted, desc=desc, unit="seq") as bar:
+        with tqdm(total=target, desc=desc, unit="seq") as bar:
             refill()
-            while pending:
+            while pending and accepted < target:
                 batch, handle = pending.popleft()
                 refill()
-                for (seg_rows, reason), (_, seg) in zip(handle.get() if pool else handle, batch):
+                for (seg_rows, reason), ((index, _), seg) in zip(folder.results(handle), batch):
+                    last_index = index
                     if reason:
                         skipped[reason] += 1
                         continue
-                    prov = provenance(seg)
+                    prov = provenance(seg, index)
                     rows.extend({**r, **prov} for r in seg_rows)
                     accepted += 1
                     bar.update()
-                    if accepted == num_wanted:
-                        return rows, skipped, accepted
+                    if accepted == target:
+                        exhausted = False
+                        break
                 refill()
     finally:
-        if pool:
-            pool.terminate()
-    return rows, skipped, accepted
+        folder.close()
+    record = {"shard": f"{shard[0]}/{shard[1]}" if shard else None, "num_wanted": num_wanted,
+              "last_segment_index": last_index, "exhausted": exhausted}
+    return rows, skipped, accepted, record
 
 
 def summarize(log, out: Path, n_rows: int, accepted: int, num_wanted: int, skipped: Counter) -> None:
@@ -194,10 +284,12 @@ def open_genome(args: argparse.Namespace, log) -> tuple[Genome, list]:
     return genome, genes
 
 
-def write_rows(rows: list[dict], out: Path) -> None:
+def write_rows(rows: list[dict], out: Path, attrs: dict | None = None) -> None:
     if not rows:
         raise InputError(f"{out}: no rows were generated, nothing written")
-    write_pickle(pd.DataFrame(rows), out)
+    df = pd.DataFrame(rows)
+    df.attrs.update(attrs or {})
+    write_pickle(df, out)
 
 
 def run_generator(args: argparse.Namespace, job: FoldJob, num_wanted: int, desc: str,
@@ -215,10 +307,24 @@ def run_generator(args: argparse.Namespace, job: FoldJob, num_wanted: int, desc:
     if not any(g.end - g.start + 1 >= shortest for g in genes):
         longest = max(g.end - g.start + 1 for g in genes)
         raise InputError(f"--len/--len_min {shortest}: every usable gene is shorter (the longest is {longest} nt)")
+    shard = parse_shard(args.shard)
+    if args.dask and args.dask.startswith("local:") and not args.dask[6:].isdigit() or args.dask == "local:0":
+        raise InputError(f"--dask local:N needs a number of processes N >= 1, got {args.dask!r}")
+    if args.dask:
+        log.info("folding on Dask: %s", args.dask)
     segments = iter_segments(genes, args.seed, args.max_per_gene, **segment_shape)
-    rows, skipped, accepted = generate(genome, segments, job, num_wanted, args.workers, desc)
-    write_rows(rows, args.out)
+    rows, skipped, accepted, record = generate(genome, segments, job, num_wanted, args.workers, desc, args.dask,
+                                               shard)
+    if shard:  # what merge_shards.py checks: same run, every shard, enough coverage
+        record["run"] = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("shard", "out", "workers",
+                                                                                         "dask")}
+    write_rows(rows, args.out, record if shard else None)
     if job.merge:
         log.info("merge conflicts: %d stem boxes dropped over %d segments",
                  sum(r["n_conflicts"] for r in rows), accepted)
+    if shard:
+        log.info("shard %s: %d accepted segments up to segment index %d (target %d)%s", args.shard, accepted,
+                 record["last_segment_index"], shard_target(num_wanted, shard[1]),
+                 "; the segment stream ran out" if record["exhausted"] else "")
+        num_wanted = shard_target(num_wanted, shard[1])
     summarize(log, args.out, len(rows), accepted, num_wanted, skipped)

@@ -1,4 +1,4 @@
-"""S1 training data: filtering, train/validation split, dataset, padding collate and the
+"""S1 training data: filtering, dataset, padding collate and the
 length-bucketing batch sampler."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from stembb.io import VALID_LETTERS
-from stembb.s1.targets import one_hot, stem_targets
+from stembb.s1.targets import PACKED_CHANNELS, one_hot, pack_targets, stem_targets
+
 
 def filter_rows(df: pd.DataFrame, max_length: int) -> tuple[pd.DataFrame, dict[str, int]]:
     """Drop rows longer than ``max_length`` and sequences with letters outside ACGTUN;
@@ -24,20 +25,9 @@ def filter_rows(df: pd.DataFrame, max_length: int) -> tuple[pd.DataFrame, dict[s
     return df[~too_long & ~bad_letters].reset_index(drop=True), dropped
 
 
-def split_by_sequence(df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the training and validation sets. Rows that share a sequence (the
-    samples of one segment) stay on one side; the split depends only on the data and seed."""
-    seqs = df["seq"].to_numpy()
-    unique = np.unique(seqs)
-    rng = np.random.default_rng([seed, 17])
-    n_val = int(round(val_fraction * len(unique)))
-    val_seqs = set(unique[rng.permutation(len(unique))[:n_val]])
-    is_val = np.fromiter((s in val_seqs for s in seqs), dtype=bool, count=len(seqs))
-    return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
-
-
 class StemBoxDataset(Dataset):
-    """Item k: ``(x (4, L) float32, targets dict of (L, L) arrays)`` built on the fly."""
+    """Item k: ``(x (4, L) float32, packed targets (5, L, L) uint8)`` built on the fly
+    (``stembb.s1.targets.pack_targets``; the training loop unpacks them on the device)."""
 
     def __init__(self, seqs: Sequence[str], boxes: Sequence, local_unmask_offset: int):
         self.seqs = list(seqs)
@@ -49,26 +39,22 @@ class StemBoxDataset(Dataset):
 
     def __getitem__(self, k: int):
         seq = self.seqs[k]
-        return one_hot(seq), stem_targets(len(seq), self.boxes[k], self.offset)
+        return one_hot(seq), pack_targets(stem_targets(len(seq), self.boxes[k], self.offset))
 
 
-def collate(items) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Pad to the longest sequence: x ``(B, 4, Lmax)``, targets ``(B, Lmax, Lmax)``.
-
-    Padding pixels are outside ``unmasked`` and ``in_stem`` and carry ``valid`` False, so
-    they never contribute to a loss or metric.
+def collate(items) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence: x ``(B, 4, Lmax)`` float32, packed targets
+    ``(B, 5, Lmax, Lmax)`` uint8. Padding pixels have all flags 0 (not valid, not
+    unmasked, not in a stem), so they never contribute to a loss or metric.
     """
     n = max(x.shape[1] for x, _ in items)
     xs = torch.zeros(len(items), 4, n)
-    targets = {k: torch.zeros((len(items), n, n), dtype=torch.from_numpy(v).dtype) for k, v in items[0][1].items()}
-    targets["valid"] = torch.zeros((len(items), n, n), dtype=torch.bool)
+    packed = torch.zeros((len(items), PACKED_CHANNELS, n, n), dtype=torch.uint8)
     for b, (x, t) in enumerate(items):
         length = x.shape[1]
         xs[b, :, :length] = torch.from_numpy(x)
-        for k, v in t.items():
-            targets[k][b, :length, :length] = torch.from_numpy(v)
-        targets["valid"][b, :length, :length] = True
-    return xs, targets
+        packed[b, :, :length, :length] = torch.from_numpy(t)
+    return xs, packed
 
 
 class LengthBatchSampler(Sampler[list[int]]):

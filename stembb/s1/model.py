@@ -18,12 +18,20 @@ from stembb.s1.targets import LOCATION_CLASSES, SIZE_CLASSES
 CONFIG_KEYS = ("num_filters", "filter_width", "hid_shared", "hid_output", "dropout")
 
 
-def pair_image(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 4, L)`` -> ``(B, 8, L, L)``: channels [x[:, :, i], x[:, :, j]] at pixel (i, j)."""
+def pair_image(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, 4, L)`` -> ``(B, 8, L, L)``: channels [x[:, :, i], x[:, :, j]] at pixel (i, j).
+
+    ``lengths`` ``(B,)``: pixels with i or j past a sequence's length are zeroed, so a
+    sequence padded in a batch sees exactly what it sees alone (without it, row i of the
+    padding would still carry the column base x[:, :, j])."""
     length = x.shape[-1]
     rows = x.unsqueeze(-1).expand(-1, -1, -1, length)
     cols = x.unsqueeze(-2).expand(-1, -1, length, -1)
-    return torch.cat([rows, cols], dim=1)
+    image = torch.cat([rows, cols], dim=1)
+    if lengths is not None:
+        inside = torch.arange(length, device=x.device) < lengths.to(x.device)[:, None]
+        image = image * (inside[:, :, None] & inside[:, None, :]).unsqueeze(1).to(image.dtype)
+    return image
 
 
 def _head(in_ch: int, hidden: int, out_ch: int) -> nn.Sequential:
@@ -62,9 +70,11 @@ class SimpleConvNet(nn.Module):
         self.sm_size = nn.Conv2d(hid_output, SIZE_CLASSES, 1)
         self.sl_size = nn.Conv2d(hid_output, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``x`` ``(B, 4, L)`` one-hot, ``lengths`` ``(B,)`` when sequences are padded ->
+        ``(B, C, L, L)`` maps per head (see ``pair_image``)."""
         left, right = self.padding
-        h = self.trunk(F.pad(pair_image(x), (left, right, left, right)))
+        h = self.trunk(F.pad(pair_image(x, lengths), (left, right, left, right)))
         size_h = self.size_hidden(h)
         return {"stem_on": self.stem_on(h), "location_x": self.location_x(h), "location_y": self.location_y(h),
                 "sm_size": self.sm_size(size_h), "sl_size": self.sl_size(size_h)}
@@ -73,3 +83,30 @@ class SimpleConvNet(nn.Module):
 def build_model(config: dict) -> SimpleConvNet:
     """The network from a config dict (the hyperparameters every checkpoint stores)."""
     return SimpleConvNet(**{k: config[k] for k in CONFIG_KEYS})
+
+
+# The named networks README, scripts/demo.sh, scripts/gpu_check.sh and bench/ refer to:
+# "small" is the main job's (CPU), run_25 and run_32 the notebook's GPU runs.
+NAMED_NETWORKS = {
+    "tiny": {"num_filters": [4, 4], "filter_width": [3, 3], "hid_shared": [4], "hid_output": 4},
+    "small": {"num_filters": [32, 32, 32], "filter_width": [5, 5, 5], "hid_shared": [32, 32], "hid_output": 16},
+    "run_25": {"num_filters": [128, 128], "filter_width": [9, 9], "hid_shared": [50, 50, 50], "hid_output": 20},
+    "run_32": {"num_filters": [128, 128, 256, 256, 512, 512], "filter_width": [3, 3, 5, 5, 7, 7],
+               "hid_shared": [128, 128, 128, 256, 256, 256], "hid_output": 64},
+}
+
+
+def named_network(name: str) -> SimpleConvNet:
+    """A fresh (randomly initialised) network of ``NAMED_NETWORKS[name]``."""
+    return build_model(NAMED_NETWORKS[name] | {"dropout": 0.0})
+
+
+def network_flags(name: str) -> str:
+    """A named network as the training script's flags, e.g. ``--num_filters 32 32 32 ...``."""
+    return " ".join(f"--{k} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
+                    for k, v in NAMED_NETWORKS[name].items())
+
+
+if __name__ == "__main__":  # python -m stembb.s1.model small -> the flags, for shell scripts
+    import sys
+    print(network_flags(sys.argv[1]))

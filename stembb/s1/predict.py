@@ -14,7 +14,7 @@ dropped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,28 +36,38 @@ def load_s1_model(path: Path, device: torch.device):
 
 
 @torch.no_grad()
-def predict_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
-                 show_progress: bool = False) -> list[dict[str, np.ndarray]]:
-    """Per sequence, the ``(L, L)`` maps decoding needs (``MAP_NAMES``): p_on, the argmax
-    and its probability for each softmax head, and the scalar size. Sequences are
-    batched by length and padded; each map is cropped back to its sequence."""
+def iter_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
+              show_progress: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """``(index into seqs, maps)`` per sequence, batch by batch in order of length, so a
+    caller can decode and drop each batch's maps before the next. Maps (``MAP_NAMES``,
+    each ``(L, L)``, own memory): p_on, the argmax (uint8) and its probability for each
+    softmax head, and the scalar size; sequences are padded in a batch and cropped back."""
     order = np.argsort([len(s) for s in seqs], kind="stable")
-    out: list = [None] * len(seqs)
     for start in tqdm(range(0, len(seqs), batch_size), desc="S1 forward", unit="batch", disable=not show_progress):
         idx = order[start:start + batch_size]
         n = max(len(seqs[k]) for k in idx)
         x = torch.zeros(len(idx), 4, n)
         for b, k in enumerate(idx):
             x[b, :, :len(seqs[k])] = torch.from_numpy(one_hot(seqs[k]))
-        raw = model(x.to(device))
+        raw = model(x.to(device), torch.tensor([len(seqs[k]) for k in idx]))
         maps = {"p_on": torch.sigmoid(raw["stem_on"][:, 0].float()), "size_scalar": raw["sl_size"][:, 0].float()}
         for head, name in (("location_x", "loc_x"), ("location_y", "loc_y"), ("sm_size", "size")):
             p, arg = torch.softmax(raw[head].float(), dim=1).max(dim=1)
-            maps[name], maps[f"p_{name}"] = arg, p
+            maps[name], maps[f"p_{name}"] = arg.to(torch.uint8), p  # at most 12 classes
+        del raw
         maps = {k: v.cpu().numpy() for k, v in maps.items()}
         for b, k in enumerate(idx):
             length = len(seqs[k])
-            out[k] = {name: maps[name][b, :length, :length] for name in MAP_NAMES}
+            yield int(k), {name: maps[name][b, :length, :length].copy() for name in MAP_NAMES}
+
+
+def predict_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
+                 show_progress: bool = False) -> list[dict[str, np.ndarray]]:
+    """``iter_maps`` collected in the order of ``seqs`` (for few sequences: every map is
+    kept until the end)."""
+    out: list = [None] * len(seqs)
+    for k, maps in iter_maps(model, seqs, device, batch_size, show_progress):
+        out[k] = maps
     return out
 
 

@@ -69,3 +69,28 @@ def stem_targets(length: int, boxes: Sequence[Box], local_unmask_offset: int) ->
     upper = np.triu(np.ones((length, length), dtype=bool), k=1)
     return {"stem_on": stem_on, "location_x": loc_x, "location_y": loc_y, "sm_size": sm_size,
             "sl_size": sl_size, "unmasked": grown & upper, "in_stem": stem_on > 0}
+
+
+# Packed targets: what the loader moves between processes and to the device, 5 bytes per
+# pixel instead of 35. Channel 0 holds flag bits, channels 1-4 the class maps and size.
+PACKED_CHANNELS = 5
+VALID_BIT, UNMASKED_BIT, STEM_BIT = 1, 2, 4
+MAX_PACKED_SIZE = 255  # sl_size is clamped to a uint8; no RNA stem has 255 stacked pairs
+
+
+def pack_targets(targets: dict[str, np.ndarray]) -> np.ndarray:
+    """``stem_targets`` of one example -> ``(5, L, L)`` uint8 (every pixel valid)."""
+    flags = VALID_BIT + UNMASKED_BIT * targets["unmasked"] + STEM_BIT * targets["in_stem"]
+    return np.stack([flags, targets["location_x"], targets["location_y"], targets["sm_size"],
+                     np.minimum(targets["sl_size"], MAX_PACKED_SIZE)]).astype(np.uint8)
+
+
+def unpack_targets(packed):
+    """``(B, 5, L, L)`` uint8 torch tensor (on any device) -> the targets dict the losses
+    use: ``valid``, ``unmasked``, ``in_stem`` bool; ``stem_on``, ``sl_size`` float32;
+    ``location_x``, ``location_y``, ``sm_size`` int64. Padding pixels have flags 0."""
+    flags = packed[:, 0]
+    in_stem = (flags & STEM_BIT) > 0
+    return {"valid": (flags & VALID_BIT) > 0, "unmasked": (flags & UNMASKED_BIT) > 0, "in_stem": in_stem,
+            "stem_on": in_stem.float(), "location_x": packed[:, 1].long(), "location_y": packed[:, 2].long(),
+            "sm_size": packed[:, 3].long(), "sl_size": packed[:, 4].float()}
