@@ -16,16 +16,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from stembb.checkpoint import (S1_KIND, check_resume_args, init_weights, latest_checkpoint, load_checkpoint,
-                              save_checkpoint)
+from stembb.checkpoint import S1_KIND, init_weights, latest_checkpoint, save_checkpoint
 from stembb.cli import check_at_least_one, check_positive
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
 from stembb.errors import InputError, run_main
-from stembb.io import read_pickle, write_csv
+from stembb.io import read_pickle
 from stembb.s1.model import CONFIG_KEYS, build_model
-from stembb.plots import plot_history
 from stembb.runlog import start_run
+from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch
 from stembb.data.splits import train_val_rows
 from stembb.s1.dataset import LengthBatchSampler, StemBoxDataset, collate, filter_rows
 
@@ -116,11 +115,7 @@ def resume_state(args, log):
     path = latest_checkpoint(args.resume) if args.resume.is_dir() else args.resume
     if path is None:
         raise InputError(f"{args.resume}: no model_ckpt_ep_*.pth to resume from")
-    state = load_checkpoint(path, S1_KIND)
-    check_resume_args(path, state["args"], args, RESUME_KEYS)
-    if state["epoch"] + 1 >= args.epoch:
-        raise InputError(f"{path}: the run already has {state['epoch'] + 1} epochs (--epoch {args.epoch}); "
-                         "raise --epoch to continue it")
+    state = load_resume(path, S1_KIND, args, RESUME_KEYS, args.epoch, "--epoch")
     log.info("resuming from %s (epoch %d done)", path, state["epoch"])
     return state
 
@@ -189,21 +184,17 @@ def train(args, dist_info, device):
             if dist_info.enabled:
                 metrics.all_reduce()
         rows = [{"epoch": epoch, "split": split, **m.compute()} for split, m in splits.items()]
-        history.extend(rows)
         if is_main:
             log.info("epoch %d: %s", epoch, " | ".join(
                 f"{r['split']} loss {r['loss']:.4f} auROC {r['stem_on_auroc']:.4f} auPRC {r['stem_on_auprc']:.4f} "
                 f"loc_x {r['location_x_acc']:.3f} loc_y {r['location_y_acc']:.3f} size {r['sm_size_acc']:.3f}"
                 + (f" ({r['examples_per_s']:.1f} examples/s per process after warm-up)" if "examples_per_s" in r else "")
                 for r in rows))
-            write_csv(pd.DataFrame(history), args.result / "metrics.csv")
-            plot_history(history, S1_PANELS, args.result / "metrics.png")
-            if (epoch + 1) % args.save_every == 0 or epoch == args.epoch - 1:
+            record_epoch(history, rows, S1_PANELS, args.result / "metrics.csv", args.result / "metrics.png")
+            if is_save_epoch(epoch, args.save_every, args.epoch):
                 path = args.result / f"model_ckpt_ep_{epoch}.pth"
-                save_checkpoint({"kind": S1_KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scaler": scaler.state_dict() if scaler is not None else None,
-                                 "args": vars(args) | {"result": str(args.result), "resume": None},
-                                 "config": config, "epoch": epoch, "history": history}, path)
+                save_checkpoint(checkpoint_state(S1_KIND, model, optimizer, args, config, epoch, history, scaler),
+                                path)
                 log.info("saved %s", path)
         barrier(dist_info)
 

@@ -30,14 +30,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stembb.checkpoint import (check_resume_args, checkpoint_epoch, init_weights, latest_checkpoint, load_checkpoint,
-                              save_checkpoint)
+from stembb.checkpoint import checkpoint_epoch, init_weights, latest_checkpoint, save_checkpoint
 from stembb.cli import check_at_least_one, check_positive
 from stembb.distributed import pick_device, synchronized_time
 from stembb.errors import InputError, run_main
-from stembb.io import read_pickle, write_csv
-from stembb.plots import plot_history
+from stembb.io import read_pickle
 from stembb.runlog import start_run
+from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch
 from stembb.data.splits import train_val_rows
 from stembb.s2.engine import F1_THRESHOLDS, S2_MODELS, calibrate_gamma, decoded_f1, run_epoch
 from stembb.structure import pairs_from_one_idx
@@ -142,11 +141,7 @@ def main(args) -> None:
     state = None
     if args.resume:
         args.resume = resume_checkpoint(args.resume)
-        state = load_checkpoint(args.resume, spec.kind)
-        check_resume_args(args.resume, state["args"], args, TRAIN_KEYS + config_keys)
-        if state["epoch"] + 1 >= args.epochs:
-            raise InputError(f"{args.resume}: the run already has {state['epoch'] + 1} epochs (--epochs {args.epochs}); "
-                             "raise --epochs to continue it")
+        state = load_resume(args.resume, spec.kind, args, TRAIN_KEYS + config_keys, args.epochs, "--epochs")
     args.log.parent.mkdir(parents=True, exist_ok=True)
     log = start_run("s2_train", args.seed, args.log)
     prefix = output_prefix(args.log)
@@ -194,18 +189,14 @@ def main(args) -> None:
             metrics["decoded_f1"] = max(decoded_f1(model, spec, val[:n], val_logits[:n], val_refs[:n], g)
                                         for g in DECODED_F1_GAMMAS)
             epoch_rows.append({"epoch": epoch, "split": "validation", **metrics})
-        history += epoch_rows
         log.info("epoch %d: %s", epoch, " | ".join(
             f"{r['split']} loss {r['loss']:.4f} auROC {r['auroc']:.4f} auPRC {r['auprc']:.4f} F1@0.5 {r['f1_at_0.5']:.3f}"
             + (f" decoded F1 {r['decoded_f1']:.3f}" if "decoded_f1" in r else "")
             + (f" ({r['sequences_per_s']:.1f} sequences/s)" if "sequences_per_s" in r else "") for r in epoch_rows))
-        write_csv(pd.DataFrame(history), Path(f"{prefix}.metrics.csv"))
-        plot_history(history, PANELS, Path(f"{prefix}.metrics.png"), ncols=3)
+        record_epoch(history, epoch_rows, PANELS, Path(f"{prefix}.metrics.csv"), Path(f"{prefix}.metrics.png"), ncols=3)
         last = epoch == args.epochs - 1
-        if (epoch + 1) % args.save_every == 0 or last:
-            ckpt = {"kind": spec.kind, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {"resume": None},
-                    "config": config, "epoch": epoch, "history": history}
+        if is_save_epoch(epoch, args.save_every, args.epochs):
+            ckpt = checkpoint_state(spec.kind, model, optimizer, args, config, epoch, history)
             if last:
                 ckpt["decode_gamma"], ckpt["gamma_scores"] = calibrate(model, spec, val, val_logits, val_refs, log)
             path = Path(f"{prefix}.model_ckpt_ep_{epoch}.pth")

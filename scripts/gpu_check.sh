@@ -28,9 +28,9 @@ WORK=${WORK:-$(mktemp -d /tmp/stembb_gpu_check.XXXX)}
 OUT=${OUT:-$WORK/out}
 mkdir -p "$WORK" "$OUT"
 if (( DRY )); then
-  DEV="--device cpu"; N_TRAIN=40; EPOCHS=2; NETS="tiny"; AMPS="bf16"; CPU=0  # bf16: the flag, trained in fp32
+  DEV="--device cpu"; N_TRAIN=40; N_S2=40; EPOCHS=2; NETS="tiny"; AMPS="bf16"; CPU=0  # bf16: the flag, in fp32
 else
-  DEV=""; N_TRAIN=4000; EPOCHS=2; NETS="small run_25"; AMPS="fp32 fp16 bf16"; CPU=8
+  DEV=""; N_TRAIN=4000; N_S2=600; EPOCHS=2; NETS="small run_25"; AMPS="fp32 fp16 bf16"; CPU=8
 fi
 declare -A NET  # flags of stembb.s1.model.NAMED_NETWORKS
 for net in $NETS; do NET[$net]=$($PY -m stembb.s1.model "$net"); done
@@ -51,7 +51,7 @@ from stembb.io import read_pickle, write_pickle
 work, n = sys.argv[1], int(sys.argv[2])
 df = read_pickle(f"{work}/real.pkl.gz")
 train = df[df["split"] == "train"]
-big = pd.concat([train.sample(n, replace=True, random_state=0), df[df["split"] != "train"]], ignore_index=True)
+big = pd.concat([df[df["split"] != "train"], train.sample(n, replace=True, random_state=0)], ignore_index=True)
 write_pickle(big, f"{work}/train.pkl.gz")
 lines = [f">{name}\n{seq}\n" for name, seq in zip(df["name"], df["seq"])]
 open(f"{work}/test.fa", "w").write("".join(lines * max(1, n // (10 * len(lines)))))
@@ -82,7 +82,7 @@ $PY evaluation/run_s1_inference.py --data "$WORK/real.pkl.gz" --threshold 0.1 --
 grep "sequences/s" "$OUT/s1_eval.log" | cut -c21-
 echo "== S2 data and training"
 $PY s2_data_gen/s1_pred_stem_processing.py --data "$WORK/train.pkl.gz" --threshold_p 0.05 --model "$S1" \
-  --out_file "$WORK/s2.pkl.gz" --include_all $DEV 2> "$OUT/s2_data.log"
+  --out_file "$WORK/s2.pkl.gz" --include_all --num $N_S2 $DEV 2> "$OUT/s2_data.log"
 $PY s2_training/s2_train_gnn.py --input_data "$WORK/s2.pkl.gz" --epochs 2 --batch_size 16 --struct_weight 1 \
   --log "$WORK/s2/box.log" --no_progress $DEV 2> "$OUT/s2_train.log"
 grep -E "device|epoch" "$OUT/s2_train.log" | cut -c21-

@@ -2,7 +2,7 @@
 # README "Real structures": Rfam seed alignments -> family-held-out split -> three models
 # (ViennaRNA data only = the main job's checkpoints; those fine-tuned on the real training
 # families; trained on real structures only) -> one evaluation on the held-out families
-# beside ViennaRNA -> the fine-tuned model exported to models/ (the shipped default).
+# beside ViennaRNA -> the model named by SHIP exported to models/ (the shipped default).
 #
 #   RFAM=Rfam.seed.gz bash scripts/real_structures.sh     # about 60 minutes on 2 CPU cores
 #
@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python}
 RFAM=${RFAM:?set RFAM to Rfam.seed.gz (Rfam seed alignments, Stockholm)}
 D=${D:-data/real}
+SHIP=${SHIP:-vienna}  # which of vienna / ft / real becomes models/ (the best of the report's run)
 S1V=${S1V:-$(ls s1_training/result/demo/model_ckpt_ep_*.pth | sort -V | tail -1)}
 S2V=${S2V:-$(ls s2_training/result/s2_box_demo.model_ckpt_ep_*.pth | sort -V | tail -1)}
 DATA=$D/rfam_len20_200_f2.pkl.gz
@@ -35,27 +36,28 @@ echo "== fine-tuned: the main job's S1 and S2, --init, on the real training fami
 $PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_ft" $ARCH --lr 0.001 --epoch 2 --init "$S1V"
 train_s2 ft "$D/s1_ft/model_ckpt_ep_1.pth" --learning_rate 0.001 --epochs 3 --init "$S2V"
 echo "== real structures only"
-$PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_real" $ARCH --lr 0.003 --epoch 3
-train_s2 real "$D/s1_real/model_ckpt_ep_2.pth" --learning_rate 0.002 --epochs 4
+$PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_real" $ARCH --lr 0.003 --epoch 2
+train_s2 real "$D/s1_real/model_ckpt_ep_1.pth" --learning_rate 0.002 --epochs 3
 
 echo "== evaluation on the held-out test families"
 for m in "vienna $S1V $S2V" "ft $D/s1_ft/model_ckpt_ep_1.pth $D/s2_ft.model_ckpt_ep_2.pth" \
-         "real $D/s1_real/model_ckpt_ep_2.pth $D/s2_real.model_ckpt_ep_3.pth"; do
+         "real $D/s1_real/model_ckpt_ep_1.pth $D/s2_real.model_ckpt_ep_2.pth"; do
   set -- $m
   $PY evaluation/run_end_to_end.py --s1_model "$2" --s2_model "$3" --data "$DATA" --split test \
     --out "$D/e2e_$1.csv" 2>&1 | grep "F1"
 done
 
-echo "== export the fine-tuned model to models/ (no optimizer state)"
-$PY - "$D" <<'EOF'
+echo "== export the $SHIP model to models/ (no optimizer state)"
+declare -A S1_OF=([vienna]=$S1V [ft]=$D/s1_ft/model_ckpt_ep_1.pth [real]=$D/s1_real/model_ckpt_ep_1.pth)
+declare -A S2_OF=([vienna]=$S2V [ft]=$D/s2_ft.model_ckpt_ep_2.pth [real]=$D/s2_real.model_ckpt_ep_2.pth)
+$PY - "${S1_OF[$SHIP]}" "${S2_OF[$SHIP]}" <<'EOF'
 import sys
 from stembb.checkpoint import S1_KIND, export_weights
 from stembb.pipeline import SHIPPED_S1, SHIPPED_S2
 from stembb.runlog import git_commit
 from stembb.s2.boxnet import KIND
-d = sys.argv[1]
-export_weights(f"{d}/s1_ft/model_ckpt_ep_1.pth", SHIPPED_S1, S1_KIND, exported_from_commit=git_commit())
-export_weights(f"{d}/s2_ft.model_ckpt_ep_2.pth", SHIPPED_S2, KIND, exported_from_commit=git_commit())
+export_weights(sys.argv[1], SHIPPED_S1, S1_KIND, exported_from_commit=git_commit())
+export_weights(sys.argv[2], SHIPPED_S2, KIND, exported_from_commit=git_commit())
 print("wrote", SHIPPED_S1, SHIPPED_S2)
 EOF
 echo "real-structure report took $((SECONDS / 60)) min"

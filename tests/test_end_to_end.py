@@ -146,3 +146,15 @@ def test_predict_structure_formats_and_errors(tiny_models, tmp_path):
                           "--max_length", 20, "--out", tmp_path / "never.db", check=False)
         assert message in error_line(proc)
     assert not (tmp_path / "never.db").exists()
+
+
+def test_shipped_model_predicts_with_no_model_flags(tmp_path):
+    """A fresh clone predicts at once: models/ is the default of the end-to-end scripts."""
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">hairpin\nGGGGAAACCCCAUAUGGGCGAAAGCCCUU\n>lower\nacgugcaugcuagcuagcuagcaugcaugca\n")
+    proc = run_script("evaluation/predict_structure.py", "--fasta", fasta, cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == ">hairpin" and len(lines) == 6
+    for seq, db in ((lines[1], lines[2]), (lines[4], lines[5])):
+        assert len(db) == len(seq) and db.count("(") == db.count(")") > 0
+    assert "predicted 2 structures" in proc.stderr

@@ -1,0 +1,47 @@
+"""The run skeleton both trainers share (S1: s1_training/, S2: s2_training/): resuming a
+checkpoint, recording an epoch (metrics.csv + PNG), when to save, and the one checkpoint
+dict ``{kind, model, optimizer, scaler, args, config, epoch, history, ...}``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from stembb.checkpoint import check_resume_args, load_checkpoint
+from stembb.errors import InputError
+from stembb.io import write_csv
+from stembb.plots import plot_history
+
+
+def load_resume(path: Path, kind: str, args, keys, epochs: int, epochs_flag: str) -> dict:
+    """The checkpoint a ``--resume`` continues: of ``kind``, its flags in ``keys`` equal to
+    this run's, and fewer than ``epochs`` epochs done (one-line InputError otherwise)."""
+    state = load_checkpoint(path, kind)
+    check_resume_args(path, state["args"], args, keys)
+    if state["epoch"] + 1 >= epochs:
+        raise InputError(f"{path}: the run already has {state['epoch'] + 1} epochs ({epochs_flag} {epochs}); "
+                         f"raise {epochs_flag} to continue it")
+    return state
+
+
+def record_epoch(history: list[dict], rows: list[dict], panels, csv_path: Path, png_path: Path,
+                 ncols: int = 4) -> None:
+    """Append an epoch's rows (one per split) to ``history``; rewrite the CSV and the PNG."""
+    history.extend(rows)
+    write_csv(pd.DataFrame(history), csv_path)
+    plot_history(history, panels, png_path, ncols=ncols)
+
+
+def is_save_epoch(epoch: int, save_every: int, epochs: int) -> bool:
+    """Checkpoint every ``save_every`` epochs and after the last one (epochs count from 0)."""
+    return (epoch + 1) % save_every == 0 or epoch == epochs - 1
+
+
+def checkpoint_state(kind: str, model, optimizer, args, config: dict, epoch: int, history: list[dict],
+                     scaler=None, **extra) -> dict:
+    """The checkpoint dict: weights, optimizer (and AMP scaler) state, the run's flags
+    (paths as text, ``resume`` cleared), the network's config, epoch and history."""
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resume": None}
+    return {"kind": kind, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "args": flags, "config": config,
+            "epoch": epoch, "history": history, **extra}
