@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, TINY_NET, error_line, run_script, train_s1
+from conftest import REPO, error_line, run_script, train_s1
 from stembb.checkpoint import S1_KIND, init_weights, load_checkpoint
 from stembb.data.formats import clean_letters, parse_stockholm, read_structures
 from stembb.data.splits import group_split, parse_split_spec, train_val_rows
