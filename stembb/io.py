@@ -14,12 +14,18 @@ bounding_boxes      list of ``((x0, y0), (wx, wy), kind)``; kind in stem, hairpi
 chrom, strand       provenance: contig and gene strand
 start, end          1-based inclusive genomic coordinates of the segment
 gene_id             the annotation's gene_id
+segment_index       the segment's place in the seeded segment stream (orders merged shards)
 fe, mfe_freq,       (MFE rows) free energy (kcal/mol), ensemble frequency of the MFE
 ens_div             structure, ensemble diversity
 sample_id           (multi-struct rows) index of the sample within its segment
 stem_box_count      (merged rows) per stem box, in order, how many samples contained it
 n_samples,          (merged rows) unique samples merged, and stem boxes dropped because
 n_conflicts         they claimed pixels of a box seen in more samples
+family, clan,       (real structures, s1_data_gen/make_structure_dataset.py) Rfam accession
+family_name         or folder, clan ('' if none), family name
+source, name        the input file and the record's name
+pseudoknotted       (real structures) whether the structure has crossing pairs
+split               train / val / test, by clan or family; trainers never use test rows
 ==================  ========================================================================
 
 S2 feature pickles (``s2_data_gen/s1_pred_stem_processing.py``) add ``stem_bb_bps``,
