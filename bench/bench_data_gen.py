@@ -29,16 +29,21 @@ def run_generator(genome, genes, num, workers, dask=None, shard=None):
     return clock() - t, rows, accepted
 
 
-def _shard(args):
-    genome, genes, num, k = args
+_SHARD_RUN: tuple = ()  # (genome, genes, num): inherited by the forked shard processes (a genome holds open files)
+
+
+def _shard(k):
+    genome, genes, num = _SHARD_RUN
     return run_generator(genome, genes, num, 1, shard=(k, 2))[2]
 
 
 def run_shards(genome, genes, num):
     """Wall seconds for shards 0/2 and 1/2 folded side by side, and their accepted segments."""
+    global _SHARD_RUN
+    _SHARD_RUN = (genome, genes, num)
     with multiprocessing.get_context("fork").Pool(2) as pool:
         t = time.perf_counter()
-        accepted = sum(pool.map(_shard, [(genome, genes, num, k) for k in (0, 1)]))
+        accepted = sum(pool.map(_shard, [0, 1]))
         return time.perf_counter() - t, accepted
 
 
