@@ -137,9 +137,9 @@ def main(args) -> None:
     for ckpt, run_id in zip(checkpoints, run_ids(checkpoints)):
         started = time.perf_counter()
         frames.append(evaluate_checkpoint(ckpt, run_id, df, args.threshold, device, args.batch_size))
+        seconds = time.perf_counter() - started
         log.info("%s: S1 forward + decoding of %d sequences at %d threshold(s) in %.1f s (%.1f sequences/s)",
-                 ckpt, len(df), len(args.threshold), time.perf_counter() - started,
-                 len(df) / (time.perf_counter() - started))
+                 ckpt, len(df), len(args.threshold), seconds, len(df) / seconds)
     per_seq = pd.concat(frames, ignore_index=True)
     summary = summarize(per_seq)
     write_csv(summary, args.out)

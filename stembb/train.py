@@ -40,8 +40,9 @@ def is_save_epoch(epoch: int, save_every: int, epochs: int) -> bool:
 def checkpoint_state(kind: str, model, optimizer, args, config: dict, epoch: int, history: list[dict],
                      scaler=None, **extra) -> dict:
     """The checkpoint dict: weights, optimizer (and AMP scaler) state, the run's flags
-    (paths as text, ``resume`` cleared), the network's config, epoch and history."""
-    flags = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"resume": None}
+    (``resume`` cleared; ``save_checkpoint`` writes paths as text), the network's config,
+    epoch and history."""
     return {"kind": kind, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "args": flags, "config": config,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "args": vars(args) | {"resume": None}, "config": config,
             "epoch": epoch, "history": history, **extra}

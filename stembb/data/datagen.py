@@ -308,7 +308,8 @@ def run_generator(args: argparse.Namespace, job: FoldJob, num_wanted: int, desc:
         longest = max(g.end - g.start + 1 for g in genes)
         raise InputError(f"--len/--len_min {shortest}: every usable gene is shorter (the longest is {longest} nt)")
     shard = parse_shard(args.shard)
-    if args.dask and args.dask.startswith("local:") and not args.dask[6:].isdigit() or args.dask == "local:0":
+    n_local = args.dask[len("local:"):] if args.dask and args.dask.startswith("local:") else None
+    if n_local is not None and not (n_local.isdigit() and int(n_local) >= 1):
         raise InputError(f"--dask local:N needs a number of processes N >= 1, got {args.dask!r}")
     if args.dask:
         log.info("folding on Dask: %s", args.dask)
