@@ -37,7 +37,7 @@ from stembb.runlog import start_run
 from stembb.s1.predict import load_s1_model
 from stembb.s2.candidates import pair_features
 from stembb.s2.decode import decode_structure
-from stembb.s2.engine import GAMMA_GRID
+from stembb.s2.engine import GAMMA_GRID, S2_KINDS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def main(args) -> None:
     for path in args.s2_models:
         s2, spec, state = load_s2_model(path, device)
         gamma = state.get("decode_gamma", 1.0) if args.gamma is None else args.gamma
-        name = f"{spec.kind.removeprefix('s2_')}:{path.name}"
+        name = f"{S2_KINDS[spec.kind]}:{path.name}"
         predictors[name] = Predictor(s1, s2, spec, state["config"], device, args.threshold_p, gamma, args.batch_size)
         log.info("%s: gamma %g", name, gamma)
     first = next(iter(predictors.values()))

@@ -23,6 +23,7 @@ and at the last.
         --kmer 3 --embed_dim 16
 """
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +39,17 @@ from stembb.io import read_pickle
 from stembb.runlog import start_run
 from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch
 from stembb.data.splits import train_val_rows
-from stembb.s2.engine import F1_THRESHOLDS, S2_MODELS, calibrate_gamma, decoded_f1, run_epoch
+from stembb.s2.engine import F1_THRESHOLDS, S2_MODELS, calibrate_gamma, decoded_f1, fit_terms, run_epoch
 from stembb.structure import pairs_from_one_idx
 
 TRAIN_KEYS = ("model", "input_data", "training_proportion", "seed", "batch_size", "learning_rate", "pos_weight",
-              "struct_weight", "terms_lr_scale")
+              "struct_weight", "terms_lr_scale", "terms_epochs", "terms_lr")
+TERMS_EPOCHS = 12  # --terms_epochs of the box model when not given
 PANELS = [("loss", "BCE on scored items"), ("auroc", "auROC"), ("auprc", "auPRC")] + [
     (f"f1_at_{t}", f"item F1 at p > {t}") for t in F1_THRESHOLDS] + [
     ("decoded_f1", "validation F1 of decoded structures")]
+TERMS_PANELS = [("loss", "structured margin loss (loop terms alone)"),
+                ("decoded_f1", "validation F1 of decoded structures")]
 # each epoch, decoded F1 on the first validation sequences at a few gammas (the full
 # calibration over GAMMA_GRID runs once, after the last epoch)
 DECODED_F1_SEQS = 100
@@ -66,6 +70,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="weight of the structured margin loss on decoded structures (0: BCE only)")
     p.add_argument("--terms_lr_scale", type=float, default=60.0,
                    help="box: the assembly's loop terms learn this many times faster than the network")
+    p.add_argument("--terms_epochs", type=int, default=None,
+                   help="box: epochs fitting the loop terms alone before the network trains (default 12; "
+                        "a fraction of a network epoch each)")
+    p.add_argument("--terms_lr", type=float, default=0.1, help="box: Adam learning rate of --terms_epochs")
     p.add_argument("--hid", type=int, nargs="+", default=[32, 32, 32], help="gnn: message-passing layer widths")
     p.add_argument("--kmer", type=int, default=3, help="gnn: k-mer length of base embeddings")
     p.add_argument("--embed_dim", type=int, default=16, help="gnn: k-mer embedding width")
@@ -93,7 +101,13 @@ def check_args(args) -> None:
                        "max_boxes")
     if any(h < 1 for h in args.hid):
         raise InputError("--hid values must be at least 1")
-    check_positive(args, "learning_rate", "terms_lr_scale", "pos_weight")
+    check_positive(args, "learning_rate", "terms_lr_scale", "pos_weight", "terms_lr")
+    if args.terms_epochs is None:
+        args.terms_epochs = TERMS_EPOCHS if args.model == "box" else 0
+    if args.terms_epochs < 0:
+        raise InputError(f"--terms_epochs must be at least 0, got {args.terms_epochs}")
+    if args.terms_epochs and args.model != "box":
+        raise InputError("--terms_epochs fits the box model's loop terms; --model gnn has none")
     if args.struct_weight < 0:
         raise InputError(f"--struct_weight must be at least 0, got {args.struct_weight}")
     if args.struct_weight and args.model != "box":
@@ -175,6 +189,8 @@ def main(args) -> None:
         init_weights(model, args.init, spec.kind, config, ignore=("dropout", "max_boxes"))
         log.info("weights from %s (--init); new optimizer, epoch 0", args.init)
     log.info("device: %s; %s network, %d parameters", device, args.model, sum(p.numel() for p in model.parameters()))
+    if state is None and args.terms_epochs:
+        fit_loop_terms(model, spec, train, val, val_refs, args, prefix, log)
     val_logits = None
     for epoch in range(start, args.epochs):
         rng = np.random.default_rng([args.seed, epoch])
@@ -202,6 +218,28 @@ def main(args) -> None:
             path = Path(f"{prefix}.model_ckpt_ep_{epoch}.pth")
             save_checkpoint(ckpt, path)
             log.info("saved %s", path)
+
+
+def fit_loop_terms(model, spec, train, val, val_refs, args, prefix: Path, log) -> None:
+    """``--terms_epochs``: the loop terms alone (``stembb.s2.engine.fit_terms``), with the
+    training loss and the validation F1 of decoded structures (network unused) per epoch
+    in ``X.terms.csv`` / ``X.terms.png``."""
+    history: list[dict] = []
+    n = min(len(val), DECODED_F1_SEQS)
+    silent = [np.zeros(spec.n_items(e)) for e in val[:n]]  # pair_weight is 0: logits do not count
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        rows = [{"epoch": epoch, "split": "train", "loss": loss}]
+        if n:
+            rows.append({"epoch": epoch, "split": "validation",
+                         "decoded_f1": decoded_f1(model, spec, val[:n], silent, val_refs[:n], 1.0)})
+        log.info("loop terms epoch %d: train structured loss %.4f%s", epoch, loss,
+                 f" | validation decoded F1 {rows[-1]['decoded_f1']:.3f}" if n else "")
+        record_epoch(history, rows, TERMS_PANELS, Path(f"{prefix}.terms.csv"), Path(f"{prefix}.terms.png"), ncols=2)
+
+    started = time.perf_counter()
+    fit_terms(model, train, args.terms_epochs, args.terms_lr, args.batch_size, args.seed, on_epoch)
+    log.info("loop terms fitted in %.0f s", time.perf_counter() - started)
 
 
 def calibrate(model, spec, val, val_logits, val_refs, log) -> tuple[float, dict]:

@@ -9,8 +9,8 @@ PY=${PY:-python}
 TRAIN="--chromosomes chr3 chr4"
 TEST="--chromosomes chr5"
 RUN=s1_training/result/demo
-S2_SEQS=${S2_SEQS:-1500}
-S2_EPOCHS=${S2_EPOCHS:-4}
+S2_SEQS=${S2_SEQS:-4000}  # the loop terms gain most from more sequences (README, S2 section)
+S2_EPOCHS=${S2_EPOCHS:-1}
 SMALL=$($PY -m stembb.s1.model small)  # the "small" network of stembb.s1.model.NAMED_NETWORKS
 
 echo "== S1 data: multi-struct training set, merged stem boxes (chr3, chr4)"
@@ -44,10 +44,10 @@ echo "== S2 data: S1 proposals -> candidate boxes and pairs"
 (cd s2_data_gen && $PY s1_pred_stem_processing.py --data ../data/s2_train_mfe_len20_200_$S2_SEQS.pkl.gz --threshold_p 0.1 \
   --model "../$S1" --out_file ../data/s2_train_pred_stem.pkl.gz --include_all)
 
-echo "== S2 training: box transformer; decoding gamma calibrated on its validation split"
+echo "== S2 training: loop terms alone, then the box transformer; decoding gamma calibrated on its validation split"
 rm -f s2_training/result/s2_box_demo.*
 (cd s2_training && $PY s2_train_gnn.py --input_data ../data/s2_train_pred_stem.pkl.gz --training_proportion 0.9 \
-  --learning_rate 0.002 --struct_weight 1 --epochs $S2_EPOCHS --batch_size 16 --log result/s2_box_demo.log \
+  --learning_rate 0.002 --struct_weight 1 --terms_lr_scale 10 --epochs $S2_EPOCHS --batch_size 16 --log result/s2_box_demo.log \
   --no_progress)
 S2=$(ls s2_training/result/s2_box_demo.model_ckpt_ep_*.pth | sort -V | tail -1)
 

@@ -8,8 +8,8 @@
 #   bash scripts/gpu_check.sh             # on a GPU machine (about 4 minutes on one H200)
 #   bash scripts/gpu_check.sh --dry-run   # the same steps, tiny, on CPU (the test suite runs it)
 #
-# Self-contained: needs python3 with torch, numpy, pandas, matplotlib, tqdm and scikit-learn
-# only (no ViennaRNA, pyfaidx or venv). The data are the committed Rfam sample
+# Self-contained: needs python3 with torch, numpy, numba, pandas, matplotlib, tqdm and
+# scikit-learn only (no ViennaRNA, pyfaidx or venv). The data are the committed Rfam sample
 # (tests/data/rfam_sample.sto), rows repeated to the sizes below. Wheels in .whl/ (the
 # device README's recipe, e.g. viennarna for the RNAfold comparison) are installed first.
 # Small logs and CSVs are copied to $OUT (default /tmp/stembb_gpu_check/out); checkpoints

@@ -37,6 +37,11 @@ def plain(value):
     return value
 
 
+# checkpoint kinds this code no longer runs -> why, and what to do
+RETIRED_KINDS = {"s2_box": "a box-transformer S2 checkpoint from before the Turner-shaped loop terms "
+                           "(stembb.s2.assemble, Nov 2026); retrain it with s2_training/s2_train_gnn.py"}
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write ``state`` (model/optimizer state dicts kept as tensors, everything else made
     ``plain``) atomically."""
@@ -56,6 +61,8 @@ def load_checkpoint(path: Path, kind: str | tuple[str, ...], map_location="cpu")
     except Exception as exc:  # torch.load raises many types for a bad file
         raise InputError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    if isinstance(state, dict) and state.get("kind") in RETIRED_KINDS:
+        raise InputError(f"{path}: {RETIRED_KINDS[state['kind']]}")
     if not isinstance(state, dict) or state.get("kind") not in kinds:
         found = state.get("kind") if isinstance(state, dict) else type(state).__name__
         raise InputError(f"{path}: not an {' or '.join(kinds)} checkpoint (found {found!r})")

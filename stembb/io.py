@@ -73,9 +73,11 @@ def atomic_path(path: Path):
 
 
 def write_pickle(df: pd.DataFrame, path: Path) -> None:
-    """Write a DataFrame as a gzipped pickle, atomically."""
+    """Write a DataFrame as a gzipped pickle, atomically. Compression level 1: files
+    about 15% larger than gzip's default 9, written about 20 times faster (S2 candidate
+    pickles spent more time compressing than computing)."""
     with atomic_path(path) as tmp:
-        df.to_pickle(tmp, compression="gzip")
+        df.to_pickle(tmp, compression={"method": "gzip", "compresslevel": 1})
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -61,7 +61,8 @@ def test_failed_run_log_ends_with_the_error(tiny_s1_data, tmp_path):
     line = error_line(proc)
     assert "missing column" in line and log.read_text().strip().splitlines()[-1] == line
     for flags, message in ((["--learning_rate", "-1"], "--learning_rate must be positive"),
-                           (["--dropout", "2"], "--dropout must be in [0, 1)")):
+                           (["--dropout", "2"], "--dropout must be in [0, 1)"),
+                           (["--model", "gnn", "--terms_epochs", "3"], "--model gnn has none")):
         proc = run_script("s2_training/s2_train_gnn.py", "--input_data", tiny_s1_data, "--log", log, *flags,
                           check=False)
         assert message in error_line(proc)
@@ -72,7 +73,7 @@ def test_s2_resume_takes_the_run_log_and_refuses_a_finished_run(s2_models, tmp_p
     data = root / "s2.pkl.gz"
     proc = run_script("s2_training/s2_train_gnn.py", "--input_data", data, "--training_proportion", 0.7,
                       "--learning_rate", 0.01, "--epochs", 2, "--batch_size", 8, "--save_every", 1, "--no_progress",
-                      "--dim", 16, "--layers", 1, "--heads", 2, "--log", root / "result" / "box.log",
+                      "--dim", 16, "--layers", 1, "--heads", 2, "--terms_epochs", 3, "--log", root / "result" / "box.log",
                       "--resume", root / "result" / "box.log", check=False)
     assert "box.model_ckpt_ep_1.pth: the run already has 2 epochs (--epochs 2)" in error_line(proc)
 

@@ -17,7 +17,7 @@ from stembb.s2.candidates import BOX_COLUMNS
 from stembb.s2.decode import decode_structure
 from stembb.s2.assemble import LoopTerms, assemble, structure_score
 from stembb.s2.decode import decode_gains
-from stembb.s2.engine import S2_MODELS, calibrate_gamma, pair_max, run_epoch
+from stembb.s2.engine import S2_MODELS, _terms_hinge, calibrate_gamma, fit_terms, pair_max, run_epoch, structured_hinge
 from stembb.structure import canonical_pair_matrix, is_nested, pairs_from_db, stem_boxes, validate_pairs
 
 
@@ -164,6 +164,61 @@ def s1_prob_f1(data):
     return max(scores)
 
 
+def hidden_terms_examples(hidden, n, seed):
+    """Box examples whose reference is the structure ``hidden`` loop terms assemble from
+    the boxes' pairs (every pair scoring ``hidden.pair_bias``)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        seq = "".join(rng.choice(list("ACGU"), int(rng.integers(30, 60))))
+        boxes = random_boxes(rng, seq, 150)
+        pairs = boxnet.box_example(seq, table_of(boxes))["pairs"]
+        truth = assemble(seq, pairs, np.full(len(pairs), float(hidden.pair_bias)), hidden.numpy())
+        if truth:
+            out.append((boxnet.box_example(seq, table_of(boxes), truth), truth))
+    return out
+
+
+def test_loop_terms_alone_learn_structures_made_by_hidden_terms():
+    rng = np.random.default_rng(5)
+    hidden = random_terms(rng)
+    with torch.no_grad():  # the per-base tables need more data than a test has: off
+        for name in ("hairpin_mismatch", "loop_mismatch", "mismatch_1x1", "dangle", "triloop", "tetraloop"):
+            getattr(hidden, name).zero_()
+        hidden.pair_bias.fill_(4.0)
+    train, val = hidden_terms_examples(hidden, 60, 6), hidden_terms_examples(hidden, 30, 7)
+    model = boxnet.build_boxnet({"dim": 8, "layers": 1, "heads": 2, "dropout": 0.0})
+    spec = S2_MODELS["box"]
+    silent = [np.zeros(len(e["numeric"])) for e, _ in val]
+
+    def val_f1():
+        return np.mean([pair_scores(spec.decode(model, e, x, 1.0), truth)["f1"] for (e, truth), x in zip(val, silent)])
+
+    with torch.no_grad():
+        model.terms.pair_bias.fill_(1.0)
+    pair_count = val_f1()  # no loop terms: the most pairs
+    losses = []
+    fit_terms(model, [e for e, _ in train], 12, 0.1, 8, 0, lambda epoch, loss: losses.append(loss))
+    assert float(model.terms.pair_weight) == 0.0  # the network's logits do not count yet
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert val_f1() > pair_count + 0.1, (val_f1(), pair_count)
+
+
+def test_batched_loop_term_loss_equals_the_per_example_hinge():
+    rng = np.random.default_rng(8)
+    hidden = random_terms(rng)
+    with torch.no_grad():
+        hidden.pair_bias.fill_(4.0)
+    examples = [e for e, _ in hidden_terms_examples(hidden, 12, 9)]
+    terms = random_terms(rng)  # another set: margins of every sign
+    slow = torch.stack([structured_hinge(torch.zeros(len(e["numeric"])), e, terms) for e in examples]).mean()
+    fast = _terms_hinge(examples, terms)
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-5) and slow.item() > 0
+    grads = [torch.autograd.grad(loss, [terms.stack, terms.pair_bias]) for loss in (slow, fast)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_box_transformer_learns_what_the_s1_evidence_cannot_tell():
     torch.manual_seed(0)
     spec = S2_MODELS["box"]
@@ -232,3 +287,12 @@ def test_s2_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(s
     assert tuned["epoch"] == 0 and tuned["config"] == start["config"]
     proc = run_script("s2_training/s2_train_gnn.py", *common, "--dim", 32, "--log", tmp_path / "bad.log", check=False)
     assert proc.returncode == 2 and "another architecture: dim 16 there vs 32 here" in proc.stderr.splitlines()[-1]
+
+
+def test_a_retired_s2_checkpoint_kind_says_what_to_do(tmp_path):
+    from stembb.checkpoint import save_checkpoint
+    from stembb.errors import InputError
+    from stembb.pipeline import load_s2_model
+    save_checkpoint({"kind": "s2_box", "model": {}}, tmp_path / "old.pth")
+    with pytest.raises(InputError, match=r"old.pth: a box-transformer S2 checkpoint from before .* retrain it"):
+        load_s2_model(tmp_path / "old.pth", torch.device("cpu"))

@@ -1,31 +1,41 @@
 """Structure assembly with learned loop terms: the decoder the box transformer trains through.
 
 A nested structure ``y`` made of candidate pairs is scored loop by loop, in the shape of
-a nearest-neighbour energy model whose every number is learned (``LoopTerms``):
+a nearest-neighbour energy model (the loop decomposition of Turner 2004 with dangles on
+both sides of every branch) whose every number is learned (``LoopTerms``):
 
-    S(y) = sum over pairs (i, j) of u_ij                 (pair score, from the network)
-         + per pair (i, j), by what it closes:
-             stacked on (i+1, j-1):  stack[t(i, j), t(i+1, j-1)]       (pair types, 7 x 7)
-             a hairpin of n bases:   hairpin[bucket(n)]
-             one inner pair (k, l), n = (k-i-1) + (j-l-1) unpaired bases, 1 <= n <= MAX_LOOP:
-                                     interior[bulge or not, bucket(n)] + asymmetry * |(k-i-1) - (j-l-1)|
+    S(y) = sum over pairs (i, j) of u_ij      (pair score: pair_weight * network logit + pair_bias)
+         + per pair (i, j), by what it closes (t = pair type, 7 kinds; n = unpaired bases):
+             stacked on (i+1, j-1):  stack[t(i, j), t(i+1, j-1)]
+             a hairpin:              hairpin[size(n)] + end[t]
+                                     + n = 3: triloop[the 5 bases i..j]
+                                       n > 3: hairpin_mismatch[t, i+1, j-1]
+                                       n = 4: tetraloop[the 6 bases i..j]
+             one inner pair (k, l), 1 <= n = (k-i-1) + (j-l-1) <= MAX_LOOP:
+               a bulge (one side empty): bulge[size(n)]
+                                     + n = 1: stack[t(i, j), t(k, l)] (the helix stacks across it)
+                                       n > 1: end of both pairs
+               an internal loop:     internal[size(n)] + asymmetry[min(|left - right|, 5)]
+                                     + end of both pairs
+                                     + 1 x 1: mismatch_1x1 from both pairs
+                                       1 x n (n > 2): nothing more
+                                       otherwise: loop_mismatch from both pairs
              two or more branches:   multi_closing + multi_branch * branches
-         + end[t] for every helix end: a pair closing a hairpin, interior or multi loop,
-           the inner pair of an interior loop, and every branch of a multi or exterior loop
-         + the unpaired bases next to each helix end, by pair type: hairpin_mismatch and
-           loop_mismatch [t, base after the 5' end, base before the 3' end] inside hairpins
-           and interior loops (both closing pairs), dangle [t, neighbours] outside every
-           branch and inside a multiloop's closing pair (base 4 = none: a sequence end)
+         + end[t] and dangle[t, neighbours] for every branch of a multi or exterior loop
+           and inside a multiloop's closing pair (base 4 = none: a sequence end)
 
-``assemble`` finds the best structure by dynamic programming over spans, one
-anti-diagonal at a time (``V``: (i, j) paired; ``W1``: best non-empty exterior content;
-``WM`` / ``M2``: multiloop content with at least one / two branches). The answer is
-empty when every non-empty structure scores below 0. ``structure_score`` computes the
-same S(y) as a torch expression for the margin loss of training
-(``stembb.s2.engine.structured_hinge``). Hairpins have at least ``MIN_LOOP`` bases.
+Mismatch terms are indexed [t, base after the pair's 5' base, base before its 3' base],
+seen from inside the loop (an inner pair is read as (l, k)). ``assemble`` finds the
+best structure by dynamic programming over spans, one anti-diagonal at a time (``V``:
+(i, j) paired; ``W1``: best non-empty exterior content; ``WM`` / ``M2``: multiloop
+content with at least one / two branches). The answer is empty when every non-empty
+structure scores below 0. ``structure_score`` computes the same S(y) as a torch
+expression for the margin loss of training (``stembb.s2.engine.structured_hinge``).
+Hairpins have at least ``MIN_LOOP`` bases.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 import torch
 from torch import nn
@@ -34,8 +44,9 @@ from stembb.structure import base_codes
 
 MIN_LOOP = 3
 MAX_LOOP = 30
-HAIRPIN_EDGES = np.array([4, 5, 6, 7, 9, 13, 21])  # 3 | 4 | 5 | 6 | 7-8 | 9-12 | 13-20 | 21+ unpaired bases
-LOOP_EDGES = np.array([2, 3, 4, 5, 7, 10, 15])  # 1 | 2 | 3 | 4 | 5-6 | 7-9 | 10-14 | 15-30
+HAIRPIN_EDGES = np.array([4, 5, 6, 7, 8, 9, 10, 11, 14, 18, 24, 31])  # 3 .. 10 | 11-13 | 14-17 | 18-23 | 24-30 | 31+
+LOOP_EDGES = np.array([2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 21])  # 1 .. 8 | 9-11 | 12-15 | 16-20 | 21-30
+MAX_ASYMMETRY = 5
 N_PAIR_TYPES = 7  # AU UA GC CG GU UG, and 6 = anything else
 PAIR_TYPE = np.full((5, 5), N_PAIR_TYPES - 1, dtype=np.int64)
 for _k, (_a, _b) in enumerate(("AU", "UA", "GC", "CG", "GU", "UG")):
@@ -62,14 +73,29 @@ class LoopTerms(nn.Module):
         self.stack = nn.Parameter(torch.zeros(N_PAIR_TYPES, N_PAIR_TYPES))
         self.hairpin = nn.Parameter(torch.zeros(len(HAIRPIN_EDGES) + 1))
         self.interior = nn.Parameter(torch.zeros(2, len(LOOP_EDGES) + 1))  # [bulge, internal] x size
-        self.asymmetry = nn.Parameter(torch.zeros(()))
+        self.asymmetry = nn.Parameter(torch.zeros(MAX_ASYMMETRY + 1))
         self.multi = nn.Parameter(torch.zeros(2))  # [closing, per branch]
         self.end = nn.Parameter(torch.zeros(N_PAIR_TYPES))
-        for name in ("hairpin_mismatch", "loop_mismatch", "dangle"):
+        for name in ("hairpin_mismatch", "loop_mismatch", "mismatch_1x1", "dangle"):
             self.register_parameter(name, nn.Parameter(torch.zeros(N_PAIR_TYPES, 5, 5)))
+        # one slot per sequence of the closing pair and loop; the last for any with an N
+        self.triloop = nn.Parameter(torch.zeros(4 ** 5 + 1))
+        self.tetraloop = nn.Parameter(torch.zeros(4 ** 6 + 1))
+        # a pair's score u_ij = pair_weight * (network logit) + pair_bias
+        self.pair_weight = nn.Parameter(torch.ones(()))
+        self.pair_bias = nn.Parameter(torch.zeros(()))
 
     def numpy(self) -> dict[str, np.ndarray]:
         return {name: p.detach().cpu().double().numpy() for name, p in self.named_parameters()}
+
+
+def special_loop(codes: np.ndarray, i: np.ndarray, n: int) -> np.ndarray:
+    """Slot of ``triloop`` (n = 3) / ``tetraloop`` (n = 4) for the hairpins closed at
+    positions ``i``: the n + 2 bases from i as a base-4 number, ``4 ** (n + 2)`` when one
+    of them is not A, C, G or U."""
+    bases = codes[np.asarray(i)[:, None] + np.arange(n + 2)]
+    slot = (bases * 4 ** np.arange(n + 2)).sum(1)
+    return np.where((bases < 4).all(1), slot, 4 ** (n + 2))
 
 
 def _neighbours(seq: str, pairs: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -90,83 +116,44 @@ def _neighbours(seq: str, pairs: np.ndarray) -> dict[str, tuple[np.ndarray, np.n
             "outside": (PAIR_TYPE[ci, cj], base(i - 1), base(j + 1))}
 
 
-def _inner_candidates(pairs: np.ndarray) -> tuple[np.ndarray, ...]:
-    """For every candidate (i, j): the candidates (k, l) inside it that can close an
-    interior loop with it (1 to MAX_LOOP unpaired bases), as ``(P, K)`` padded arrays of
-    index (-1 = padding), loop size, shorter side and side difference."""
-    i, j = pairs[:, 0], pairs[:, 1]
-    left = i[None, :] - i[:, None] - 1  # row: outer pair, column: inner pair
-    right = j[:, None] - j[None, :] - 1
-    ok = (left >= 0) & (right >= 0) & (left + right >= 1) & (left + right <= MAX_LOOP) & (j[None, :] > i[None, :])
-    rows, cols = np.nonzero(ok)  # row-major: each row's inner candidates in order
-    counts = ok.sum(1)
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    shape = (len(pairs), max(int(counts.max(initial=0)), 1))
-    idx, size, side, diff = (np.full(shape, -1 if k == 0 else 0, dtype=np.int64) for k in range(4))
-    idx[rows, slot] = cols
-    lf, rt = left[rows, cols], right[rows, cols]
-    size[rows, slot], side[rows, slot], diff[rows, slot] = lf + rt, np.minimum(lf, rt), np.abs(lf - rt)
-    return idx, size, side, diff
-
-
 def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> list[tuple[int, int]]:
     """The candidate structure of maximum ``S(y)``: ``pairs`` (P, 2) candidates with pair
-    scores ``unary`` (P,); ``terms`` from ``LoopTerms.numpy()``. Sorted list of pairs."""
+    scores ``unary`` (P,) (``pair_weight`` and ``pair_bias`` already applied); ``terms``
+    from ``LoopTerms.numpy()``. Sorted list of pairs.
+
+    The per-candidate terms are gathered here with numpy; the recursions run compiled
+    (``_fill_and_trace``), since each cell depends on cells just filled."""
     length = len(seq)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     keep = pairs[:, 1] - pairs[:, 0] > MIN_LOOP
     pairs, unary = pairs[keep], np.asarray(unary, dtype=float)[keep]
     if length < MIN_LOOP + 2 or not len(pairs):
         return []
+    i, j = pairs[:, 0], pairs[:, 1]
     types = pair_types(seq)
-    t = types[pairs[:, 0], pairs[:, 1]]
+    t = types[i, j]
     end = terms["end"]
-    multi_close, multi_branch = terms["multi"]
     near = _neighbours(seq, pairs)
-    hairpin_mm = terms["hairpin_mismatch"][near["inside"]]
-    loop_mm = terms["loop_mismatch"][near["inside"]]
-    inner_mm = terms["loop_mismatch"][near["from_loop"]]
-    closing_dangle = terms["dangle"][near["closing"]]
-    branch_end = end[t] + terms["dangle"][near["outside"]]
-    inner_idx, inner_size, inner_side, inner_diff = _inner_candidates(pairs)
-    safe = np.maximum(inner_idx, 0)
-    inner_bonus = np.where(
-        inner_idx >= 0,
-        terms["interior"][(inner_side > 0).astype(int), np.digitize(inner_size, LOOP_EDGES)]
-        + terms["asymmetry"] * inner_diff + end[t[safe]] + inner_mm[safe], -np.inf)
-    v_of = np.full(len(pairs), -np.inf)  # V of each candidate
-    choice = np.zeros(len(pairs), dtype=np.int64)  # 0 hairpin, 1 stacked, 2 interior, 3 multi
-    inner_pick = np.full(len(pairs), -1, dtype=np.int64)
-    v = np.full((length + 1, length + 1), -np.inf)
-    # exterior (w1) and multiloop (wm: >= 1 branch, m2: >= 2) contents of span [i, j],
-    # -inf when empty; recursions on the branch that ends at j, over the candidates (k, j)
-    w1, wm, m2 = (np.full((length + 1, length + 1), -np.inf) for _ in range(3))
-    starts = _starts_by_end(pairs, length)  # (L, K) candidate index ending at j, -1 padding
-    by_span = {d: np.flatnonzero(pairs[:, 1] - pairs[:, 0] == d) for d in np.unique(pairs[:, 1] - pairs[:, 0])}
-    for d in range(1, length):
-        c = by_span.get(d)
-        if c is not None:
-            i, j = pairs[c, 0], pairs[c, 1]
-            interior = inner_bonus[c] + np.where(inner_idx[c] >= 0, v_of[np.maximum(inner_idx[c], 0)], -np.inf)
-            options = np.stack([
-                np.full(len(c), terms["hairpin"][np.digitize(d - 1, HAIRPIN_EDGES)]) + end[t[c]] + hairpin_mm[c],
-                v[i + 1, j - 1] + terms["stack"][t[c], types[i + 1, j - 1]],
-                interior.max(axis=1) + end[t[c]] + loop_mm[c],
-                m2[i + 1, j - 1] + multi_close + end[t[c]] + closing_dangle[c]])
-            choice[c] = options.argmax(axis=0)
-            inner_pick[c] = inner_idx[c, interior.argmax(axis=1)]
-            v_of[c] = unary[c] + options.max(axis=0)
-            v[i, j] = v_of[c]
-        i = np.arange(length - d)
-        j = i + d
-        ext_left, multi_left, multi_left2, branch = _last_branch(i, j, starts, pairs, v_of, branch_end, w1, wm)
-        w1[i, j] = np.maximum(w1[i, j - 1], (ext_left + branch).max(axis=1))
-        wm[i, j] = np.maximum(wm[i, j - 1], (multi_left + branch + multi_branch).max(axis=1))
-        m2[i, j] = np.maximum(m2[i, j - 1], (multi_left2 + branch + multi_branch).max(axis=1))
-    if not w1[0, length - 1] > 0:
-        return []
-    tables = {"W": w1, "WM": wm, "M2": m2}
-    return sorted(_traceback(length, pairs, starts, choice, inner_pick, v_of, tables, branch_end, multi_branch))
+    index_of = np.full((length, length), -1, dtype=np.int64)
+    index_of[i, j] = np.arange(len(pairs))
+    n = j - i - 1
+    hairpin = terms["hairpin"][np.digitize(n, HAIRPIN_EDGES)] + end[t]
+    hairpin[n > 3] += terms["hairpin_mismatch"][near["inside"]][n > 3]
+    codes = base_codes(seq)
+    for size, name in ((3, "triloop"), (4, "tetraloop")):
+        hairpin[n == size] += terms[name][special_loop(codes, i[n == size], size)]
+    stack = terms["stack"][t, types[i + 1, j - 1]]
+    closing_multi = terms["multi"][0] + end[t] + terms["dangle"][near["closing"]]
+    branch = end[t] + terms["dangle"][near["outside"]]
+    mismatch = np.stack([terms[name][near[side]] for name in ("loop_mismatch", "mismatch_1x1")
+                         for side in ("inside", "from_loop")])  # (4, P): loop out / in, 1x1 out / in
+    sizes = np.arange(MAX_LOOP + 1)
+    interior = terms["interior"][:, np.digitize(sizes, LOOP_EDGES)]  # [bulge or internal, n]
+    asymmetry = terms["asymmetry"][np.minimum(sizes, MAX_ASYMMETRY)]
+    out = _fill_and_trace(length, i, j, t, np.ascontiguousarray(unary), hairpin, stack, end[t], mismatch,
+                          closing_multi, branch, float(terms["multi"][1]), np.ascontiguousarray(interior),
+                          asymmetry, np.ascontiguousarray(terms["stack"]), index_of, _starts_by_end(pairs, length))
+    return sorted(map(tuple, out.tolist()))
 
 
 def _starts_by_end(pairs: np.ndarray, length: int) -> np.ndarray:
@@ -179,64 +166,144 @@ def _starts_by_end(pairs: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def _last_branch(i, j, starts, pairs, v_of, branch_end, w1, wm):
-    """For spans [i, j] (arrays) and each candidate (k, j) inside: the best exterior
-    content left of k (empty = 0), the same for multiloops with any / at least one branch,
-    and the branch's own score V + its end terms; -inf where (k, j) does not fit."""
-    c = starts[j]  # (n, K)
-    k = pairs[np.maximum(c, 0), 0]
-    fits = (c >= 0) & (k >= i[:, None])
-    rows = i[:, None]
-    before = np.maximum(k - 1, 0)
-    has_left = k > rows
-    ext_left = np.where(has_left, np.maximum(w1[rows, before], 0.0), 0.0)
-    multi_left = np.where(has_left, np.maximum(wm[rows, before], 0.0), 0.0)
-    multi_left2 = np.where(has_left, wm[rows, before], -np.inf)
-    branch = np.where(fits, v_of[np.maximum(c, 0)] + branch_end[np.maximum(c, 0)], -np.inf)
-    return ext_left, multi_left, multi_left2, branch
+@numba.njit(cache=True, nogil=True)
+def _fill_and_trace(length, pi, pj, t, unary, hairpin, stack, end, mismatch, closing_multi, branch, multi_branch,
+                    interior, asymmetry, stack_table, index_of, starts):  # pragma: no cover (compiled)
+    """The recursions of ``assemble`` over spans of growing length, then the traceback.
 
-
-def _traceback(length, pairs, starts, choice, inner_pick, v_of, tables, branch_end, multi_branch) -> list:
-    w1, wm = tables["W"], tables["WM"]
-    out = []
-    todo = [("W", 0, length - 1)]
-    while todo:  # every span visited holds a non-empty structure
-        table, i, j = todo.pop()
-        if table == "V":
-            out.append((i, j))
-            c = int(np.flatnonzero((pairs[:, 0] == i) & (pairs[:, 1] == j))[0])
-            if choice[c] == 1:
-                todo.append(("V", i + 1, j - 1))
-            elif choice[c] == 2:
-                k, l = pairs[inner_pick[c]]
-                todo.append(("V", int(k), int(l)))
-            elif choice[c] == 3:
-                todo.append(("M2", i + 1, j - 1))
+    Per candidate c = (i, j): ``v[c]`` its best score closing what lies inside, and the
+    choice made (0 hairpin, 1 stacked on (i+1, j-1), 2 interior loop on ``inner[c]``,
+    3 multiloop). Per span [i, j]: ``w1`` best non-empty exterior content, ``wm`` / ``m2``
+    multiloop content with at least one / two branches (-inf when there is none), each with
+    the candidate of the branch ending at j (``*_arg``; -1: the best leaves j unpaired).
+    Ties keep the earlier option. Returns the chosen pairs, (n, 2)."""
+    n_cands = len(pi)
+    neg = -np.inf
+    v = np.full(n_cands, neg)
+    choice = np.zeros(n_cands, dtype=np.int64)
+    inner = np.full(n_cands, -1, dtype=np.int64)
+    w1 = np.full((length, length), neg)
+    wm = np.full((length, length), neg)
+    m2 = np.full((length, length), neg)
+    w1_arg = np.full((length, length), -1, dtype=np.int64)
+    wm_arg = np.full((length, length), -1, dtype=np.int64)
+    m2_arg = np.full((length, length), -1, dtype=np.int64)
+    order = np.argsort(pj - pi, kind="mergesort")
+    ptr = 0
+    for d in range(1, length):
+        while ptr < n_cands and pj[order[ptr]] - pi[order[ptr]] == d:
+            c = order[ptr]
+            ptr += 1
+            i, j = pi[c], pj[c]
+            best, pick = hairpin[c], 0
+            s = index_of[i + 1, j - 1]
+            if s >= 0 and v[s] + stack[c] > best:
+                best, pick = v[s] + stack[c], 1
+            loop_best, loop_inner = neg, -1
+            for k in range(i + 1, min(i + MAX_LOOP + 2, j - MIN_LOOP - 1)):
+                for l in range(j - 1, k + MIN_LOOP, -1):
+                    left, right = k - i - 1, j - l - 1
+                    if left + right > MAX_LOOP:
+                        break
+                    inside = index_of[k, l]
+                    if left + right == 0 or inside < 0:
+                        continue
+                    if left == 0 or right == 0:
+                        value = interior[0, left + right]
+                        value += stack_table[t[c], t[inside]] if left + right == 1 else end[c] + end[inside]
+                    else:
+                        value = interior[1, left + right] + asymmetry[abs(left - right)] + end[c] + end[inside]
+                        if left == 1 and right == 1:
+                            value += mismatch[2, c] + mismatch[3, inside]
+                        elif left > 1 and right > 1:
+                            value += mismatch[0, c] + mismatch[1, inside]
+                    value += v[inside]
+                    if value > loop_best:
+                        loop_best, loop_inner = value, inside
+            if loop_best > best:
+                best, pick = loop_best, 2
+                inner[c] = loop_inner
+            if i + 1 < j - 1 and m2[i + 1, j - 1] + closing_multi[c] > best:
+                best, pick = m2[i + 1, j - 1] + closing_multi[c], 3
+            v[c] = unary[c] + best
+            choice[c] = pick
+        for i in range(0, length - d):
+            j = i + d
+            b1, bm, b2 = w1[i, j - 1], wm[i, j - 1], m2[i, j - 1]
+            a1, am, a2 = -1, -1, -1
+            for slot in range(starts.shape[1]):
+                c = starts[j, slot]
+                if c < 0:
+                    break
+                k = pi[c]
+                if k < i or v[c] == neg:
+                    continue
+                stem = v[c] + branch[c]
+                ext_left, multi_left, multi_left2 = 0.0, 0.0, neg
+                if k > i:
+                    ext_left = max(w1[i, k - 1], 0.0)
+                    multi_left = max(wm[i, k - 1], 0.0)
+                    multi_left2 = wm[i, k - 1]
+                if ext_left + stem > b1:
+                    b1, a1 = ext_left + stem, c
+                if multi_left + stem + multi_branch > bm:
+                    bm, am = multi_left + stem + multi_branch, c
+                if multi_left2 + stem + multi_branch > b2:
+                    b2, a2 = multi_left2 + stem + multi_branch, c
+            w1[i, j], wm[i, j], m2[i, j] = b1, bm, b2
+            w1_arg[i, j], wm_arg[i, j], m2_arg[i, j] = a1, am, a2
+    out = np.zeros((n_cands, 2), dtype=np.int64)
+    n_out = 0
+    if not w1[0, length - 1] > 0:
+        return out[:0]
+    # traceback: rows (table, i, j), table 0 = W, 1 = WM, 2 = M2, 3 = V (i = the candidate)
+    todo = np.zeros((4 * (length + n_cands) + 4, 3), dtype=np.int64)
+    todo[0, 2] = length - 1
+    top = 1
+    while top:
+        top -= 1
+        table, i, j = todo[top, 0], todo[top, 1], todo[top, 2]
+        if table == 3:
+            out[n_out, 0], out[n_out, 1] = pi[i], pj[i]
+            n_out += 1
+            if choice[i] == 1:
+                todo[top, 0], todo[top, 1] = 3, index_of[pi[i] + 1, pj[i] - 1]
+                top += 1
+            elif choice[i] == 2:
+                todo[top, 0], todo[top, 1] = 3, inner[i]
+                top += 1
+            elif choice[i] == 3:
+                todo[top, 0], todo[top, 1], todo[top, 2] = 2, pi[i] + 1, pj[i] - 1
+                top += 1
             continue
-        grid = tables[table]
-        if grid[i, j] == grid[i, j - 1]:
-            todo.append((table, i, j - 1))
+        if table == 0:
+            arg = w1_arg[i, j]
+        elif table == 1:
+            arg = wm_arg[i, j]
+        else:
+            arg = m2_arg[i, j]
+        if arg < 0:
+            todo[top, 2] = j - 1
+            top += 1
             continue
-        ext_left, multi_left, multi_left2, branch = _last_branch(np.array([i]), np.array([j]), starts, pairs, v_of,
-                                                                 branch_end, w1, wm)
-        left, bonus, left_table = {"W": (ext_left, 0.0, "W"), "WM": (multi_left, multi_branch, "WM"),
-                                   "M2": (multi_left2, multi_branch, "WM")}[table]
-        totals = (left + branch + bonus if bonus else left + branch)[0]
-        slot = int(np.argmax(totals))
-        k = int(pairs[starts[j, slot], 0])
-        todo.append(("V", k, j))
-        if k > i and (table == "M2" or left[0, slot] > 0):
-            todo.append((left_table, i, k - 1))
-    return out
+        k = pi[arg]
+        if k > i and (table == 2 or (w1[i, k - 1] > 0 if table == 0 else wm[i, k - 1] > 0)):
+            todo[top, 0], todo[top, 1], todo[top, 2] = (0 if table == 0 else 1), i, k - 1
+            top += 1
+        todo[top, 0], todo[top, 1] = 3, arg
+        top += 1
+    return out[:n_out]
 
 
 def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
     """What ``S(y)`` counts in a nested structure: ``pairs`` (P, 2); ``stacks`` (n, 2)
-    type pairs; ``hairpins`` (m,) buckets; ``interior`` (q, 2) [kind, bucket] and
-    ``asymmetry`` (q,); ``multi`` [loops, branches]; ``ends`` (e,) pair types; and the
-    (type, base, base) rows of ``hairpin_mismatch``, ``loop_mismatch`` and ``dangle``."""
+    type pairs; ``hairpins`` (m,) size buckets; ``interior`` (q, 2) [bulge or internal,
+    size bucket]; ``asymmetry`` (r,) slots; ``multi`` [loops, branches]; ``ends`` (e,)
+    pair types; ``triloop`` / ``tetraloop`` slots; and the (type, base, base) rows of
+    ``hairpin_mismatch``, ``loop_mismatch``, ``mismatch_1x1`` and ``dangle``."""
     pairs = np.asarray(sorted(structure), dtype=np.int64).reshape(-1, 2)
     types = pair_types(seq)
+    codes = base_codes(seq)
     near = {name: np.stack(v, axis=1) for name, v in _neighbours(seq, pairs).items()} if len(pairs) else {}
     row = {p: k for k, p in enumerate(map(tuple, pairs.tolist()))}
     children: dict = {(-1, len(seq)): []}
@@ -247,17 +314,20 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
         children[stack_of[-1]].append((i, j))
         children[(i, j)] = []
         stack_of.append((i, j))
-    out = {name: [] for name in ("stacks", "hairpins", "interior", "asymmetry", "ends", "hairpin_mismatch",
-                                 "loop_mismatch", "dangle")}
+    out = {name: [] for name in (*TABLE_TERMS, "asymmetry", "ends")}
     multi = [0, 0]
     for (i, j), inside in children.items():
         branches = inside
         if i < 0:
             pass
         elif not inside:
-            out["hairpins"].append(np.digitize(j - i - 1, HAIRPIN_EDGES))
+            n = j - i - 1
+            out["hairpins"].append(np.digitize(n, HAIRPIN_EDGES))
             out["ends"].append(types[i, j])
-            out["hairpin_mismatch"].append(near["inside"][row[(i, j)]])
+            if n > 3:
+                out["hairpin_mismatch"].append(near["inside"][row[(i, j)]])
+            if n in (3, 4):
+                out["triloop" if n == 3 else "tetraloop"].append(special_loop(codes, np.array([i]), n)[0])
             branches = []
         elif len(inside) == 1 and inside[0] == (i + 1, j - 1):
             out["stacks"].append((types[i, j], types[i + 1, j - 1]))
@@ -266,9 +336,16 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
             k, l = inside[0]
             left, right = k - i - 1, j - l - 1
             out["interior"].append((int(min(left, right) > 0), np.digitize(left + right, LOOP_EDGES)))
-            out["asymmetry"].append(abs(left - right))
-            out["ends"] += [types[i, j], types[k, l]]
-            out["loop_mismatch"] += [near["inside"][row[(i, j)]], near["from_loop"][row[(k, l)]]]
+            if min(left, right) == 0 and left + right == 1:
+                out["stacks"].append((types[i, j], types[k, l]))
+            else:
+                out["ends"] += [types[i, j], types[k, l]]
+            if min(left, right) > 0:
+                out["asymmetry"].append(min(abs(left - right), MAX_ASYMMETRY))
+            if left == right == 1:
+                out["mismatch_1x1"] += [near["inside"][row[(i, j)]], near["from_loop"][row[(k, l)]]]
+            elif min(left, right) > 1:
+                out["loop_mismatch"] += [near["inside"][row[(i, j)]], near["from_loop"][row[(k, l)]]]
             branches = []
         else:
             multi[0] += 1
@@ -278,29 +355,41 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
         for k, l in branches:  # exterior or multiloop branches
             out["ends"].append(types[k, l])
             out["dangle"].append(near["outside"][row[(k, l)]])
-    shapes = {"stacks": (-1, 2), "interior": (-1, 2), "hairpin_mismatch": (-1, 3), "loop_mismatch": (-1, 3),
-              "dangle": (-1, 3)}
-    feats = {name: np.array(v, dtype=float if name == "asymmetry" else np.int64).reshape(shapes.get(name, (-1,)))
+    feats = {name: np.array(v, dtype=np.int64).reshape((-1, TABLE_TERMS[name]) if TABLE_TERMS.get(name, 1) > 1 else -1)
              for name, v in out.items()}
     return feats | {"pairs": pairs, "multi": np.array(multi, float)}
+
+
+# term of ``loop_features`` -> columns of its index rows ("ends" and "asymmetry": one)
+TABLE_TERMS = {"stacks": 2, "hairpins": 1, "interior": 2, "triloop": 1, "tetraloop": 1, "hairpin_mismatch": 3,
+               "loop_mismatch": 3, "mismatch_1x1": 3, "dangle": 3}
+PARAMETER_OF = {"stacks": "stack", "hairpins": "hairpin", "ends": "end"}  # other terms: the same name
+TERM_SHAPES = {name: tuple(p.shape) for name, p in LoopTerms().named_parameters() if not name.startswith("pair_")}
+
+
+def loop_counts(seq: str, structure) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(pairs (P, 2), counts)``: how many times ``S(y)`` of a nested structure uses each
+    entry of each ``LoopTerms`` table, flat (``counts[name]`` has that parameter's size;
+    ``pair_weight`` / ``pair_bias`` are not loop terms). ``S(y) = sum of u over pairs +
+    sum over names of counts[name] . terms[name].flatten()``: linear in the terms."""
+    f = loop_features(seq, structure)
+    counts = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()}
+    for name in (*TABLE_TERMS, "ends", "asymmetry"):
+        param = PARAMETER_OF.get(name, name)
+        index = f[name]
+        flat = np.ravel_multi_index(tuple(index.T), TERM_SHAPES[param]) if index.ndim > 1 else index
+        counts[param] += np.bincount(flat, minlength=len(counts[param]))
+    counts["multi"] = f["multi"]
+    return f["pairs"], counts
 
 
 def structure_score(seq: str, structure, pair_index: dict, unary: torch.Tensor, terms: LoopTerms) -> torch.Tensor:
     """``S(y)`` of a nested candidate structure as a torch scalar (differentiable in the
     pair scores ``unary`` (P,) and in ``terms``); ``pair_index`` maps a pair to its row."""
-    f = loop_features(seq, structure)
-    device = terms.stack.device
-
-    def idx(a):
-        return torch.as_tensor(a, dtype=torch.long, device=device)
-
-    rows = [pair_index[p] for p in map(tuple, f["pairs"].tolist())]
-    score = unary[idx(rows)].sum()
-    score = score + terms.stack[idx(f["stacks"][:, 0]), idx(f["stacks"][:, 1])].sum()
-    score = score + terms.hairpin[idx(f["hairpins"])].sum() + terms.end[idx(f["ends"])].sum()
-    score = score + terms.interior[idx(f["interior"][:, 0]), idx(f["interior"][:, 1])].sum()
-    score = score + terms.asymmetry * float(f["asymmetry"].sum())
-    for name in ("hairpin_mismatch", "loop_mismatch", "dangle"):
-        rows3 = f[name]
-        score = score + getattr(terms, name)[idx(rows3[:, 0]), idx(rows3[:, 1]), idx(rows3[:, 2])].sum()
-    return score + (terms.multi * torch.as_tensor(f["multi"], dtype=terms.multi.dtype, device=device)).sum()
+    pairs, counts = loop_counts(seq, structure)
+    rows = torch.as_tensor([pair_index[p] for p in map(tuple, pairs.tolist())], dtype=torch.long, device=unary.device)
+    score = unary[rows].sum()
+    for name, c in counts.items():
+        param = getattr(terms, name)
+        score = score + param.flatten() @ torch.as_tensor(c, dtype=param.dtype, device=param.device)
+    return score

@@ -34,7 +34,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from stembb.metrics import pair_scores
 from stembb.s2 import boxnet, gnn
 from stembb.s2.candidates import box_table, pair_features
-from stembb.s2.assemble import assemble, structure_score
+from stembb.s2.assemble import TERM_SHAPES, assemble, loop_counts, structure_score
 from stembb.s2.decode import decode_structure
 from stembb.structure import pairs_from_one_idx
 
@@ -101,7 +101,8 @@ def _decode_mea(model, example: dict, logits: np.ndarray, gamma: float) -> list[
 
 def _decode_assemble(model, example: dict, logits: np.ndarray, gamma: float) -> list[tuple[int, int]]:
     pairs, best = pair_max(example, logits)
-    return assemble(example["seq"], pairs, best + math.log(gamma), model.terms.numpy())
+    terms = model.terms.numpy()
+    return assemble(example["seq"], pairs, terms["pair_weight"] * best + terms["pair_bias"] + math.log(gamma), terms)
 
 
 S2_MODELS = {
@@ -132,24 +133,83 @@ def structured_hinge(logits: torch.Tensor, example: dict, terms) -> torch.Tensor
     """Margin loss of the assembled structure (``logits``: the example's item logits;
     ``terms``: the model's ``LoopTerms``).
 
-    Pair scores are the largest logit of the items containing the pair. The
-    loss-augmented structure (pair scores + 1 off the reference, - 1 on it) must score
-    at least its Hamming distance below the reference pairs among the candidates:
-    ``max(0, S(pred) + distance - S(reference)) / |reference|``.
+    A pair's score is ``pair_weight`` x the largest logit of the items containing it +
+    ``pair_bias``. The loss-augmented structure (pair scores + 1 off the reference, - 1
+    on it) must score at least its Hamming distance below the reference pairs among the
+    candidates: ``max(0, S(pred) + distance - S(reference)) / |reference|``.
     """
     pairs = np.asarray(example["pairs"])
     pair_logit = torch.full((len(pairs),), -1e4, device=logits.device, dtype=logits.dtype).scatter_reduce(
         0, torch.as_tensor(example["entry_pair"], device=logits.device),
         logits[torch.as_tensor(example["entry_item"], device=logits.device)], "amax")
-    gold = np.asarray(example["pair_labels"], dtype=bool)
-    augmented = pair_logit.detach().double().cpu().numpy() + np.where(gold, -1.0, 1.0)
-    pred = assemble(example["seq"], pairs, augmented, terms.numpy())
-    reference = [tuple(p) for p in pairs[gold].tolist()]
+    unary = terms.pair_weight * pair_logit + terms.pair_bias
+    pred, reference, distance = loss_augmented(example, unary.detach().double().cpu().numpy(), terms.numpy())
     index = {p: k for k, p in enumerate(map(tuple, pairs.tolist()))}
-    distance = len(set(pred) ^ set(reference))
-    margin = (structure_score(example["seq"], pred, index, pair_logit, terms) + distance
-              - structure_score(example["seq"], reference, index, pair_logit, terms))
+    margin = (structure_score(example["seq"], pred, index, unary, terms) + distance
+              - structure_score(example["seq"], reference, index, unary, terms))
     return torch.clamp(margin, min=0) / max(len(reference), 1)
+
+
+def loss_augmented(example: dict, unary: np.ndarray, terms: dict[str, np.ndarray]) -> tuple[list, list, int]:
+    """``(pred, reference, distance)``: the structure assembled with the pair scores
+    ``unary`` (P,) + 1 off the reference and - 1 on it, the reference pairs among the
+    candidates, and the Hamming distance between the two."""
+    pairs = np.asarray(example["pairs"])
+    gold = np.asarray(example["pair_labels"], dtype=bool)
+    pred = assemble(example["seq"], pairs, unary + np.where(gold, -1.0, 1.0), terms)
+    reference = [tuple(p) for p in pairs[gold].tolist()]
+    return pred, reference, len(set(pred) ^ set(reference))
+
+
+def fit_terms(model, examples: list[dict], epochs: int, lr: float, batch_size: int, seed: int,
+              on_epoch: Callable[[int, float], None] | None = None) -> None:
+    """Fit the box model's loop terms and ``pair_bias`` alone, the network unused (every
+    candidate pair scores ``pair_bias``; ``pair_weight`` is set to 0 and kept there): the
+    mean ``structured_hinge`` over batches of ``examples``, Adam at ``lr`` decayed along a
+    half cosine. Only the dynamic program runs, so each epoch costs a small fraction of
+    a network epoch; the network's logits then enter at ``pair_weight`` 0 and grow as
+    they earn it. ``on_epoch(epoch, mean loss)`` after each epoch."""
+    terms = model.terms
+    with torch.no_grad():
+        terms.pair_weight.zero_()
+    optimizer = torch.optim.Adam([p for name, p in terms.named_parameters() if name != "pair_weight"], lr)
+    rng = np.random.default_rng([seed, 1 << 20])
+    for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+        total = 0.0
+        for idx in np.array_split(rng.permutation(len(examples)), max(len(examples) // batch_size, 1)):
+            loss = _terms_hinge([examples[k] for k in idx], terms)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"non-finite loop-term loss at epoch {epoch}; lower --terms_lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        if on_epoch is not None:
+            on_epoch(epoch, total / max(len(examples), 1))
+
+
+def _terms_hinge(examples: list[dict], terms) -> torch.Tensor:
+    """Mean ``structured_hinge`` of ``examples`` with every pair scoring ``pair_bias``,
+    written with ``loop_counts``: S(pred) - S(reference) is linear in the terms, so the
+    batch's margins are one matrix product per loop-term table."""
+    theta, bias = terms.numpy(), float(terms.pair_bias.detach())
+    diffs, n_pairs, distances, n_refs = {name: [] for name in TERM_SHAPES}, [], [], []
+    for example in examples:
+        pred, reference, distance = loss_augmented(example, np.full(len(example["pairs"]), bias), theta)
+        (pred_pairs, pred_counts), (ref_pairs, ref_counts) = (loop_counts(example["seq"], y) for y in (pred, reference))
+        for name in diffs:
+            diffs[name].append(pred_counts[name] - ref_counts[name])
+        n_pairs.append(len(pred_pairs) - len(ref_pairs))
+        distances.append(distance)
+        n_refs.append(max(len(ref_pairs), 1))
+    like = terms.pair_bias
+    margin = terms.pair_bias * torch.as_tensor(n_pairs, dtype=like.dtype) + torch.as_tensor(distances, dtype=like.dtype)
+    for name, rows in diffs.items():
+        param = getattr(terms, name)
+        margin = margin + torch.as_tensor(np.stack(rows), dtype=param.dtype, device=param.device) @ param.flatten()
+    return (torch.clamp(margin, min=0) / torch.as_tensor(n_refs, dtype=like.dtype)).mean()
 
 
 def size_batches(sizes, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
