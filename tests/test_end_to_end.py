@@ -99,10 +99,12 @@ def test_s2_training_outputs_next_to_log(tiny_models):
     root, _, _ = tiny_models
     names = sorted(p.name for p in (root / "result").iterdir() if p.name.startswith("box."))
     assert names == ["box.log", "box.metrics.csv", "box.metrics.png", "box.model_ckpt_ep_0.pth",
-                     "box.model_ckpt_ep_1.pth"]
+                     "box.model_ckpt_ep_1.pth", "box.terms.csv", "box.terms.png"]
     metrics = pd.read_csv(root / "result" / "box.metrics.csv")
     assert {"loss", "auroc", "auprc", "f1_at_0.3", "f1_at_0.5", "f1_at_0.7"} <= set(metrics.columns)
     assert len(metrics) == 4
+    terms = pd.read_csv(root / "result" / "box.terms.csv")  # the loop terms fitted alone first
+    assert {"epoch", "split", "loss", "decoded_f1"} <= set(terms.columns) and terms["epoch"].nunique() == 3
 
 
 def test_end_to_end_on_pickle_and_references(tiny_models, tiny_s1_data, tmp_path):

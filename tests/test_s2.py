@@ -8,10 +8,11 @@ import torch
 
 from conftest import random_candidates, run_script
 from stembb.boxes import stem_pairs, valid_boxes
-from stembb.checkpoint import load_checkpoint
+from stembb.checkpoint import load_checkpoint, save_checkpoint
+from stembb.errors import InputError
 from stembb.data.folding import fold
 from stembb.metrics import pair_scores
-from stembb.pipeline import Predictor, add_predictor_args, make_predictor
+from stembb.pipeline import Predictor, add_predictor_args, load_s2_model, make_predictor
 from stembb.s2 import boxnet
 from stembb.s2.candidates import BOX_COLUMNS
 from stembb.s2.decode import decode_structure
@@ -290,9 +291,6 @@ def test_s2_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(s
 
 
 def test_a_retired_s2_checkpoint_kind_says_what_to_do(tmp_path):
-    from stembb.checkpoint import save_checkpoint
-    from stembb.errors import InputError
-    from stembb.pipeline import load_s2_model
     save_checkpoint({"kind": "s2_box", "model": {}}, tmp_path / "old.pth")
     with pytest.raises(InputError, match=r"old.pth: a box-transformer S2 checkpoint from before .* retrain it"):
         load_s2_model(tmp_path / "old.pth", torch.device("cpu"))
