@@ -1,4 +1,5 @@
-"""One error type for bad user input, and the wrapper that turns it into one line."""
+"""Error types for bad user input and for a run that cannot go on, and the wrapper
+that turns them into one line."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,11 @@ RUN_LOGS: list[logging.Logger] = []
 
 class InputError(Exception):
     """Bad input (file, row or flag): the message is the whole story, one line."""
+
+
+class RunFailed(Exception):
+    """The run cannot go on through no fault of the input (e.g. a worker process died):
+    the message says what happened and what to do, one line."""
 
 
 def _fail(message: str, status: int) -> None:
@@ -30,7 +36,7 @@ def _terminated(signum, frame):
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a script's ``main``: bad input exits 2 and a non-finite loss 1, each with a
+    """Run a script's ``main``: bad input exits 2, a non-finite loss or ``RunFailed`` 1, each with a
     one-line message (also at the end of the run's log file); Ctrl-C and SIGTERM exit 130
     after partial outputs are removed."""
     signal.signal(signal.SIGTERM, _terminated)
@@ -38,7 +44,7 @@ def run_main(main: Callable[[], None]) -> None:
         main()
     except InputError as exc:
         _fail(f"error: {exc}", 2)
-    except FloatingPointError as exc:  # a non-finite training loss stops the run
+    except (FloatingPointError, RunFailed) as exc:  # e.g. a non-finite training loss
         _fail(f"error: {exc}", 1)
     except KeyboardInterrupt:
         _fail("interrupted: outputs written so far are complete; partial files were removed", 130)

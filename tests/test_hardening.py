@@ -2,8 +2,10 @@
 import gzip
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 
@@ -131,3 +133,25 @@ def test_gpu_check_dry_run_passes_on_cpu(tmp_path):
     assert "resuming from" in out and "torch.distributed backend: gloo" in out
     assert re.search(r"predicted \d+ structures in [0-9.]+ s", out) and "gpu check done" in out
     assert (tmp_path / "out" / "s1_eval.csv").is_file() and (tmp_path / "out" / "s2_train.log").is_file()
+
+
+def test_a_killed_folding_worker_stops_the_generator_with_one_line(tmp_path):
+    out = tmp_path / "never.pkl.gz"
+    script = REPO / "s1_data_gen" / "generate_human_transcriptome_segment_high_mfe_freq_multi_struct.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--len", "40", "--num_data", "200000", "--num_sample", "5",
+                             "--workers", "2", "--out", str(out)],
+                            cwd=script.parent, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[str] = []
+        while not workers and time.monotonic() < deadline:  # the pool starts its workers at the first batch
+            time.sleep(0.5)
+            workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert workers, "the generator started no worker process"
+        os.kill(int(workers[0]), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("error: a folding worker process died")
+    assert not out.exists()

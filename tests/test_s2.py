@@ -174,7 +174,7 @@ def hidden_terms_examples(hidden, n, seed):
         seq = "".join(rng.choice(list("ACGU"), int(rng.integers(30, 60))))
         boxes = random_boxes(rng, seq, 150)
         pairs = boxnet.box_example(seq, table_of(boxes))["pairs"]
-        truth = assemble(seq, pairs, np.full(len(pairs), float(hidden.pair_bias)), hidden.numpy())
+        truth = assemble(seq, pairs, np.full(len(pairs), float(hidden.pair_bias.detach())), hidden.numpy())
         if truth:
             out.append((boxnet.box_example(seq, table_of(boxes), truth), truth))
     return out

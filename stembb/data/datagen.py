@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections import Counter, deque
 from dataclasses import dataclass
 from functools import partial
@@ -27,7 +29,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.cli import check_outputs
-from stembb.errors import InputError
+from stembb.errors import InputError, RunFailed
 from stembb.data.folding import fold, sampling_seed
 from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, Segment, iter_segments
 from stembb.io import write_pickle
@@ -40,7 +42,7 @@ SKIP_FREQ = "mfe_freq below --threshold_mfe_freq"
 SKIP_UNSTRUCTURED = "no base pair"
 SHARD_BLOCK = 256  # tasks per shard block, at most (smaller for small runs: see shard_block)
 SHARD_SLACK = 0.1  # a shard folds this share more than its part, so merged shards cover --num_data
-DASK_CHUNK = 8  # segments per Dask task (amortizes the scheduler's per-task cost)
+FOLD_CHUNK = 8  # segments per pool or Dask task (amortizes the per-task cost)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -143,13 +145,17 @@ def shard_target(num_wanted: int, n_shards: int) -> int:
 
 
 def fold_batch(job: FoldJob, tasks: list[tuple[int, str]]) -> list[tuple[list[dict], str | None]]:
-    """``rows_for_segment`` over a list of tasks (one Dask task)."""
+    """``rows_for_segment`` over a list of tasks (one pool or Dask task)."""
     return [rows_for_segment(job, t) for t in tasks]
 
 
 class Folder:
-    """Where segments are folded: this process, a local pool, or a Dask cluster.
-    ``submit(tasks)`` returns a handle, ``results(handle)`` the rows in task order."""
+    """Where segments are folded: this process, a local process pool, or a Dask cluster.
+    ``submit(tasks)`` returns a handle, ``results(handle)`` the rows in task order.
+
+    The local pool is a ``ProcessPoolExecutor``: a worker that dies (killed, or a crash
+    in native code) makes the run stop with an error instead of waiting forever for the
+    rows it held, as a ``multiprocessing.Pool`` would."""
 
     def __init__(self, job: FoldJob, workers: int = 1, dask: str | None = None):
         self.job, self.workers, self.pool, self.client, self.cluster = job, workers, None, None, None
@@ -164,24 +170,28 @@ class Folder:
                 self.client = Client(dask)
             self.workers = max(len(self.client.scheduler_info()["workers"]), 1)
         elif workers > 1:
-            self.pool = multiprocessing.get_context("fork").Pool(workers)
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
 
     def submit(self, tasks: list[tuple[int, str]]):
+        chunks = [tasks[k:k + FOLD_CHUNK] for k in range(0, len(tasks), FOLD_CHUNK)]
         if self.client is not None:
-            chunks = [tasks[k:k + DASK_CHUNK] for k in range(0, len(tasks), DASK_CHUNK)]
             return self.client.map(fold_batch, [self.job] * len(chunks), chunks, pure=False)
         if self.pool is not None:
-            return self.pool.map_async(partial(rows_for_segment, self.job), tasks, chunksize=8)
+            return [self.pool.submit(fold_batch, self.job, chunk) for chunk in chunks]
         return map(partial(rows_for_segment, self.job), tasks)
 
     def results(self, handle) -> Iterable:
-        if self.client is not None:
-            return (r for future in handle for r in future.result())
-        return handle.get() if self.pool is not None else handle
+        if self.client is None and self.pool is None:
+            return handle
+        try:
+            return [r for future in handle for r in future.result()]
+        except BrokenProcessPool:
+            raise RunFailed("a folding worker process died (killed, or out of memory); nothing was "
+                               "written: rerun (the same --seed gives the same rows), or use --workers 1") from None
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.terminate()
+            self.pool.shutdown(wait=False, cancel_futures=True)
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:
