@@ -59,6 +59,7 @@ $PY evaluation/run_end_to_end.py --s1_model "$S1" --s2_model "$S2" \
 echo
 echo "done. CSVs: data/s1_eval_metric_demo.csv data/end_to_end_demo.csv data/end_to_end_demo_summary.csv"
 echo "plots: plot/stem_size_distribution.png plot/s1_test_set_sensitivity.png plot/s1_sensitivity_tradeoff.png"
-echo "       $RUN/metrics.png s2_training/result/s2_box_demo.metrics.png data/end_to_end_demo.png"
+echo "       $RUN/metrics.png s2_training/result/s2_box_demo.terms.png s2_training/result/s2_box_demo.metrics.png"
+echo "       data/end_to_end_demo.png"
 grep -h "end-to-end F1" data/end_to_end_demo.log | cut -d' ' -f3-
 echo "main job took $((SECONDS / 60)) min $((SECONDS % 60)) s"
