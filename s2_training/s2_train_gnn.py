@@ -3,7 +3,9 @@
 --model box (default): the box transformer, one token per distinct S1 box, relation-
 biased attention between boxes (stembb.s2.boxnet; flags --dim --layers --heads --dropout
 --max_boxes), decoded by the structure assembly with learned loop terms
-(stembb.s2.assemble), which learn through --struct_weight's structured margin loss.
+(stembb.s2.assemble). First --terms_epochs fit the loop terms alone (network unused;
+X.terms.csv / .png), then --epochs train the network, the terms learning on through
+--struct_weight's structured margin loss.
 --model gnn: the notebook's graph network over bases and candidate pairs, kept as the
 baseline (stembb.s2.gnn; flags --hid --kmer --embed_dim).
 
