@@ -187,7 +187,7 @@ class Folder:
             return [r for future in handle for r in future.result()]
         except BrokenProcessPool:
             raise RunFailed("a folding worker process died (killed, or out of memory); nothing was "
-                               "written: rerun (the same --seed gives the same rows), or use --workers 1") from None
+                            "written: rerun (the same --seed gives the same rows), or use --workers 1") from None
 
     def close(self) -> None:
         if self.pool is not None:

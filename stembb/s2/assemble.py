@@ -142,7 +142,6 @@ def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     codes = base_codes(seq)
     for size, name in ((3, "triloop"), (4, "tetraloop")):
         hairpin[n == size] += terms[name][special_loop(codes, i[n == size], size)]
-    stack = terms["stack"][t, types[i + 1, j - 1]]
     closing_multi = terms["multi"][0] + end[t] + terms["dangle"][near["closing"]]
     branch = end[t] + terms["dangle"][near["outside"]]
     mismatch = np.stack([terms[name][near[side]] for name in ("loop_mismatch", "mismatch_1x1")
@@ -150,7 +149,7 @@ def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     sizes = np.arange(MAX_LOOP + 1)
     interior = terms["interior"][:, np.digitize(sizes, LOOP_EDGES)]  # [bulge or internal, n]
     asymmetry = terms["asymmetry"][np.minimum(sizes, MAX_ASYMMETRY)]
-    out = _fill_and_trace(length, i, j, t, np.ascontiguousarray(unary), hairpin, stack, end[t], mismatch,
+    out = _fill_and_trace(length, i, j, t, np.ascontiguousarray(unary), hairpin, end[t], mismatch,
                           closing_multi, branch, float(terms["multi"][1]), np.ascontiguousarray(interior),
                           asymmetry, np.ascontiguousarray(terms["stack"]), index_of, _starts_by_end(pairs, length))
     return sorted(map(tuple, out.tolist()))
@@ -167,7 +166,7 @@ def _starts_by_end(pairs: np.ndarray, length: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_and_trace(length, pi, pj, t, unary, hairpin, stack, end, mismatch, closing_multi, branch, multi_branch,
+def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch,
                     interior, asymmetry, stack_table, index_of, starts):  # pragma: no cover (compiled)
     """The recursions of ``assemble`` over spans of growing length, then the traceback.
 
@@ -197,8 +196,8 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, stack, end, mismatch, clo
             i, j = pi[c], pj[c]
             best, pick = hairpin[c], 0
             s = index_of[i + 1, j - 1]
-            if s >= 0 and v[s] + stack[c] > best:
-                best, pick = v[s] + stack[c], 1
+            if s >= 0 and v[s] + stack_table[t[c], t[s]] > best:
+                best, pick = v[s] + stack_table[t[c], t[s]], 1
             loop_best, loop_inner = neg, -1
             for k in range(i + 1, min(i + MAX_LOOP + 2, j - MIN_LOOP - 1)):
                 for l in range(j - 1, k + MIN_LOOP, -1):
@@ -295,12 +294,17 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, stack, end, mismatch, clo
     return out[:n_out]
 
 
+# shape of each loop-term table (the pair score's weight and bias are not loop terms)
+TERM_SHAPES = {name: tuple(p.shape) for name, p in LoopTerms().named_parameters() if not name.startswith("pair_")}
+
+
 def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
-    """What ``S(y)`` counts in a nested structure: ``pairs`` (P, 2); ``stacks`` (n, 2)
-    type pairs; ``hairpins`` (m,) size buckets; ``interior`` (q, 2) [bulge or internal,
-    size bucket]; ``asymmetry`` (r,) slots; ``multi`` [loops, branches]; ``ends`` (e,)
-    pair types; ``triloop`` / ``tetraloop`` slots; and the (type, base, base) rows of
-    ``hairpin_mismatch``, ``loop_mismatch``, ``mismatch_1x1`` and ``dangle``."""
+    """What ``S(y)`` counts in a nested structure: ``pairs`` (P, 2); ``multi`` [loops,
+    branches]; and for every other ``LoopTerms`` table, the index rows of the entries it
+    uses, one column per table dimension (``TERM_SHAPES``): ``stack`` (n, 2) type pairs,
+    ``hairpin`` size buckets, ``interior`` [bulge or internal, size bucket], ``asymmetry``
+    slots, ``end`` pair types, ``triloop`` / ``tetraloop`` slots, and (type, base, base)
+    rows of ``hairpin_mismatch``, ``loop_mismatch``, ``mismatch_1x1`` and ``dangle``."""
     pairs = np.asarray(sorted(structure), dtype=np.int64).reshape(-1, 2)
     types = pair_types(seq)
     codes = base_codes(seq)
@@ -314,7 +318,7 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
         children[stack_of[-1]].append((i, j))
         children[(i, j)] = []
         stack_of.append((i, j))
-    out = {name: [] for name in (*TABLE_TERMS, "asymmetry", "ends")}
+    out = {name: [] for name in TERM_SHAPES if name != "multi"}
     multi = [0, 0]
     for (i, j), inside in children.items():
         branches = inside
@@ -322,24 +326,24 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
             pass
         elif not inside:
             n = j - i - 1
-            out["hairpins"].append(np.digitize(n, HAIRPIN_EDGES))
-            out["ends"].append(types[i, j])
+            out["hairpin"].append(np.digitize(n, HAIRPIN_EDGES))
+            out["end"].append(types[i, j])
             if n > 3:
                 out["hairpin_mismatch"].append(near["inside"][row[(i, j)]])
             if n in (3, 4):
                 out["triloop" if n == 3 else "tetraloop"].append(special_loop(codes, np.array([i]), n)[0])
             branches = []
         elif len(inside) == 1 and inside[0] == (i + 1, j - 1):
-            out["stacks"].append((types[i, j], types[i + 1, j - 1]))
+            out["stack"].append((types[i, j], types[i + 1, j - 1]))
             branches = []
         elif len(inside) == 1:
             k, l = inside[0]
             left, right = k - i - 1, j - l - 1
             out["interior"].append((int(min(left, right) > 0), np.digitize(left + right, LOOP_EDGES)))
             if min(left, right) == 0 and left + right == 1:
-                out["stacks"].append((types[i, j], types[k, l]))
+                out["stack"].append((types[i, j], types[k, l]))
             else:
-                out["ends"] += [types[i, j], types[k, l]]
+                out["end"] += [types[i, j], types[k, l]]
             if min(left, right) > 0:
                 out["asymmetry"].append(min(abs(left - right), MAX_ASYMMETRY))
             if left == right == 1:
@@ -350,21 +354,13 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
         else:
             multi[0] += 1
             multi[1] += len(inside)
-            out["ends"].append(types[i, j])
+            out["end"].append(types[i, j])
             out["dangle"].append(near["closing"][row[(i, j)]])
         for k, l in branches:  # exterior or multiloop branches
-            out["ends"].append(types[k, l])
+            out["end"].append(types[k, l])
             out["dangle"].append(near["outside"][row[(k, l)]])
-    feats = {name: np.array(v, dtype=np.int64).reshape((-1, TABLE_TERMS[name]) if TABLE_TERMS.get(name, 1) > 1 else -1)
-             for name, v in out.items()}
+    feats = {name: np.array(v, dtype=np.int64).reshape(-1, len(TERM_SHAPES[name])) for name, v in out.items()}
     return feats | {"pairs": pairs, "multi": np.array(multi, float)}
-
-
-# term of ``loop_features`` -> columns of its index rows ("ends" and "asymmetry": one)
-TABLE_TERMS = {"stacks": 2, "hairpins": 1, "interior": 2, "triloop": 1, "tetraloop": 1, "hairpin_mismatch": 3,
-               "loop_mismatch": 3, "mismatch_1x1": 3, "dangle": 3}
-PARAMETER_OF = {"stacks": "stack", "hairpins": "hairpin", "ends": "end"}  # other terms: the same name
-TERM_SHAPES = {name: tuple(p.shape) for name, p in LoopTerms().named_parameters() if not name.startswith("pair_")}
 
 
 def loop_counts(seq: str, structure) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -373,14 +369,9 @@ def loop_counts(seq: str, structure) -> tuple[np.ndarray, dict[str, np.ndarray]]
     ``pair_weight`` / ``pair_bias`` are not loop terms). ``S(y) = sum of u over pairs +
     sum over names of counts[name] . terms[name].flatten()``: linear in the terms."""
     f = loop_features(seq, structure)
-    counts = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()}
-    for name in (*TABLE_TERMS, "ends", "asymmetry"):
-        param = PARAMETER_OF.get(name, name)
-        index = f[name]
-        flat = np.ravel_multi_index(tuple(index.T), TERM_SHAPES[param]) if index.ndim > 1 else index
-        counts[param] += np.bincount(flat, minlength=len(counts[param]))
-    counts["multi"] = f["multi"]
-    return f["pairs"], counts
+    counts = {name: np.bincount(np.ravel_multi_index(tuple(f[name].T), shape), minlength=int(np.prod(shape)))
+              for name, shape in TERM_SHAPES.items() if name != "multi"}
+    return f["pairs"], counts | {"multi": f["multi"]}
 
 
 def structure_score(seq: str, structure, pair_index: dict, unary: torch.Tensor, terms: LoopTerms) -> torch.Tensor:
