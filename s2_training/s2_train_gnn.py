@@ -3,9 +3,13 @@
 --model box (default): the box transformer, one token per distinct S1 box, relation-
 biased attention between boxes (stembb.s2.boxnet; flags --dim --layers --heads --dropout
 --max_boxes), decoded by the structure assembly with learned loop terms
-(stembb.s2.assemble). First --terms_epochs fit the loop terms alone (network unused;
-X.terms.csv / .png), then --epochs train the network, the terms learning on through
---struct_weight's structured margin loss.
+(stembb.s2.assemble). First the loop terms are fitted without the network: by default
+(--terms_from_energies 20) by least squares to ViennaRNA's free energies of the MFE
+structure and up to 20 Boltzmann samples of every training sequence (training time
+only: prediction never calls ViennaRNA), and then they stay fixed; with
+--terms_from_energies 0 by --terms_epochs of the structured margin loss (X.terms.csv /
+.png), and they learn on through --struct_weight. Then --epochs train the network, whose
+logits enter the pair scores with a learned weight.
 --model gnn: the notebook's graph network over bases and candidate pairs, kept as the
 baseline (stembb.s2.gnn; flags --hid --kmer --embed_dim).
 
@@ -41,12 +45,15 @@ from stembb.io import read_pickle
 from stembb.runlog import start_run
 from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch
 from stembb.data.splits import train_val_rows
-from stembb.s2.engine import F1_THRESHOLDS, S2_MODELS, calibrate_gamma, decoded_f1, fit_terms, run_epoch
-from stembb.structure import pairs_from_one_idx
+from stembb.s2.engine import (F1_THRESHOLDS, S2_MODELS, calibrate_gamma, calibrate_pair_weight, decoded_f1, fit_terms,
+                               fit_terms_to_energies, run_epoch)
+from stembb.structure import pairs_from_db, pairs_from_one_idx
 
 TRAIN_KEYS = ("model", "input_data", "training_proportion", "seed", "batch_size", "learning_rate", "pos_weight",
-              "struct_weight", "terms_lr_scale", "terms_epochs", "terms_lr")
-TERMS_EPOCHS = 12  # --terms_epochs of the box model when not given
+              "struct_weight", "terms_lr_scale", "terms_epochs", "terms_lr", "terms_from_energies",
+              "freeze_terms")
+TERMS_EPOCHS = 12  # --terms_epochs of the box model when not given and not fitted to energies
+TERMS_FROM_ENERGIES = 20  # --terms_from_energies of the box model when not given
 PANELS = [("loss", "BCE on scored items"), ("auroc", "auROC"), ("auprc", "auPRC")] + [
     (f"f1_at_{t}", f"item F1 at p > {t}") for t in F1_THRESHOLDS] + [
     ("decoded_f1", "validation F1 of decoded structures")]
@@ -76,6 +83,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="box: epochs fitting the loop terms alone before the network trains (default 12; "
                         "a fraction of a network epoch each)")
     p.add_argument("--terms_lr", type=float, default=0.1, help="box: Adam learning rate of --terms_epochs")
+    p.add_argument("--terms_from_energies", type=int, default=None, metavar="SAMPLES",
+                   help="box: fit the loop terms to ViennaRNA's energies of each training sequence's MFE structure "
+                        "and up to SAMPLES Boltzmann samples, then keep them fixed (default 20; 0: learn them "
+                        "from the structures alone, --terms_epochs)")
+    p.add_argument("--workers", type=int, default=1, help="box: processes folding for --terms_from_energies")
+    p.add_argument("--freeze_terms", action=argparse.BooleanOptionalAction, default=None,
+                   help="box: keep the loop terms fixed while the network trains (BCE only), then choose the weight "
+                        "of its logits in the pair score on the validation split; default: on when they were "
+                        "fitted to energies")
     p.add_argument("--hid", type=int, nargs="+", default=[32, 32, 32], help="gnn: message-passing layer widths")
     p.add_argument("--kmer", type=int, default=3, help="gnn: k-mer length of base embeddings")
     p.add_argument("--embed_dim", type=int, default=16, help="gnn: k-mer embedding width")
@@ -100,16 +116,24 @@ def check_args(args) -> None:
     if not 0 < args.training_proportion <= 1:
         raise InputError(f"--training_proportion must be in (0, 1], got {args.training_proportion}")
     check_at_least_one(args, "epochs", "batch_size", "kmer", "embed_dim", "save_every", "dim", "layers", "heads",
-                       "max_boxes")
+                       "max_boxes", "workers")
     if any(h < 1 for h in args.hid):
         raise InputError("--hid values must be at least 1")
     check_positive(args, "learning_rate", "terms_lr_scale", "pos_weight", "terms_lr")
+    if args.terms_from_energies is None:
+        args.terms_from_energies = TERMS_FROM_ENERGIES if args.model == "box" and not args.init else 0
     if args.terms_epochs is None:
-        args.terms_epochs = TERMS_EPOCHS if args.model == "box" else 0
-    if args.terms_epochs < 0:
-        raise InputError(f"--terms_epochs must be at least 0, got {args.terms_epochs}")
-    if args.terms_epochs and args.model != "box":
-        raise InputError("--terms_epochs fits the box model's loop terms; --model gnn has none")
+        args.terms_epochs = TERMS_EPOCHS if args.model == "box" and not args.terms_from_energies and not args.init else 0
+    if args.freeze_terms is None:
+        args.freeze_terms = bool(args.terms_from_energies)
+    if args.freeze_terms and args.struct_weight:
+        raise InputError("--struct_weight trains the loop terms, which --freeze_terms keeps fixed "
+                         "(the default with --terms_from_energies): give one")
+    for flag in ("terms_epochs", "terms_from_energies"):
+        if getattr(args, flag) < 0:
+            raise InputError(f"--{flag} must be at least 0, got {getattr(args, flag)}")
+        if getattr(args, flag) and args.model != "box":
+            raise InputError(f"--{flag} fits the box model's loop terms; --model gnn has none")
     if args.struct_weight < 0:
         raise InputError(f"--struct_weight must be at least 0, got {args.struct_weight}")
     if args.struct_weight and args.model != "box":
@@ -122,14 +146,18 @@ def check_args(args) -> None:
         raise InputError(f"--dim {args.dim} must be a multiple of --heads {args.heads}")
 
 
-def param_groups(model, lr: float, terms_lr_scale: float) -> list[dict]:
+def param_groups(model, lr: float, terms_lr_scale: float, freeze_terms: bool = False) -> list[dict]:
     """Adam groups: the box transformer's few loop terms (``model.terms``) learn
     ``terms_lr_scale`` times faster than the network, whose per-pair logits would
-    otherwise swamp them for many epochs."""
-    terms = list(model.terms.parameters()) if hasattr(model, "terms") else []
-    ids = {id(p) for p in terms}
+    otherwise swamp them for many epochs. With ``freeze_terms`` none of them learns (the
+    weight of the logits is calibrated after training)."""
+    terms = [(name, p) for name, p in model.terms.named_parameters()] if hasattr(model, "terms") else []
+    ids = {id(p) for _, p in terms}
     groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr}]
-    return groups + ([{"params": terms, "lr": lr * terms_lr_scale}] if terms else [])
+    learning = [] if freeze_terms else [p for _, p in terms]
+    for name, p in terms:
+        p.requires_grad_(any(p is q for q in learning))
+    return groups + ([{"params": learning, "lr": lr * terms_lr_scale}] if terms else [])
 
 
 def output_prefix(log_path: Path) -> Path:
@@ -180,19 +208,22 @@ def main(args) -> None:
              len(train), len(val), len(labels), args.model, int(labels.sum()), 100 * labels.mean(), args.pos_weight)
     device = pick_device(args.device)
     model = spec.build(config).to(device)
-    optimizer = torch.optim.Adam(param_groups(model, args.learning_rate, args.terms_lr_scale))
-    start, history = 0, []
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = state["epoch"] + 1, state["history"]
-        log.info("resuming from %s (epoch %d done)", args.resume, state["epoch"])
     elif args.init:
         init_weights(model, args.init, spec.kind, config, ignore=("dropout", "max_boxes"))
         log.info("weights from %s (--init); new optimizer, epoch 0", args.init)
     log.info("device: %s; %s network, %d parameters", device, args.model, sum(p.numel() for p in model.parameters()))
+    if state is None and args.terms_from_energies:
+        fit_terms_from_energies(model, spec, train, val, val_refs, args, log)
     if state is None and args.terms_epochs:
         fit_loop_terms(model, spec, train, val, val_refs, args, prefix, log)
+    optimizer = torch.optim.Adam(param_groups(model, args.learning_rate, args.terms_lr_scale, args.freeze_terms))
+    start, history = 0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        start, history = state["epoch"] + 1, state["history"]
+        log.info("resuming from %s (epoch %d done)", args.resume, state["epoch"])
     val_logits = None
     for epoch in range(start, args.epochs):
         rng = np.random.default_rng([args.seed, epoch])
@@ -214,12 +245,29 @@ def main(args) -> None:
         record_epoch(history, epoch_rows, PANELS, Path(f"{prefix}.metrics.csv"), Path(f"{prefix}.metrics.png"), ncols=3)
         last = epoch == args.epochs - 1
         if is_save_epoch(epoch, args.save_every, args.epochs):
-            ckpt = checkpoint_state(spec.kind, model, optimizer, args, config, epoch, history)
-            if last:
-                ckpt["decode_gamma"], ckpt["gamma_scores"] = calibrate(model, spec, val, val_logits, val_refs, log)
+            calibration = calibrate(model, spec, val, val_logits, val_refs, args, log) if last else {}
+            ckpt = checkpoint_state(spec.kind, model, optimizer, args, config, epoch, history) | calibration
             path = Path(f"{prefix}.model_ckpt_ep_{epoch}.pth")
             save_checkpoint(ckpt, path)
             log.info("saved %s", path)
+
+
+def fit_terms_from_energies(model, spec, train, val, val_refs, args, log) -> None:
+    """``--terms_from_energies``: the loop terms fitted to ViennaRNA's free energies of each
+    training sequence's MFE structure and Boltzmann samples
+    (``stembb.s2.engine.fit_terms_to_energies``), drawn with seeds from ``--seed``."""
+    from stembb.data.folding import sampled_energies_of  # ViennaRNA: only this step needs it
+
+    started = time.perf_counter()
+    seqs = [e["seq"] for e in train]
+    folded = sampled_energies_of(seqs, args.terms_from_energies, args.seed, args.workers, not args.no_progress)
+    samples = [(seq, [pairs_from_db(s) for s in structures], energies) for seq, (structures, energies) in zip(seqs, folded)]
+    rmse = fit_terms_to_energies(model.terms, samples)
+    n = min(len(val), DECODED_F1_SEQS)
+    f1 = decoded_f1(model, spec, val[:n], [np.zeros(spec.n_items(e)) for e in val[:n]], val_refs[:n], 1.0) if n else None
+    log.info("loop terms fitted to the energies of %d structures of %d sequences: error %.3f kcal/mol%s (%.0f s)",
+             sum(len(s[1]) for s in samples), len(samples), rmse,
+             f" | validation decoded F1 {f1:.3f}" if f1 is not None else "", time.perf_counter() - started)
 
 
 def fit_loop_terms(model, spec, train, val, val_refs, args, prefix: Path, log) -> None:
@@ -244,15 +292,21 @@ def fit_loop_terms(model, spec, train, val, val_refs, args, prefix: Path, log) -
     log.info("loop terms fitted in %.0f s", time.perf_counter() - started)
 
 
-def calibrate(model, spec, val, val_logits, val_refs, log) -> tuple[float, dict]:
-    """gamma with the best mean decoded F1 on the validation split (1.0 without one)."""
+def calibrate(model, spec, val, val_logits, val_refs, args, log) -> dict:
+    """Checkpoint entries ``decode_gamma`` / ``gamma_scores``: gamma with the best mean
+    decoded F1 on the validation split (1.0 without one). With --freeze_terms, first the
+    weight of the network's logits in the pair score, the same way."""
     if not val:
         log.info("no validation split: decoding gamma left at 1.0 (pass --gamma at prediction)")
-        return 1.0, {}
+        return {"decode_gamma": 1.0, "gamma_scores": {}}
+    if args.model == "box" and args.freeze_terms:
+        weight, scores = calibrate_pair_weight(model, spec, val, val_logits, val_refs)
+        log.info("weight of the network's logits %g: validation mean F1 %.3f at gamma 1 (%s)", weight, scores[weight],
+                 ", ".join(f"{w:g}: {f:.3f}" for w, f in scores.items()))
     gamma, scores = calibrate_gamma(model, spec, val, val_logits, val_refs)
     log.info("decoding gamma %g: validation mean F1 %.3f (%s)", gamma, scores[gamma],
              ", ".join(f"{g:g}: {f:.3f}" for g, f in scores.items()))
-    return float(gamma), {float(g): float(f) for g, f in scores.items()}
+    return {"decode_gamma": float(gamma), "gamma_scores": {float(g): float(f) for g, f in scores.items()}}
 
 
 if __name__ == "__main__":

@@ -10,16 +10,18 @@ from conftest import random_candidates, run_script
 from stembb.boxes import stem_pairs, valid_boxes
 from stembb.checkpoint import load_checkpoint, save_checkpoint
 from stembb.errors import InputError
-from stembb.data.folding import fold
+from stembb.data.folding import fold, sampled_energies_of
 from stembb.metrics import pair_scores
 from stembb.pipeline import Predictor, add_predictor_args, load_s2_model, make_predictor
 from stembb.s2 import boxnet
 from stembb.s2.candidates import BOX_COLUMNS
 from stembb.s2.decode import decode_structure
-from stembb.s2.assemble import LoopTerms, assemble, structure_score
+from stembb.s2.assemble import (SMALL_LOOPS, TERM_SHAPES, LoopTerms, assemble, loop_counts, pair_types,
+                                small_loop_slot, structure_score)
 from stembb.s2.decode import decode_gains
-from stembb.s2.engine import S2_MODELS, _terms_hinge, calibrate_gamma, fit_terms, pair_max, run_epoch, structured_hinge
-from stembb.structure import canonical_pair_matrix, is_nested, pairs_from_db, stem_boxes, validate_pairs
+from stembb.s2.engine import (S2_MODELS, _terms_hinge, calibrate_gamma, fit_terms, fit_terms_to_energies, pair_max,
+                              run_epoch, structured_hinge)
+from stembb.structure import base_codes, canonical_pair_matrix, is_nested, pairs_from_db, stem_boxes, validate_pairs
 
 
 def corners(boxes):
@@ -83,6 +85,20 @@ def test_assembly_finds_the_best_scoring_structure():
         assert got_score == pytest.approx(max(scores.values()))
         # with no loop terms it is the plain maximum-gain DP
         assert assemble(seq, pairs, unary, LoopTerms().numpy()) == decode_gains(length, pairs, unary)
+
+
+def test_a_small_internal_loop_has_one_slot_whichever_pair_it_is_read_from():
+    # the same 2 x 1 loop, G0-C9 around G3-C7 with A C | U, read from G3-C7 it is C-G, U | A C, C-G
+    for seq, outer, inner, expect in (("GACGAAACUC", (0, 9), (3, 7), (1, (3, 3, 3, 0, 1))),
+                                      ("CUCAAAGACG", (0, 9), (2, 6), (1, (3, 3, 3, 0, 1))),
+                                      ("GACAAAGUC", (0, 8), (2, 6), (0, (2, 3, 0, 3)))):
+        types = pair_types(seq)
+        table, slot = small_loop_slot(base_codes(seq), types[outer], types[inner], *outer, *inner)
+        assert (table, np.unravel_index(slot, TERM_SHAPES[SMALL_LOOPS[table]])) == expect
+    # the 1 x 1 loop above read from its inner pair is G-C, U | A, C-G: slot (2, 3, 3, 0), the larger
+    assert loop_counts("GACAAAGUC", [(0, 8), (2, 6)])[1]["int11"].nonzero()[0].tolist() == [
+        np.ravel_multi_index((2, 3, 0, 3), TERM_SHAPES["int11"])]
+    assert small_loop_slot(base_codes("GAAGAAACAAAC"), 2, 2, 0, 11, 3, 7)[0] == -1  # 2 x 3: none
 
 
 def test_box_decoding_is_always_a_valid_structure_on_box_pairs():
@@ -184,7 +200,7 @@ def test_loop_terms_alone_learn_structures_made_by_hidden_terms():
     rng = np.random.default_rng(5)
     hidden = random_terms(rng)
     with torch.no_grad():  # the per-base tables need more data than a test has: off
-        for name in ("hairpin_mismatch", "loop_mismatch", "mismatch_1x1", "dangle", "triloop", "tetraloop"):
+        for name in ("hairpin_mismatch", "loop_mismatch", "mismatch_1x1", "dangle", "triloop", "tetraloop") + SMALL_LOOPS:
             getattr(hidden, name).zero_()
         hidden.pair_bias.fill_(4.0)
     train, val = hidden_terms_examples(hidden, 60, 6), hidden_terms_examples(hidden, 30, 7)
@@ -294,3 +310,23 @@ def test_a_retired_s2_checkpoint_kind_says_what_to_do(tmp_path):
     save_checkpoint({"kind": "s2_box", "model": {}}, tmp_path / "old.pth")
     with pytest.raises(InputError, match=r"old.pth: a box-transformer S2 checkpoint from before .* retrain it"):
         load_s2_model(tmp_path / "old.pth", torch.device("cpu"))
+
+
+def test_loop_terms_fitted_to_vienna_energies_fold_like_it():
+    rng = np.random.default_rng(11)
+    seqs = ["".join(rng.choice(list("ACGU"), int(rng.integers(40, 70)))) for _ in range(40)]
+    folded = sampled_energies_of(seqs, 20, seed=3)
+    assert folded == sampled_energies_of(seqs, 20, seed=3, workers=2)  # same draws in any number of processes
+    for seq, (structures, energies) in zip(seqs, folded):
+        assert structures[0] == fold(seq, partition=False).mfe_structure and len(set(structures)) == len(structures)
+    samples = [(seq, [pairs_from_db(s) for s in structures], energies) for seq, (structures, energies) in zip(seqs, folded)]
+    terms = LoopTerms()
+    rmse = fit_terms_to_energies(terms, samples)
+    assert rmse < 0.3 and float(terms.pair_weight.detach()) == 0.0
+    # the fitted S(y) is minus the energy: ViennaRNA's MFE structures come back from all canonical pairs
+    f1 = []
+    for seq, (structures, _) in zip(seqs, folded):
+        pairs = np.argwhere(np.triu(canonical_pair_matrix(seq), 4))
+        got = assemble(seq, pairs, np.full(len(pairs), float(terms.pair_bias.detach())), terms.numpy())
+        f1.append(pair_scores(got, pairs_from_db(structures[0]))["f1"])
+    assert np.mean(f1) > 0.9, np.mean(f1)

@@ -1,9 +1,12 @@
 """Folding with the ViennaRNA Python bindings (``import RNA``), never a subprocess."""
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import RNA
+from tqdm import tqdm
 
 from stembb.structure import normalize_seq
 
@@ -37,17 +40,56 @@ def fold(seq: str, partition: bool = True, num_sample: int = 0, seed: int = 0) -
     ``num_sample`` > 0 draws that many non-redundant stochastic samples (fewer when the
     ensemble has fewer distinct structures), with ViennaRNA's generator seeded by ``seed``.
     """
+    fc, structure, fe = _mfe(seq)
+    out = Folding(structure, fe)
+    if partition or num_sample:
+        _partition(fc, fe)
+        out.mfe_freq = float(fc.pr_structure(structure))
+        out.ens_div = float(fc.mean_bp_distance())
+    if num_sample:
+        out.samples = _samples(fc, num_sample, seed)
+    return out
+
+
+def sampled_energies(seq: str, num_sample: int, seed: int) -> tuple[list[str], list[float]]:
+    """The MFE structure of ``seq`` and its distinct Boltzmann samples among ``num_sample``
+    drawn as ``fold`` draws them (dot-bracket, the MFE structure first and once), with
+    their free energies (kcal/mol)."""
+    fc, structure, fe = _mfe(seq)
+    _partition(fc, fe)
+    structures = [structure] + [s for s in _samples(fc, num_sample, seed) if s != structure]
+    return structures, [fe] + [float(fc.eval_structure(s)) for s in structures[1:]]
+
+
+def sampled_energies_of(seqs: list[str], num_sample: int, seed: int, workers: int = 1,
+                        progress: bool = True) -> list[tuple[list[str], list[float]]]:
+    """``sampled_energies`` of every sequence, the k-th drawn with ``sampling_seed(seed,
+    k)`` (the same output for any number of ``workers`` processes)."""
+    tasks = [(seq, num_sample, sampling_seed(seed, k)) for k, seq in enumerate(seqs)]
+    bar = dict(total=len(tasks), desc="energies of samples", disable=not progress)
+    if workers <= 1:
+        return [sampled_energies(*task) for task in tqdm(tasks, **bar)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(tqdm(pool.map(_sampled_energies_task, tasks, chunksize=16), **bar))
+
+
+def _sampled_energies_task(task: tuple[str, int, int]) -> tuple[list[str], list[float]]:
+    return sampled_energies(*task)
+
+
+def _mfe(seq: str) -> tuple[RNA.fold_compound, str, float]:
     md = RNA.md()
     md.uniq_ML = 1  # non-redundant sampling silently returns nothing without it
     fc = RNA.fold_compound(normalize_seq(seq), md)
     structure, fe = fc.mfe()
-    out = Folding(structure, float(fe))
-    if partition or num_sample:
-        fc.exp_params_rescale(fe)
-        fc.pf()
-        out.mfe_freq = float(fc.pr_structure(structure))
-        out.ens_div = float(fc.mean_bp_distance())
-    if num_sample:
-        RNA.init_rand(seed)
-        out.samples = list(fc.pbacktrack(num_sample, RNA.PBACKTRACK_NON_REDUNDANT))
-    return out
+    return fc, structure, float(fe)
+
+
+def _partition(fc: RNA.fold_compound, fe: float) -> None:
+    fc.exp_params_rescale(fe)
+    fc.pf()
+
+
+def _samples(fc: RNA.fold_compound, num_sample: int, seed: int) -> list[str]:
+    RNA.init_rand(seed)
+    return list(fc.pbacktrack(num_sample, RNA.PBACKTRACK_NON_REDUNDANT))

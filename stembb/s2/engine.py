@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -38,7 +40,9 @@ from stembb.s2.assemble import TERM_SHAPES, assemble, loop_counts, structure_sco
 from stembb.s2.decode import decode_structure
 from stembb.structure import pairs_from_one_idx
 
-GAMMA_GRID = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+# fine near 1: for energy-fitted loop terms log(gamma) is a bonus per pair in kcal/mol
+GAMMA_GRID = (0.25, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+PAIR_WEIGHT_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 F1_THRESHOLDS = (0.3, 0.5, 0.7)
 
 
@@ -190,6 +194,40 @@ def fit_terms(model, examples: list[dict], epochs: int, lr: float, batch_size: i
             on_epoch(epoch, total / max(len(examples), 1))
 
 
+def fit_terms_to_energies(terms, samples, damp: float = 0.01) -> float:
+    """Set the loop terms and ``pair_bias`` to the least-squares fit of ``S(y)`` (every
+    pair scoring ``pair_bias``; ``pair_weight`` set to 0) to minus the free energy of each
+    structure ``y`` of ``samples``: ``(seq, structures as pair lists, energies in
+    kcal/mol)`` per sequence. ``S(y)`` is linear in the terms (``loop_counts``), so this is
+    one sparse linear least-squares problem (LSQR, ridge ``damp``: entries no structure
+    uses stay 0). Returns the fit's root-mean-square error, kcal/mol."""
+    names = list(TERM_SHAPES)
+    rows, cols, values, target = [], [], [], []
+    for seq, structures, energies in samples:
+        for y, energy in zip(structures, energies):
+            pairs, counts = loop_counts(seq, y)
+            vector = np.concatenate([counts[name] for name in names] + [[len(pairs)]])
+            nonzero = np.flatnonzero(vector)
+            rows.append(np.full(len(nonzero), len(target)))
+            cols.append(nonzero)
+            values.append(vector[nonzero])
+            target.append(-energy)
+    n_terms = sum(int(np.prod(TERM_SHAPES[name])) for name in names) + 1
+    counts = scipy.sparse.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                                     shape=(len(target), n_terms))
+    target = np.asarray(target)
+    theta = scipy.sparse.linalg.lsqr(counts, target, damp=damp, atol=1e-8, btol=1e-8, iter_lim=20000)[0]
+    start = 0
+    with torch.no_grad():
+        for name in names:
+            param = getattr(terms, name)
+            param.copy_(torch.as_tensor(theta[start:start + param.numel()].reshape(param.shape)))
+            start += param.numel()
+        terms.pair_bias.fill_(float(theta[-1]))
+        terms.pair_weight.zero_()
+    return float(np.sqrt(np.mean((counts @ theta - target) ** 2)))
+
+
 def _terms_hinge(examples: list[dict], terms) -> torch.Tensor:
     """Mean ``structured_hinge`` of ``examples`` with every pair scoring ``pair_bias``,
     written with ``loop_counts``: S(pred) - S(reference) is linear in the terms, so the
@@ -296,4 +334,21 @@ def calibrate_gamma(model, spec: S2Model, examples, logits, refs,
     and the F1 of every value tried."""
     scores = {g: decoded_f1(model, spec, examples, logits, refs, g) for g in grid}
     best = max(grid, key=lambda g: (scores[g], -g))
+    return best, scores
+
+
+def calibrate_pair_weight(model, spec: S2Model, examples, logits, refs,
+                          grid=PAIR_WEIGHT_GRID) -> tuple[float, dict[float, float]]:
+    """For fixed loop terms: the weight of the network's logits in the pair score
+    (``model.terms.pair_weight``, set to the result) of ``grid`` with the best mean decoded
+    F1 at gamma 1 (the smallest among ties: 0 when the logits do not help), and the F1 of
+    every value tried."""
+    scores = {}
+    for weight in grid:
+        with torch.no_grad():
+            model.terms.pair_weight.fill_(weight)
+        scores[weight] = decoded_f1(model, spec, examples, logits, refs, 1.0)
+    best = max(grid, key=lambda w: (scores[w], -w))
+    with torch.no_grad():
+        model.terms.pair_weight.fill_(best)
     return best, scores
