@@ -37,7 +37,7 @@ $PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_ft" $
 train_s2 ft "$D/s1_ft/model_ckpt_ep_1.pth" --learning_rate 0.001 --epochs 3 --init "$S2V"
 echo "== real structures only"
 $PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_real" $ARCH --lr 0.003 --epoch 2
-train_s2 real "$D/s1_real/model_ckpt_ep_1.pth" --learning_rate 0.002 --epochs 3
+train_s2 real "$D/s1_real/model_ckpt_ep_1.pth" --learning_rate 0.002 --epochs 3 --terms_from_energies 0
 
 echo "== evaluation on the held-out test families"
 for m in "vienna $S1V $S2V" "ft $D/s1_ft/model_ckpt_ep_1.pth $D/s2_ft.model_ckpt_ep_2.pth" \
