@@ -151,13 +151,12 @@ def param_groups(model, lr: float, terms_lr_scale: float, freeze_terms: bool = F
     ``terms_lr_scale`` times faster than the network, whose per-pair logits would
     otherwise swamp them for many epochs. With ``freeze_terms`` none of them learns (the
     weight of the logits is calibrated after training)."""
-    terms = [(name, p) for name, p in model.terms.named_parameters()] if hasattr(model, "terms") else []
-    ids = {id(p) for _, p in terms}
+    terms = list(model.terms.parameters()) if hasattr(model, "terms") else []
+    ids = {id(p) for p in terms}
     groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr}]
-    learning = [] if freeze_terms else [p for _, p in terms]
-    for name, p in terms:
-        p.requires_grad_(any(p is q for q in learning))
-    return groups + ([{"params": learning, "lr": lr * terms_lr_scale}] if terms else [])
+    for p in terms:
+        p.requires_grad_(not freeze_terms)
+    return groups + ([{"params": [] if freeze_terms else terms, "lr": lr * terms_lr_scale}] if terms else [])
 
 
 def output_prefix(log_path: Path) -> Path:
@@ -252,6 +251,14 @@ def main(args) -> None:
             log.info("saved %s", path)
 
 
+def terms_only_f1(model, spec, val, val_refs) -> float | None:
+    """Mean decoded F1 at gamma 1 of the first validation sequences with the network's
+    logits left out (``pair_weight`` is 0 while the loop terms are fitted); None without
+    a validation split."""
+    n = min(len(val), DECODED_F1_SEQS)
+    return decoded_f1(model, spec, val[:n], [np.zeros(spec.n_items(e)) for e in val[:n]], val_refs[:n], 1.0) if n else None
+
+
 def fit_terms_from_energies(model, spec, train, val, val_refs, args, log) -> None:
     """``--terms_from_energies``: the loop terms fitted to ViennaRNA's free energies of each
     training sequence's MFE structure and Boltzmann samples
@@ -263,8 +270,7 @@ def fit_terms_from_energies(model, spec, train, val, val_refs, args, log) -> Non
     folded = sampled_energies_of(seqs, args.terms_from_energies, args.seed, args.workers, not args.no_progress)
     samples = [(seq, [pairs_from_db(s) for s in structures], energies) for seq, (structures, energies) in zip(seqs, folded)]
     rmse = fit_terms_to_energies(model.terms, samples)
-    n = min(len(val), DECODED_F1_SEQS)
-    f1 = decoded_f1(model, spec, val[:n], [np.zeros(spec.n_items(e)) for e in val[:n]], val_refs[:n], 1.0) if n else None
+    f1 = terms_only_f1(model, spec, val, val_refs)
     log.info("loop terms fitted to the energies of %d structures of %d sequences: error %.3f kcal/mol%s (%.0f s)",
              sum(len(s[1]) for s in samples), len(samples), rmse,
              f" | validation decoded F1 {f1:.3f}" if f1 is not None else "", time.perf_counter() - started)
@@ -275,16 +281,14 @@ def fit_loop_terms(model, spec, train, val, val_refs, args, prefix: Path, log) -
     training loss and the validation F1 of decoded structures (network unused) per epoch
     in ``X.terms.csv`` / ``X.terms.png``."""
     history: list[dict] = []
-    n = min(len(val), DECODED_F1_SEQS)
-    silent = [np.zeros(spec.n_items(e)) for e in val[:n]]  # pair_weight is 0: logits do not count
 
     def on_epoch(epoch: int, loss: float) -> None:
         rows = [{"epoch": epoch, "split": "train", "loss": loss}]
-        if n:
-            rows.append({"epoch": epoch, "split": "validation",
-                         "decoded_f1": decoded_f1(model, spec, val[:n], silent, val_refs[:n], 1.0)})
+        f1 = terms_only_f1(model, spec, val, val_refs)
+        if f1 is not None:
+            rows.append({"epoch": epoch, "split": "validation", "decoded_f1": f1})
         log.info("loop terms epoch %d: train structured loss %.4f%s", epoch, loss,
-                 f" | validation decoded F1 {rows[-1]['decoded_f1']:.3f}" if n else "")
+                 f" | validation decoded F1 {f1:.3f}" if f1 is not None else "")
         record_epoch(history, rows, TERMS_PANELS, Path(f"{prefix}.terms.csv"), Path(f"{prefix}.terms.png"), ncols=2)
 
     started = time.perf_counter()
