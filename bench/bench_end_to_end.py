@@ -1,8 +1,9 @@
 """End-to-end prediction speed on CPU against RNAfold (ViennaRNA MFE) in the same run.
 
 For lengths 50, 100, 200 (--num sequences each): sequences per second of the
-predict_structure pipeline, with S1 forward, S1 decoding + features, S2 and structure
-decoding timed separately (and everything after the S1 forward as a share of it), and of
+predict_structure pipeline one sequence per call, with S1 forward, S1 decoding, S2
+(examples + network) and structure decoding timed separately (and everything after the
+S1 forward as a share of it), and all of them in one call (batched), and of
 ViennaRNA's MFE fold on the same sequences; printed as a ratio. Models:
 --s1_model/--s2_model checkpoints (README's demo writes them), or random small networks
 (box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, the
@@ -41,14 +42,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--s1_model")
     p.add_argument("--s2_model")
-    p.add_argument("--num", type=int, default=10, help="sequences per length")
+    p.add_argument("--num", type=int, default=16, help="sequences per length (and the batch size)")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     cpu = torch.device("cpu")
-    predictor = Predictor.from_checkpoints(args.s1_model, args.s2_model, cpu) if args.s1_model else random_predictor(rng)
+    predictor = (Predictor.from_checkpoints(args.s1_model, args.s2_model, cpu) if args.s1_model
+                 else random_predictor(rng))
+    predictor.batch_size = args.num
     predictor.predict(["".join(rng.choice(list("ACGU"), 60))])  # warm-up
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: "
-          f"{'checkpoints' if args.s1_model else 'random small networks'}; one sequence per call")
+          f"{'checkpoints' if args.s1_model else 'random small networks'}; S2 network "
+          f"{'runs' if predictor.s2_spec.uses_logits(predictor.s2_model) else 'skipped (logit weight 0)'}")
     for length in (50, 100, 200):
         seqs = ["".join(rng.choice(list("ACGU"), length)) for _ in range(args.num)]
         predictor.timings = dict.fromkeys(predictor.timings, 0.0)
@@ -56,16 +60,20 @@ def main():
         for seq in seqs:
             predictor.predict([seq])
         ours = time.perf_counter() - t
+        timings = dict(predictor.timings)
         t = time.perf_counter()
         for seq in seqs:
             fold(seq, partition=False)
         vienna = time.perf_counter() - t
-        timings = predictor.timings
+        t = time.perf_counter()
+        predictor.predict(seqs)
+        batched = time.perf_counter() - t
         parts = ", ".join(f"{k} {1000 * v / args.num:.1f}" for k, v in timings.items())
         after = (timings["s1_decode"] + timings["s2"] + timings["structure"]) / max(timings["s1_forward"], 1e-9)
         print(f"L={length:3d}: stembb {args.num / ours:6.1f} seq/s (ms per seq: {parts}; after the S1 forward: "
-              f"{100 * after:.0f}% of it; structure {100 * timings['structure'] / timings['s1_forward']:.0f}%) | "
-              f"RNAfold {args.num / vienna:7.1f} seq/s | RNAfold is {ours / vienna:5.1f}x faster")
+              f"{100 * after:.0f}% of it; structure {100 * timings['structure'] / timings['s1_forward']:.0f}%); "
+              f"batches of {predictor.batch_size}: {args.num / batched:6.1f} seq/s | "
+              f"RNAfold {args.num / vienna:7.1f} seq/s, {batched / vienna:5.1f}x the batched rate")
     length = 200
     i, j = np.triu_indices(length, 4)
     keep = rng.random(len(i)) < 0.04

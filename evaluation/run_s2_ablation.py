@@ -108,7 +108,7 @@ def main(args) -> None:
 
     oracle = []
     for rec, props in zip(records, proposals):
-        pairs = proposal_pairs(props)
+        pairs = proposal_pairs(props.bx, props.by, props.w)
         ref = set(rec.pairs)
         oracle.append((pairs, np.array([float((int(i), int(j)) in ref) for i, j in pairs])))
     rows += decode_all("oracle", oracle, 1.0)

@@ -54,7 +54,7 @@ def main(args) -> None:
     # maps are decoded batch by batch as they come (never all held at once)
     for k, m in tqdm(iter_maps(model, seqs, device, args.batch_size), total=len(df), desc="S1 + S2 features"):
         proposals = decode_proposals(m, seqs[k], args.threshold_p)
-        if proposals.empty:
+        if not len(proposals):
             skipped["no proposal"] += 1
             continue
         stems = [b for b in records[k]["bounding_boxes"] if b.kind == STEM]

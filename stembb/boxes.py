@@ -31,12 +31,11 @@ def valid_boxes(bx: np.ndarray, by: np.ndarray, w: np.ndarray, seq: str) -> np.n
     return inside & (canonical | ~on).all(axis=1)
 
 
-def proposal_pairs(proposals) -> np.ndarray:
-    """``(n, 2)`` unique pairs lying on the anti-diagonals of a proposal table
-    (columns ``bb_x, bb_y, siz_x``)."""
-    if len(proposals) == 0:
+def proposal_pairs(bx: np.ndarray, by: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` unique pairs, sorted, lying on the anti-diagonals of the boxes."""
+    if len(bx) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    ii, jj, on = anti_diagonal(proposals["bb_x"].to_numpy(), proposals["bb_y"].to_numpy(), proposals["siz_x"].to_numpy())
+    ii, jj, on = anti_diagonal(bx, by, w)
     return np.unique(np.stack([ii[on], jj[on]], axis=1), axis=0)
 
 

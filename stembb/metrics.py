@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
 
 from stembb.boxes import anti_diagonal, proposal_pairs
+from stembb.s1.predict import Proposals
 
 
-def s1_sequence_metrics(stems: np.ndarray, proposals: pd.DataFrame) -> dict[str, float]:
+def s1_sequence_metrics(stems: np.ndarray, proposals: Proposals) -> dict[str, float]:
     """Sensitivity of one sequence's proposals against its target stems ``(n, 3)``.
 
     - ``bb_identical``: share of target stems with an identical proposal;
@@ -24,7 +24,7 @@ def s1_sequence_metrics(stems: np.ndarray, proposals: pd.DataFrame) -> dict[str,
     - ``bp_precision``: share of proposed pairs that are target pairs.
     """
     n_stems = len(stems)
-    px, py, pw = (proposals[c].to_numpy(np.int64) for c in ("bb_x", "bb_y", "siz_x"))
+    px, py, pw = proposals.bx, proposals.by, proposals.w
     tx, ty, tw = (stems[:, k, None] for k in range(3))
     identical = (tx == px) & (ty == py) & (tw == pw)
     shift = (np.abs(tx - px) <= 1) & (np.abs(ty - py) <= 1) & (np.abs(tw - pw) <= 1)
@@ -32,7 +32,7 @@ def s1_sequence_metrics(stems: np.ndarray, proposals: pd.DataFrame) -> dict[str,
     overlap = (tx < px + pw) & (px < tx + tw) & (ty - tw < py) & (py - pw < ty)
     ti, tj, ton = anti_diagonal(stems[:, 0], stems[:, 1], stems[:, 2])
     target_pairs = {(int(a), int(b)) for a, b in zip(ti[ton], tj[ton])}
-    proposed = {(int(a), int(b)) for a, b in proposal_pairs(proposals)}
+    proposed = {(int(a), int(b)) for a, b in proposal_pairs(px, py, pw)}
     hit = len(target_pairs & proposed)
     nan = float("nan")
     return {

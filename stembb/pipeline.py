@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from stembb.checkpoint import load_checkpoint
@@ -71,11 +72,13 @@ class Predictor:
 
     @torch.no_grad()
     def structures(self, seqs: Sequence[str], proposals: Sequence) -> list[list[tuple[int, int]]]:
-        """S2 over batches of sequences, then one valid structure per sequence."""
+        """S2 over batches of sequences, then one valid structure per sequence. The network
+        runs only when its logits count (a box model whose calibrated logit weight is 0
+        decodes from its loop terms alone)."""
         t = time.perf_counter()
         examples = [self.s2_spec.from_proposals(seq, props, self.s2_config) for seq, props in zip(seqs, proposals)]
-        logits: list = [None] * len(seqs)
-        scored = [k for k, e in enumerate(examples) if e is not None]
+        logits: list = [None if e is None else np.zeros(self.s2_spec.n_items(e)) for e in examples]
+        scored = [k for k, e in enumerate(examples) if e is not None] if self.s2_spec.uses_logits(self.s2_model) else []
         for start in range(0, len(scored), self.batch_size):
             idx = scored[start:start + self.batch_size]
             batch = self.s2_spec.collate([examples[k] for k in idx])

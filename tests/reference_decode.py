@@ -1,9 +1,24 @@
 """The slow, obviously-correct per-pixel S1 decoder the tests and bench/ compare against."""
 import numpy as np
-import pandas as pd
 
-from stembb.s1.predict import PROPOSAL_COLUMNS
+from stembb.s1.predict import Proposals
 from stembb.structure import is_canonical
+
+
+def proposals_from_lists(boxes):
+    """``Proposals`` from ``[((bx, by, w), (prob_on_sm, prob_other_sm, prob_on_sl, prob_other_sl)), ...]``,
+    the per-source lists of docs/DESIGN.md's S1 decoding, boxes in sorted order."""
+    flat = {"box": [], "source": [], "prob_on": [], "prob_other": []}
+    for k, (_, (on_sm, other_sm, on_sl, other_sl)) in enumerate(boxes):
+        for source, on, other in ((0, on_sm, other_sm), (1, on_sl, other_sl)):
+            flat["box"] += [k] * len(on)
+            flat["source"] += [source] * len(on)
+            flat["prob_on"] += list(on)
+            flat["prob_other"] += list(other)
+    corners = np.array([corner for corner, _ in boxes], dtype=np.int64).reshape(-1, 3)
+    return Proposals(corners[:, 0], corners[:, 1], corners[:, 2], np.array(flat["box"], dtype=np.int64),
+                     np.array(flat["source"], dtype=np.int8), np.array(flat["prob_on"], dtype=float),
+                     np.array(flat["prob_other"], dtype=float))
 
 
 def slow_decode(maps, seq, threshold):
@@ -30,6 +45,4 @@ def slow_decode(maps, seq, threshold):
                 entry = boxes.setdefault((x0, top, w), {"sm": ([], []), "sl": ([], [])})
                 entry[source][0].append(float(maps["p_on"][i, j]))
                 entry[source][1].append(other)
-    rows = [{"bb_x": x, "bb_y": y, "siz_x": w, "siz_y": w, "prob_on_sm": e["sm"][0], "prob_other_sm": e["sm"][1],
-             "prob_on_sl": e["sl"][0], "prob_other_sl": e["sl"][1]} for (x, y, w), e in sorted(boxes.items())]
-    return pd.DataFrame(rows, columns=PROPOSAL_COLUMNS)
+    return proposals_from_lists([(corner, e["sm"] + e["sl"]) for corner, e in sorted(boxes.items())])

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from conftest import error_line, run_script, train_s1
-from reference_decode import slow_decode
+from reference_decode import proposals_from_lists, slow_decode
 from stembb.checkpoint import save_checkpoint
 from stembb.data.folding import fold
 from stembb.boxes import stem_corners
 from stembb.metrics import s1_sequence_metrics
 from stembb.s1.model import SimpleConvNet
-from stembb.s1.predict import MAP_NAMES, PROPOSAL_COLUMNS, decode_proposals, iter_maps, predict_maps
-from stembb.s2.candidates import pair_features, s2_row
+from stembb.s1.predict import MAP_NAMES, decode_proposals, iter_maps, length_batches, predict_maps
+from stembb.s2.candidates import BOX_COLUMNS, box_table, pair_features, s2_row
 from stembb.structure import STEM, Box, local_structure_boxes, pairs_from_db
 from stembb.s1.targets import stem_targets
 
@@ -34,10 +34,10 @@ def test_decoding_equals_per_pixel_reference(length, threshold):
     maps = random_maps(length, rng)
     fast, slow = decode_proposals(maps, seq, threshold), slow_decode(maps, seq, threshold)
     assert len(slow) > 0
-    assert fast[["bb_x", "bb_y", "siz_x", "siz_y"]].values.tolist() == slow[["bb_x", "bb_y", "siz_x", "siz_y"]].values.tolist()
-    for col in PROPOSAL_COLUMNS[4:]:
-        for a, b in zip(fast[col], slow[col]):
-            np.testing.assert_allclose(a, b, rtol=1e-6)
+    for name in ("bx", "by", "w", "box", "source"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+    for name in ("prob_on", "prob_other"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-6, err_msg=name)
 
 
 def oracle_maps(length, boxes):
@@ -67,6 +67,17 @@ def test_batched_maps_are_compact_own_their_memory_and_equal_single_sequence_one
         assert batched[k]["loc_x"].dtype == np.uint8 and batched[k]["size"].dtype == np.uint8
 
 
+def test_length_batches_cap_count_and_cpu_pixels():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert length_batches([50] * 20, 16, cpu) == [slice(0, 16), slice(16, 20)]
+    # 5 x 100^2 fit; a 200-mer beside them would not; then 2 x 200^2 <= CPU_BATCH_PIXELS < 3 x 200^2
+    assert length_batches([100] * 5 + [200] * 5, 16, cpu) == [slice(0, 5), slice(5, 7), slice(7, 9), slice(9, 10)]
+    assert length_batches([100] * 12, 16, cpu) == [slice(0, 10), slice(10, 12)]
+    assert length_batches([100] * 5 + [200] * 5, 16, cuda) == [slice(0, 10)]
+    assert length_batches([600, 700], 16, cpu) == [slice(0, 1), slice(1, 2)]  # one sequence even when over the cap
+    assert length_batches([], 4, cpu) == []
+
+
 def test_exact_targets_as_outputs_give_sensitivity_one():
     seq = "GGGAAAUCCCGCGCAUUAGCGCGUUAGCAAUGCUAACGGAUCCUAGCAUGCAUGGCUAGGAUCC"
     for db in fold(seq, num_sample=10, seed=2).samples:
@@ -79,8 +90,7 @@ def test_exact_targets_as_outputs_give_sensitivity_one():
 
 def props(*boxes):
     """Proposals from (bb_x, bb_y, w) reference corners."""
-    return pd.DataFrame([{"bb_x": x, "bb_y": y, "siz_x": w, "siz_y": w, "prob_on_sm": [0.9], "prob_other_sm": [0.5],
-                          "prob_on_sl": [], "prob_other_sl": []} for x, y, w in boxes], columns=PROPOSAL_COLUMNS)
+    return proposals_from_lists([(box, ([0.9], [0.5], [], [])) for box in sorted(boxes)])
 
 
 def test_metrics_on_hand_made_cases():
@@ -101,12 +111,8 @@ def test_metrics_on_hand_made_cases():
 
 
 def test_features_of_a_pair_covered_by_two_proposals_are_medians_of_both():
-    proposals = pd.DataFrame([
-        {"bb_x": 0, "bb_y": 19, "siz_x": 3, "siz_y": 3, "prob_on_sm": [0.9], "prob_other_sm": [0.2],
-         "prob_on_sl": [0.6, 0.8], "prob_other_sl": [0.1, 0.3]},
-        {"bb_x": 1, "bb_y": 18, "siz_x": 2, "siz_y": 2, "prob_on_sm": [0.5], "prob_other_sm": [0.4],
-         "prob_on_sl": [], "prob_other_sl": []},
-    ], columns=PROPOSAL_COLUMNS)
+    proposals = proposals_from_lists([((0, 19, 3), ([0.9], [0.2], [0.6, 0.8], [0.1, 0.3])),
+                                      ((1, 18, 2), ([0.5], [0.4], [], []))])
     f = pair_features(proposals)
     assert sorted(f) == [(0, 19), (1, 18), (2, 17)]
     np.testing.assert_allclose(f[(1, 18)], [2, 2, 0.7, 0.3, 0.7, 0.2])
@@ -114,6 +120,18 @@ def test_features_of_a_pair_covered_by_two_proposals_are_medians_of_both():
     row, complete = s2_row([Box((0, 17), (3, 3), STEM), Box((5, 10), (2, 2), STEM)], proposals, True)
     assert row["stem_bb_bps"] == [(0, 19), (1, 18), (2, 17)] and row["target_bps"] == [(0, 19), (1, 18), (2, 17)]
     assert not complete
+
+
+def test_box_table_counts_medians_and_maxima_per_source():
+    proposals = proposals_from_lists([((0, 19, 3), ([0.9], [0.2], [0.6, 0.8, 0.1], [0.1, 0.3, 0.7])),
+                                      ((1, 18, 2), ([], [], [0.5], [0.4]))])
+    table = box_table(proposals)
+    assert table.dtype == np.float32 and table.shape == (2, len(BOX_COLUMNS))
+    np.testing.assert_allclose(table[0], [0, 19, 3, 1, 3, 0.9, 0.2, 0.6, 0.3, 0.9, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(table[1], [1, 18, 2, 0, 1, 0, 0, 0.5, 0.4, 0.5, 0.4], rtol=1e-6)
+    only_scalar = proposals_from_lists([((1, 18, 2), ([], [], [0.5], [0.4]))])  # no softmax-size pixel at all
+    np.testing.assert_allclose(box_table(only_scalar), table[1:], rtol=1e-6)
+    assert box_table(proposals_from_lists([])).shape == (0, len(BOX_COLUMNS))
 
 
 def test_train_infer_csv_png_and_s2_features_round_trip(tiny_s1_data, tmp_path):
@@ -176,10 +194,10 @@ def test_size_catch_all_keeps_the_scalar_size_proposal_and_threshold_is_float64(
     maps["p_on"][0, 2] = 0.9
     for decode in (decode_proposals, slow_decode):
         props = decode(maps, "GAC", 0.5)
-        assert props[["bb_x", "bb_y", "siz_x"]].values.tolist() == [[0, 2, 1]]
-        assert list(props["prob_on_sm"][0]) == [] and list(props["prob_on_sl"][0]) == pytest.approx([0.9])
+        assert (props.bx.tolist(), props.by.tolist(), props.w.tolist()) == ([0], [2], [1])
+        assert props.source.tolist() == [1] and props.prob_on.tolist() == pytest.approx([0.9])
     # float32 0.1 is 0.10000000149 > 0.1: kept when compared in float64 (float32 would drop it)
     maps["p_on"][0, 2] = np.float32(0.1)
     assert len(decode_proposals(maps, "GAC", 0.1)) == len(slow_decode(maps, "GAC", 0.1)) == 1
     maps["p_on"][0, 2] = np.nextafter(np.float32(0.1), np.float32(0))
-    assert decode_proposals(maps, "GAC", 0.1).empty and slow_decode(maps, "GAC", 0.1).empty
+    assert len(decode_proposals(maps, "GAC", 0.1)) == len(slow_decode(maps, "GAC", 0.1)) == 0

@@ -257,6 +257,20 @@ def test_box_transformer_learns_what_the_s1_evidence_cannot_tell():
     assert scores[gamma] > baseline + 0.2, (scores, baseline)
 
 
+def test_box_transformer_gives_the_same_logits_with_and_without_grad():
+    # training multiplies one-hot relations, inference gathers: the same numbers either way
+    torch.manual_seed(1)
+    model = boxnet.build_boxnet({"dim": 32, "layers": 2, "heads": 4, "dropout": 0.0}).eval()
+    examples = [boxnet.box_example(s, t) for s, _, t in synthetic_examples(3, 5)]
+    batch = boxnet.collate_boxes(examples)
+    with torch.no_grad():
+        gathered = model(batch)
+    multiplied = model(batch)
+    assert multiplied.requires_grad and not gathered.requires_grad
+    assert gathered.shape == (sum(len(e["numeric"]) for e in examples),)
+    torch.testing.assert_close(gathered, multiplied.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_calibrated_gamma_is_stored_and_is_the_cli_default(s2_models):
     _, s1, box, gnn = s2_models
     import argparse
@@ -282,6 +296,26 @@ def test_gnn_baseline_and_box_model_both_predict(s2_models, tiny_s1_data, tmp_pa
         for seq, pairs in zip(seqs, predictor.predict(seqs)):
             validate_pairs(pairs, len(seq))
             assert is_nested(pairs)
+    # a box model whose logits have weight 0 decodes the same without running its network
+    predictor = Predictor.from_checkpoints(s1, box, torch.device("cpu"), threshold=0.05)
+    with torch.no_grad():
+        predictor.s2_model.terms.pair_weight.fill_(1.0)
+    with_logits = predictor.predict(seqs)
+    assert predictor.timings["s2"] > 0
+    calls = []
+    predictor.s2_model.register_forward_hook(lambda *_: calls.append(1))
+    predictor.predict(seqs)
+    assert calls
+    proposals = predictor.proposals(seqs)
+    examples = [S2_MODELS["box"].from_proposals(s, p, predictor.s2_config) for s, p in zip(seqs, proposals)]
+    with torch.no_grad():
+        predictor.s2_model.terms.pair_weight.zero_()
+        logits = [predictor.s2_model(boxnet.collate_boxes([e])).double().numpy() if e else None for e in examples]
+    expected = [S2_MODELS["box"].decode(predictor.s2_model, e, x, predictor.gamma) if e else []
+                for e, x in zip(examples, logits)]
+    calls.clear()
+    assert predictor.predict(seqs) == expected and not calls
+    assert with_logits != expected or all(not e for e in examples)
     out = tmp_path / "ablation.csv"
     run_script("evaluation/run_s2_ablation.py", "--s1_model", s1, "--s2_models", box, gnn, "--data", tiny_s1_data,
                "--num", 10, "--threshold_p", 0.05, "--out", out)

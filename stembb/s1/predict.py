@@ -7,17 +7,17 @@ argmax is the catch-all class, a second one with the softmax size w. A pixel who
 location argmax is the catch-all class proposes nothing. Each
 proposal carries ``prob_on`` and the product of its chosen softmax probabilities
 (``prob_other``: loc_x * loc_y * size for the softmax size, loc_x * loc_y for the scalar
-size). Identical boxes are merged, keeping the per-source lists of probabilities; boxes
-outside the sequence, with innermost pair not i < j, or with a non-canonical pair are
-dropped.
+size). Identical boxes are merged, each keeping its pixel proposals (``Proposals``, flat
+arrays, no per-box Python lists); boxes outside the sequence, with innermost pair not
+i < j, or with a non-canonical pair are dropped.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -26,7 +26,6 @@ from stembb.s1.model import build_model
 from stembb.boxes import valid_boxes
 from stembb.s1.targets import LOCATION_CLASSES, SIZE_CLASSES, one_hot
 
-PROPOSAL_COLUMNS = ["bb_x", "bb_y", "siz_x", "siz_y", "prob_on_sm", "prob_other_sm", "prob_on_sl", "prob_other_sl"]
 MAP_NAMES = ("p_on", "loc_x", "p_loc_x", "loc_y", "p_loc_y", "size", "p_size", "size_scalar")
 
 
@@ -35,16 +34,39 @@ def load_s1_model(path: Path, device: torch.device):
     return load_model(path, S1_KIND, build_model, device)
 
 
+# on CPU a batch holds at most this many pixels (L^2 per sequence): larger ones ran slower
+# per sequence, their activations falling out of cache (main job's network, 2 threads:
+# 30 ms per 200-mer in batches of 1-4, 67-77 ms in batches of 8-16; 100-mers 9 ms in
+# batches of up to 8, 14 ms in 16)
+CPU_BATCH_PIXELS = 100_000
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, device: torch.device) -> list[slice]:
+    """Consecutive slices of ``lengths`` (sorted ascending) with at most ``batch_size``
+    sequences and, on CPU, at most ``CPU_BATCH_PIXELS`` padded pixels (at least one
+    sequence each)."""
+    cap = CPU_BATCH_PIXELS if device.type == "cpu" else float("inf")
+    batches, start = [], 0
+    for end in range(1, len(lengths) + 1):
+        if end - start > batch_size or (end - start > 1 and (end - start) * lengths[end - 1] ** 2 > cap):
+            batches.append(slice(start, end - 1))
+            start = end - 1
+    if start < len(lengths):
+        batches.append(slice(start, len(lengths)))
+    return batches
+
+
 @torch.no_grad()
 def iter_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
               show_progress: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """``(index into seqs, maps)`` per sequence, batch by batch in order of length, so a
-    caller can decode and drop each batch's maps before the next. Maps (``MAP_NAMES``,
+    """``(index into seqs, maps)`` per sequence, batch by batch in order of length
+    (``length_batches``), so a caller can decode and drop each batch's maps before the next. Maps (``MAP_NAMES``,
     each ``(L, L)``, own memory): p_on, the argmax (uint8) and its probability for each
     softmax head, and the scalar size; sequences are padded in a batch and cropped back."""
     order = np.argsort([len(s) for s in seqs], kind="stable")
-    for start in tqdm(range(0, len(seqs), batch_size), desc="S1 forward", unit="batch", disable=not show_progress):
-        idx = order[start:start + batch_size]
+    for idx in tqdm(length_batches([len(seqs[k]) for k in order], batch_size, device), desc="S1 forward",
+                    unit="batch", disable=not show_progress):
+        idx = order[idx]
         n = max(len(seqs[k]) for k in idx)
         x = torch.zeros(len(idx), 4, n)
         for b, k in enumerate(idx):
@@ -71,11 +93,31 @@ def predict_maps(model, seqs: Sequence[str], device: torch.device, batch_size: i
     return out
 
 
-def decode_proposals(maps: dict[str, np.ndarray], seq: str, threshold: float) -> pd.DataFrame:
-    """Proposals of one sequence as a DataFrame with ``PROPOSAL_COLUMNS``, sorted by box.
+@dataclass
+class Proposals:
+    """The decoded proposals of one sequence, as flat arrays.
 
-    ``bb_x, bb_y`` is the reference corner (outermost pair), ``siz_x = siz_y`` the size.
+    Boxes, ``(n,)`` int64 each, sorted by box: ``bx, by`` the reference corner (outermost
+    pair) and ``w`` the size. Pixel proposals, ``(m,)`` each, sorted by (box, source):
+    ``box`` (int64 index into the boxes), ``source`` (int8: 0 softmax size, 1 scalar
+    size), ``prob_on`` and ``prob_other`` (float64). A box's per-source probability lists
+    (docs/DESIGN.md, "S1 decoding") are its entries of one source, in pixel order.
     """
+
+    bx: np.ndarray
+    by: np.ndarray
+    w: np.ndarray
+    box: np.ndarray
+    source: np.ndarray
+    prob_on: np.ndarray
+    prob_other: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.bx)
+
+
+def decode_proposals(maps: dict[str, np.ndarray], seq: str, threshold: float) -> Proposals:
+    """The proposals of one sequence (docs/DESIGN.md, "S1 decoding")."""
     length = len(seq)
     # float64: a float32 p_on of exactly the threshold (e.g. 0.1) must not pass
     i, j = np.nonzero(np.triu(maps["p_on"].astype(np.float64) > threshold, k=1))
@@ -91,26 +133,21 @@ def decode_proposals(maps: dict[str, np.ndarray], seq: str, threshold: float) ->
     # both sources stacked: source 0 = softmax size, 1 = scalar size
     bx, by = np.concatenate([x0, x0]), np.concatenate([top, top])
     w = np.concatenate([w_sm, w_sl])
-    source = np.repeat([0, 1], n)
+    source = np.repeat(np.array([0, 1], dtype=np.int8), n)
     prob_on = np.concatenate([p_on, p_on])
     prob_other = np.concatenate([p_loc * maps["p_size"][i, j], p_loc])
     # a size catch-all (w > 10) silences only the softmax-size proposal: the scalar size can describe it
-    keep = valid_boxes(bx, by, w, seq) & np.concatenate([sz < SIZE_CLASSES - 1, np.ones(n, dtype=bool)])
-    bx, by, w, source, prob_on, prob_other = (a[keep] for a in (bx, by, w, source, prob_on, prob_other))
-    if not len(bx):
-        return pd.DataFrame({c: pd.Series(dtype=object if c.startswith("prob") else np.int64) for c in PROPOSAL_COLUMNS})
-    key = (bx * (length + 1) + by) * (length + 1) + np.minimum(w, length)
-    order = np.lexsort((source, key))
-    key, bx, by, w, source, prob_on, prob_other = (a[order] for a in (key, bx, by, w, source, prob_on, prob_other))
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    ends = np.r_[starts[1:], len(key)]
-    # sorted by (box, source): a group's softmax-size entries come before its scalar ones
-    mids = starts + np.add.reduceat(source == 0, starts)
-    cols = {"bb_x": bx[starts], "bb_y": by[starts], "siz_x": w[starts], "siz_y": w[starts]}
-    on, other = prob_on.tolist(), prob_other.tolist()
-    bounds = list(zip(starts.tolist(), mids.tolist(), ends.tolist()))
-    cols["prob_on_sm"] = [on[a:m] for a, m, _ in bounds]
-    cols["prob_other_sm"] = [other[a:m] for a, m, _ in bounds]
-    cols["prob_on_sl"] = [on[m:e] for _, m, e in bounds]
-    cols["prob_other_sl"] = [other[m:e] for _, m, e in bounds]
-    return pd.DataFrame(cols)[PROPOSAL_COLUMNS]
+    kept = np.flatnonzero((bx >= 0) & (by < length) & np.concatenate([sz < SIZE_CLASSES - 1, np.ones(n, dtype=bool)]))
+    # one-to-one on corners inside the sequence (sizes beyond the length are invalid anyway)
+    key = (bx[kept] * length + by[kept]) * (length + 1) + np.minimum(w[kept], length)
+    rank = np.argsort(key * 2 + source[kept], kind="stable")  # by box, source, then pixel (row-major)
+    order, key = kept[rank], key[rank]
+    first = np.r_[True, key[1:] != key[:-1]][:len(key)]
+    group = np.cumsum(first) - 1
+    heads = order[first]
+    # validity is checked once per distinct box, not once per pixel proposal
+    valid = valid_boxes(bx[heads], by[heads], w[heads], seq)
+    entries = valid[group]
+    order, heads = order[entries], heads[valid]
+    return Proposals(bx[heads], by[heads], w[heads], (np.cumsum(valid) - 1)[group[entries]], source[order],
+                     prob_on[order], prob_other[order])

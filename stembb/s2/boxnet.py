@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,28 +70,37 @@ def top_boxes(table: np.ndarray, max_boxes: int) -> np.ndarray:
 
 def relations(bx: np.ndarray, by: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``(n, n)`` uint8 relation kind of box b (column) to box a (row); see module doc."""
-    ax, ay, aw = bx[:, None], by[:, None], w[:, None]
-    cx, cy, cw = bx[None, :], by[None, :], w[None, :]
-    a_in, c_in = ax + aw - 1, cx + cw - 1  # 5' arm end
-    a_out, c_out = ay - aw + 1, cy - cw + 1  # 3' arm start
+    return _relations(np.asarray(bx, dtype=np.int64), np.asarray(by, dtype=np.int64), np.asarray(w, dtype=np.int64),
+                      LOOP_BUCKETS)
 
-    def meet(lo1, hi1, lo2, hi2):
-        return (lo1 <= hi2) & (lo2 <= hi1)
 
-    share = (meet(ax, a_in, cx, c_in) | meet(ax, a_in, c_out, cy) | meet(a_out, ay, cx, c_in)
-             | meet(a_out, ay, c_out, cy))
-    c_inside = (cx > a_in) & (cy < a_out)
-    a_inside = (ax > c_in) & (ay < c_out)
-    apart = (cy < ax) | (ay < cx)
-    rel = np.full(share.shape, 3, dtype=np.uint8)  # crossing unless one of the below
-    rel[apart] = 4
-    gap_c = (cx - a_in - 1) + (a_out - cy - 1)
-    gap_a = (ax - c_in - 1) + (c_out - ay - 1)
-    rel = np.where(c_inside, 5 + np.digitize(gap_c, LOOP_BUCKETS), rel)
-    rel = np.where(a_inside, 11 + np.digitize(gap_a, LOOP_BUCKETS), rel)
-    rel = np.where(share, np.where(ax + ay == cx + cy, 1, 2), rel)
-    np.fill_diagonal(rel, 0)
-    return rel.astype(np.uint8)
+@numba.njit(cache=True, nogil=True)
+def _relations(bx, by, w, buckets):
+    # compiled: numpy needed a dozen (n, n) temporaries, about 5 ms for 256 boxes
+    n = len(bx)
+    rel = np.zeros((n, n), dtype=np.uint8)
+    for a in range(n):
+        ax, ay = bx[a], by[a]
+        a_in, a_out = ax + w[a] - 1, ay - w[a] + 1  # 5' arm end, 3' arm start
+        for c in range(n):
+            if c == a:
+                continue
+            cx, cy = bx[c], by[c]
+            c_in, c_out = cx + w[c] - 1, cy - w[c] + 1
+            # an arm of a and an arm of c hold a common base
+            share = ((ax <= c_in and cx <= a_in) or (ax <= cy and c_out <= a_in)
+                     or (a_out <= c_in and cx <= ay) or (a_out <= cy and c_out <= ay))
+            if share:
+                rel[a, c] = 1 if ax + ay == cx + cy else 2
+            elif ax > c_in and ay < c_out:  # a inside c
+                rel[a, c] = 11 + np.searchsorted(buckets, (ax - c_in - 1) + (c_out - ay - 1), side="right")
+            elif cx > a_in and cy < a_out:  # c inside a
+                rel[a, c] = 5 + np.searchsorted(buckets, (cx - a_in - 1) + (a_out - cy - 1), side="right")
+            elif cy < ax or ay < cx:
+                rel[a, c] = 4  # side by side
+            else:
+                rel[a, c] = 3  # crossing
+    return rel
 
 
 def box_example(seq: str, table: np.ndarray, ref_pairs=None) -> dict[str, np.ndarray]:
@@ -171,14 +181,11 @@ class RelationAttention(nn.Module):
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor, relation: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """``h`` (B, N, D), ``relation`` (B, N, N, N_RELATIONS) one-hot, ``key_mask``
-        (B, 1, 1, N) 0 or -inf on padding -> (B, N, D)."""
+    def forward(self, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``h`` (B, N, D), ``bias`` (B, heads, N, N) attention-logit bias (relation bias,
+        -inf on padded keys) -> (B, N, D)."""
         b, n, d = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        # a matmul with the one-hot relations: on CPU its backward is far cheaper than an
-        # embedding lookup's scatter over B * N * N indices
-        bias = self.relation_bias(relation).permute(0, 3, 1, 2) + key_mask
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         h = h + self.dropout(self.proj(attn.transpose(1, 2).reshape(b, n, d)))
         return h + self.dropout(self.ff(self.norm2(h)))
@@ -205,10 +212,19 @@ class BoxTransformer(nn.Module):
         for name, emb in (*self.pair.items(), *self.flank.items()):
             h = h + emb(batch[name])
         pad = batch["pad"]
-        relation = F.one_hot(batch["relations"].long(), N_RELATIONS).to(h.dtype)
+        # every layer's relation bias from one product: (N_RELATIONS, layers * heads)
+        weight = torch.cat([layer.relation_bias.weight for layer in self.layers]).t().contiguous()
+        if torch.is_grad_enabled():
+            # a matmul with the one-hot relations: on CPU its backward is far cheaper than an
+            # embedding lookup's scatter over B * N * N indices
+            bias = F.one_hot(batch["relations"].long(), N_RELATIONS).to(h.dtype) @ weight
+        else:  # the same numbers, gathered: no (B, N, N, N_RELATIONS) one-hot tensor
+            bias = F.embedding(batch["relations"].long(), weight)
         key_mask = torch.zeros(pad.shape, dtype=h.dtype, device=h.device).masked_fill(pad, float("-inf"))[:, None, None]
-        for layer in self.layers:
-            h = layer(h, relation, key_mask)
+        # head-major and contiguous once, so no layer's attention copies its slice
+        bias = (bias.permute(0, 3, 1, 2) + key_mask).contiguous()
+        for k, layer in enumerate(self.layers):
+            h = layer(h, bias[:, k * layer.heads:(k + 1) * layer.heads])
         return self.head(h).squeeze(-1)[~pad]
 
 

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from stembb.metrics import pair_scores
+from stembb.s1.predict import Proposals
 from stembb.s2 import boxnet, gnn
 from stembb.s2.candidates import box_table, pair_features
 from stembb.s2.assemble import TERM_SHAPES, assemble, loop_counts, structure_score
@@ -55,10 +55,11 @@ class S2Model:
     config_keys: tuple[str, ...]  # hyperparameters (flags of the same name)
     build: Callable  # config dict -> nn.Module
     from_row: Callable  # (row dict, config) -> example with labels
-    from_proposals: Callable  # (seq, proposals DataFrame, config) -> example, or None without candidates
+    from_proposals: Callable  # (seq, Proposals, config) -> example, or None without candidates
     collate: Callable  # examples -> batch dict of tensors (flat ``labels`` when all have them)
     n_items: Callable  # example -> number of scored items
     decode: Callable  # (model, example, item logits, gamma) -> sorted pairs of one valid structure
+    uses_logits: Callable  # model -> whether decode's result depends on the item logits
 
 
 def _with_identity_pair_map(graph: dict) -> dict:
@@ -77,7 +78,7 @@ def _gnn_from_row(row: dict, config: dict) -> dict:
                                              "seq": row["seq"]}
 
 
-def _gnn_from_proposals(seq: str, proposals: pd.DataFrame, config: dict):
+def _gnn_from_proposals(seq: str, proposals: Proposals, config: dict):
     features = pair_features(proposals)
     if not features:
         return None
@@ -86,7 +87,7 @@ def _gnn_from_proposals(seq: str, proposals: pd.DataFrame, config: dict):
         "seq": seq}
 
 
-def _box_from_proposals(seq: str, proposals: pd.DataFrame, config: dict):
+def _box_from_proposals(seq: str, proposals: Proposals, config: dict):
     return boxnet.box_example(seq, boxnet.top_boxes(box_table(proposals), config["max_boxes"])) if len(proposals) else None
 
 
@@ -116,12 +117,12 @@ S2_MODELS = {
         from_row=lambda row, config: boxnet.box_example(
             row["seq"], boxnet.top_boxes(row["stem_bb_boxes"], config["max_boxes"]), pairs_from_one_idx(row["one_idx"])),
         from_proposals=_box_from_proposals, collate=boxnet.collate_boxes, n_items=lambda ex: len(ex["numeric"]),
-        decode=_decode_assemble),
+        decode=_decode_assemble, uses_logits=lambda model: model.terms.pair_weight.item() != 0.0),
     "gnn": S2Model(
         kind=gnn.KIND, columns=("seq", "one_idx", "stem_bb_bps", "target_bps", "stem_bb_bps_features"),
         config_keys=gnn.S2_CONFIG_KEYS, build=gnn.build_s2_model, from_row=_gnn_from_row,
         from_proposals=_gnn_from_proposals, collate=gnn.collate_graphs, n_items=lambda ex: len(ex["pairs"]),
-        decode=_decode_mea),
+        decode=_decode_mea, uses_logits=lambda model: True),
 }
 S2_KINDS = {m.kind: name for name, m in S2_MODELS.items()}
 
