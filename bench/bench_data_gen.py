@@ -5,13 +5,14 @@ Prints examples (segments) per second of ``stembb.data.datagen.generate`` with t
 the notebook (--len 40 --num_sample 10) and the time of the bare ViennaRNA calls for the
 same sequences (MFE, rescale, partition function, MFE frequency, ensemble
 diversity, non-redundant sampling: the values every row records) in the same run.
-Aim: overhead at most 15% of ViennaRNA's time; 2 workers at least 1.7x one; Dask and
-shards as close as they get to bare ViennaRNA in 2 processes (the ceiling).
+Aim: overhead at most 10% of ViennaRNA's time; 2 workers, Dask and shards at least 95%
+of what bare ViennaRNA calls reach in 2 processes (the ceiling).
 
     python bench/bench_data_gen.py [--num 2000]
 """
 import argparse
 import multiprocessing
+import statistics
 import time
 
 import RNA
@@ -78,17 +79,23 @@ def vienna_only(seqs, processes=1):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--num", type=int, default=1000, help="segments per measurement")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the best time counts")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the best time (or the median paired ratio) counts")
     args = p.parse_args()
     genome = Genome(DEFAULT_GENOME, DEFAULT_ANNOTATION)
     genes, _ = genome.usable_genes(genome.chromosomes)
     t1 = tv = t2 = tv2 = td = ts = float("inf")
+    run_generator(genome, genes, 20, 1)  # warm-up: loads the compiled dot-bracket pass
     # one process: CPU time (this VM's neighbours steal wall time); two: wall time
+    # one process first, alone: the parallel runs' processes (a Dask cluster shutting down)
+    # would still be taking CPU from it
+    overheads = []
     for _ in range(args.repeats):  # interleaved, best of: this machine's neighbours are noisy
         t, rows, accepted = run_generator(genome, genes, args.num, 1)
-        t1 = min(t1, t)
         seqs = list(dict.fromkeys(r["seq"] for r in rows))
-        tv = min(tv, vienna_only(seqs))
+        v = vienna_only(seqs)
+        t1, tv = min(t1, t), min(tv, v)
+        overheads.append(t / v - 1)  # paired: both runs met the same neighbours
+    for _ in range(args.repeats):
         t2 = min(t2, run_generator(genome, genes, args.num, 2)[0])
         tv2 = min(tv2, vienna_only(seqs, 2))
         td = min(td, run_generator(genome, genes, args.num, 1, dask="local:2")[0])
@@ -97,8 +104,10 @@ def main():
     print(f"segments: {accepted} (len 40, 10 unique samples each, {len(rows)} rows), best of {args.repeats}")
     print(f"generator, 1 worker : {accepted / t1:8.1f} segments/s")
     print(f"ViennaRNA calls only: {len(seqs) / tv:8.1f} segments/s (MFE, rescale, partition function, MFE frequency, diversity, sampling)")
-    print(f"overhead over ViennaRNA: {100 * (t1 - tv) / tv:.1f}% (aim <= 15%)")
-    print(f"generator, 2 workers: {accepted / t2:8.1f} segments/s (wall); speed-up 2 vs 1 worker: {t1 / t2:.2f}x (aim >= 1.7x)")
+    print(f"overhead over ViennaRNA: {100 * statistics.median(overheads):.1f}% (median of {args.repeats} paired "
+          f"runs; {100 * (t1 - tv) / tv:.1f}% from the best times; aim <= 10%)")
+    print(f"generator, 2 workers: {accepted / t2:8.1f} segments/s (wall); speed-up 2 vs 1 worker: {t1 / t2:.2f}x = "
+          f"{100 * (t1 / t2) / (tv / tv2):.0f}% of the ceiling (aim >= 95%)")
     print(f"ceiling on this machine: bare ViennaRNA calls, 2 processes (wall) vs 1: {tv / tv2:.2f}x")
     print(f"Dask LocalCluster, 2 processes: {accepted / td:8.1f} segments/s (wall, cluster start included); "
           f"{t1 / td:.2f}x one worker = {100 * (t1 / td) / (tv / tv2):.0f}% of the ceiling")

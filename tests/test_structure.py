@@ -1,6 +1,8 @@
+import numpy as np
 import pandas as pd
 import pytest
 
+from stembb.data.dot_brackets import structure_columns_of
 from stembb.errors import InputError
 from stembb.data.folding import fold
 from stembb.io import read_pickle
@@ -149,3 +151,28 @@ def test_pairs_of_neighbouring_bases_are_one_pair_stems():
     assert stem_boxes([(1, 2)]) == [Box((1, 2), (1, 1), STEM)]
     assert sorted(local_structure_boxes([(0, 1)])) == [Box((0, 0), (2, 2), HAIRPIN), Box((0, 1), (1, 1), STEM)]
     assert stems([(0, 1), (2, 5)]) == [[(0, 1)], [(2, 5)]]
+
+
+def test_compiled_dot_bracket_pass_equals_the_python_functions_on_real_samples():
+    rng = np.random.default_rng(4)
+    checked = 0
+    for k, length in enumerate((5, 23, 40, 97, 180)):
+        seq = "".join(rng.choice(list("ACGU"), length))
+        f = fold(seq, num_sample=20, seed=k)
+        dbs = [f.mfe_structure] + f.samples + ["." * length, "(" + "." * (length - 2) + ")"]
+        for db, (one_idx, boxes) in zip(dbs, structure_columns_of(dbs), strict=True):
+            pairs = pairs_from_db(db)
+            assert one_idx == one_idx_from_pairs(pairs) and boxes == local_structure_boxes(pairs), db
+            assert all(type(b) is Box and type(b.corner[0]) is int for b in boxes)
+            checked += 1
+    assert checked > 60 and structure_columns_of([]) == []
+    assert structure_columns_of(["(.)(.)"]) == [(([0, 3], [2, 5]), [Box((0, 2), (1, 1), STEM), Box((3, 5), (1, 1), STEM),
+                                                                  Box((0, 0), (3, 3), HAIRPIN), Box((3, 3), (3, 3), HAIRPIN)])]
+
+
+@pytest.mark.parametrize("dbs, message", [(["((.."], r"structure 0 \('\(\(\.\.'\) has an unmatched bracket"),
+                                          (["(..)", ")(.."], "structure 1 .* unmatched bracket"),
+                                          (["(.[)]"], "structure 0 .* a character other than")])
+def test_compiled_dot_bracket_pass_names_the_bad_structure(dbs, message):
+    with pytest.raises(StructureError, match=message):
+        structure_columns_of(dbs)

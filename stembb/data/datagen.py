@@ -14,11 +14,13 @@ exactly the rows of the unsharded run with the same flags.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
@@ -30,12 +32,13 @@ from tqdm import tqdm
 
 from stembb.cli import check_outputs
 from stembb.errors import InputError, RunFailed
+from stembb.data.dot_brackets import structure_columns_of
 from stembb.data.folding import fold, sampling_seed
 from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, Segment, iter_segments
 from stembb.io import write_pickle
 from stembb.runlog import start_run
 from stembb.data.merge import merge_stem_boxes
-from stembb.structure import STEM, local_structure_boxes, one_idx_from_pairs, pairs_from_db
+from stembb.structure import STEM
 
 SKIP_N = "contains N"
 SKIP_FREQ = "mfe_freq below --threshold_mfe_freq"
@@ -81,10 +84,6 @@ class FoldJob:
     merge: bool = False
 
 
-def structure_columns(pairs: list[tuple[int, int]]) -> dict:
-    return {"one_idx": one_idx_from_pairs(pairs), "bounding_boxes": local_structure_boxes(pairs)}
-
-
 def rows_for_segment(job: FoldJob, task: tuple[int, str]) -> tuple[list[dict], str | None]:
     """Fold one segment; return its rows (without provenance) or a skip reason."""
     index, seq = task
@@ -93,24 +92,22 @@ def rows_for_segment(job: FoldJob, task: tuple[int, str]) -> tuple[list[dict], s
     if f.mfe_freq < job.threshold_mfe_freq:
         return [], SKIP_FREQ
     energetics = {"fe": f.fe, "mfe_freq": f.mfe_freq, "ens_div": f.ens_div}
+    # the MFE structure first, then the samples: one compiled pass over all of them
+    (mfe_one_idx, mfe_boxes), *sampled = structure_columns_of([f.mfe_structure] + f.samples)
     if not job.num_sample:
-        pairs = pairs_from_db(f.mfe_structure)
-        if not pairs:
+        if not mfe_one_idx[0]:
             return [], SKIP_UNSTRUCTURED
-        return [{"seq": seq, **structure_columns(pairs), **energetics}], None
-    samples = [pairs_from_db(s) for s in f.samples]
-    samples = [p for p in samples if p]
-    if not samples:
+        return [{"seq": seq, "one_idx": mfe_one_idx, "bounding_boxes": mfe_boxes, **energetics}], None
+    sampled = [(one_idx, boxes) for one_idx, boxes in sampled if one_idx[0]]
+    if not sampled:
         return [], SKIP_UNSTRUCTURED
     if not job.merge:
-        return [{"seq": seq, **structure_columns(p), "sample_id": k, **energetics}
-                for k, p in enumerate(samples)], None
-    per_sample = [local_structure_boxes(p) for p in samples]
-    stems, counts, conflicts = merge_stem_boxes([[b for b in bs if b.kind == STEM] for bs in per_sample])
-    loops = sorted({b for bs in per_sample for b in bs if b.kind != STEM})
-    mfe_pairs = pairs_from_db(f.mfe_structure)
-    return [{"seq": seq, "one_idx": one_idx_from_pairs(mfe_pairs), "bounding_boxes": stems + loops,
-             "stem_box_count": counts, "n_samples": len(samples), "n_conflicts": conflicts,
+        return [{"seq": seq, "one_idx": one_idx, "bounding_boxes": boxes, "sample_id": k, **energetics}
+                for k, (one_idx, boxes) in enumerate(sampled)], None
+    stems, counts, conflicts = merge_stem_boxes([[b for b in boxes if b.kind == STEM] for _, boxes in sampled])
+    loops = sorted({b for _, boxes in sampled for b in boxes if b.kind != STEM})
+    return [{"seq": seq, "one_idx": mfe_one_idx, "bounding_boxes": stems + loops,
+             "stem_box_count": counts, "n_samples": len(sampled), "n_conflicts": conflicts,
              **energetics}], None
 
 
@@ -198,6 +195,20 @@ class Folder:
             self.cluster.close()
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Rows are trees of dicts, lists and tuples, without reference cycles; while they
+    pile up, CPython's cyclic collector re-scans them ever more often for nothing (it
+    cost as much time as building them: bench/bench_data_gen.py)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def generate(genome: Genome, segments: Iterable[Segment], job: FoldJob, num_wanted: int,
              workers: int, desc: str, dask: str | None = None,
              shard: tuple[int, int] | None = None) -> tuple[list[dict], Counter, int, dict]:
@@ -243,7 +254,7 @@ def generate(genome: Genome, segments: Iterable[Segment], job: FoldJob, num_want
             need -= len(batch)
 
     try:
-        with tqdm(total=target, desc=desc, unit="seq") as bar:
+        with tqdm(total=target, desc=desc, unit="seq") as bar, cyclic_gc_paused():
             refill()
             while pending and accepted < target:
                 batch, handle = pending.popleft()
