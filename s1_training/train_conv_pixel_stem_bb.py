@@ -22,7 +22,7 @@ from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle
-from stembb.s1.model import CONFIG_KEYS, build_model
+from stembb.s1.model import CONFIG_KEYS, S1Config, build_model
 from stembb.runlog import start_run
 from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch
 from stembb.data.splits import train_val_rows
@@ -40,9 +40,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--result", type=Path, required=True, help="run folder")
     p.add_argument("--num_filters", type=int, nargs="+", required=True)
     p.add_argument("--filter_width", type=int, nargs="+", required=True)
-    p.add_argument("--hid_shared", type=int, nargs="*", default=[])
-    p.add_argument("--hid_output", type=int, default=20)
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--hid_shared", type=int, nargs="*", default=list(S1Config.hid_shared))
+    p.add_argument("--hid_output", type=int, default=S1Config.hid_output)
+    p.add_argument("--dropout", type=float, default=S1Config.dropout)
     p.add_argument("--mask", type=float, default=0.0,
                    help="on/off loss weight outside the unmasked region (0 = ignore)")
     p.add_argument("--local_unmask_offset", type=int, default=4,

@@ -45,8 +45,10 @@ from stembb.io import read_pickle
 from stembb.runlog import start_run
 from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch
 from stembb.data.splits import train_val_rows
+from stembb.s2.boxnet import BoxNetConfig
 from stembb.s2.engine import (F1_THRESHOLDS, S2_MODELS, calibrate_gamma, calibrate_pair_weight, decoded_f1, fit_terms,
                                fit_terms_to_energies, run_epoch)
+from stembb.s2.gnn import GNNConfig
 from stembb.structure import pairs_from_db, pairs_from_one_idx
 
 TRAIN_KEYS = ("model", "input_data", "training_proportion", "seed", "batch_size", "learning_rate", "pos_weight",
@@ -92,14 +94,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="box: keep the loop terms fixed while the network trains (BCE only), then choose the weight "
                         "of its logits in the pair score on the validation split; default: on when they were "
                         "fitted to energies")
-    p.add_argument("--hid", type=int, nargs="+", default=[32, 32, 32], help="gnn: message-passing layer widths")
-    p.add_argument("--kmer", type=int, default=3, help="gnn: k-mer length of base embeddings")
-    p.add_argument("--embed_dim", type=int, default=16, help="gnn: k-mer embedding width")
-    p.add_argument("--dim", type=int, default=64, help="box: token width")
-    p.add_argument("--layers", type=int, default=3, help="box: attention layers")
-    p.add_argument("--heads", type=int, default=4, help="box: attention heads (divides --dim)")
-    p.add_argument("--dropout", type=float, default=0.1, help="box: dropout in [0, 1)")
-    p.add_argument("--max_boxes", type=int, default=256, help="box: S1 boxes kept per sequence (most evidence first)")
+    gnn, box = GNNConfig(), BoxNetConfig()
+    p.add_argument("--hid", type=int, nargs="+", default=list(gnn.hid), help="gnn: message-passing layer widths")
+    p.add_argument("--kmer", type=int, default=gnn.kmer, help="gnn: k-mer length of base embeddings")
+    p.add_argument("--embed_dim", type=int, default=gnn.embed_dim, help="gnn: k-mer embedding width")
+    p.add_argument("--dim", type=int, default=box.dim, help="box: token width")
+    p.add_argument("--layers", type=int, default=box.layers, help="box: attention layers")
+    p.add_argument("--heads", type=int, default=box.heads, help="box: attention heads (divides --dim)")
+    p.add_argument("--dropout", type=float, default=box.dropout, help="box: dropout in [0, 1)")
+    p.add_argument("--max_boxes", type=int, default=box.max_boxes,
+                   help="box: S1 boxes kept per sequence (most evidence first)")
     p.add_argument("--log", type=Path, required=True, help="log file; outputs are written next to it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save_every", type=int, default=10)

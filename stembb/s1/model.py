@@ -7,6 +7,7 @@ the network. Output: a dict of per-pixel maps, each ``(B, C, L, L)``:
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import torch
@@ -15,7 +16,21 @@ from torch import nn
 
 from stembb.s1.targets import LOCATION_CLASSES, SIZE_CLASSES
 
-CONFIG_KEYS = ("num_filters", "filter_width", "hid_shared", "hid_output", "dropout")
+
+
+@dataclass
+class S1Config:
+    """Hyperparameters of ``SimpleConvNet`` (flags of the same name), stored in every S1
+    checkpoint as a plain dict (``asdict``)."""
+
+    num_filters: Sequence[int]  # conv layer widths
+    filter_width: Sequence[int]  # conv kernel sizes, one per conv layer
+    hid_shared: Sequence[int] = ()  # 1x1 shared layer widths
+    hid_output: int = 20  # hidden width of each output head
+    dropout: float = 0.0  # after each conv layer
+
+
+CONFIG_KEYS = tuple(f.name for f in fields(S1Config))
 
 
 def pair_image(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,29 +97,30 @@ class SimpleConvNet(nn.Module):
 
 def build_model(config: dict) -> SimpleConvNet:
     """The network from a config dict (the hyperparameters every checkpoint stores)."""
-    return SimpleConvNet(**{k: config[k] for k in CONFIG_KEYS})
+    return SimpleConvNet(**asdict(S1Config(**{k: config[k] for k in CONFIG_KEYS})))
 
 
 # The named networks README, scripts/demo.sh, scripts/gpu_check.sh and bench/ refer to:
 # "small" is the main job's (CPU), run_25 and run_32 the notebook's GPU runs.
 NAMED_NETWORKS = {
-    "tiny": {"num_filters": [4, 4], "filter_width": [3, 3], "hid_shared": [4], "hid_output": 4},
-    "small": {"num_filters": [32, 32, 32], "filter_width": [5, 5, 5], "hid_shared": [32, 32], "hid_output": 16},
-    "run_25": {"num_filters": [128, 128], "filter_width": [9, 9], "hid_shared": [50, 50, 50], "hid_output": 20},
-    "run_32": {"num_filters": [128, 128, 256, 256, 512, 512], "filter_width": [3, 3, 5, 5, 7, 7],
-               "hid_shared": [128, 128, 128, 256, 256, 256], "hid_output": 64},
+    "tiny": S1Config([4, 4], [3, 3], [4], 4),
+    "small": S1Config([32, 32, 32], [5, 5, 5], [32, 32], 16),
+    "run_25": S1Config([128, 128], [9, 9], [50, 50, 50], 20),
+    "run_32": S1Config([128, 128, 256, 256, 512, 512], [3, 3, 5, 5, 7, 7], [128, 128, 128, 256, 256, 256], 64),
 }
 
 
 def named_network(name: str) -> SimpleConvNet:
     """A fresh (randomly initialised) network of ``NAMED_NETWORKS[name]``."""
-    return build_model(NAMED_NETWORKS[name] | {"dropout": 0.0})
+    return build_model(asdict(NAMED_NETWORKS[name]))
 
 
 def network_flags(name: str) -> str:
-    """A named network as the training script's flags, e.g. ``--num_filters 32 32 32 ...``."""
-    return " ".join(f"--{k} " + (" ".join(map(str, v)) if isinstance(v, list) else str(v))
-                    for k, v in NAMED_NETWORKS[name].items())
+    """A named network's architecture as the training script's flags, e.g.
+    ``--num_filters 32 32 32 ...`` (dropout, a training choice, is left to the caller)."""
+    config = asdict(NAMED_NETWORKS[name])
+    return " ".join(f"--{k} " + (" ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+                    for k, v in config.items() if k != "dropout")
 
 
 if __name__ == "__main__":  # python -m stembb.s1.model small -> the flags, for shell scripts

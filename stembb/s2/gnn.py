@@ -10,6 +10,7 @@ Batches are disjoint unions of graphs (node indices offset per sequence).
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +22,19 @@ from stembb.structure import base_codes
 
 KIND = "s2_gnn"
 EDGE_FEATURES = 2 + N_PAIR_FEATURES  # [backbone, pair] + the S1 features of a candidate pair
-S2_CONFIG_KEYS = ("kmer", "embed_dim", "hid")
+
+
+@dataclass
+class GNNConfig:
+    """Hyperparameters of the baseline ``PairGNN`` (flags of the same name), stored in its
+    checkpoints as a plain dict."""
+
+    kmer: int = 3  # k-mer length of the base embeddings
+    embed_dim: int = 16  # k-mer embedding width
+    hid: Sequence[int] = (32, 32, 32)  # message-passing layer widths
+
+
+S2_CONFIG_KEYS = tuple(f.name for f in fields(GNNConfig))
 
 
 def kmer_ids(seq: str, k: int) -> np.ndarray:
@@ -111,4 +124,4 @@ class PairGNN(nn.Module):
 
 
 def build_s2_model(config: dict) -> PairGNN:
-    return PairGNN(**{k: config[k] for k in S2_CONFIG_KEYS})
+    return PairGNN(**asdict(GNNConfig(**{k: config[k] for k in S2_CONFIG_KEYS})))
