@@ -3,7 +3,8 @@
 # data -> S1 training -> S1 evaluation -> S2 data -> S2 training -> end-to-end evaluation
 # against ViennaRNA on the held-out chromosome. Each stage is a command of README's notebook.
 # The sizes below are the main job's; scripts/quality_run.sh runs the same stages larger
-# under another TAG (outputs named after it, the test set shared).
+# under another TAG (outputs named after it, the test set shared). EXPORT_MODELS=1 ends by
+# exporting the run's models to models/ (scripts/export_models.py).
 set -euo pipefail
 SECONDS=0
 cd "$(dirname "$0")/.."
@@ -70,4 +71,8 @@ echo "plots: plot/stem_size_distribution.png plot/s1_test_set_sensitivity.png pl
 echo "       $RUN/metrics.png s2_training/result/s2_box_$TAG.metrics.png"
 echo "       data/end_to_end_$TAG.png"
 grep -h "end-to-end F1" data/end_to_end_$TAG.log | cut -d' ' -f3-
+if [[ ${EXPORT_MODELS:-0} == 1 ]]; then
+  echo "== export this run's S1 and S2 as the shipped model (models/)"
+  $PY scripts/export_models.py "$S1" "$S2"
+fi
 echo "$TAG run took $((SECONDS / 60)) min $((SECONDS % 60)) s"

@@ -4,7 +4,10 @@
 # embedded genome's training chromosomes hold at MFE frequency 0.02), on the same
 # held-out test set. Outputs are named "quality" (s1_training/result/quality,
 # data/end_to_end_quality*.csv, ...). Environment variables of demo.sh override sizes.
+# Its models are the shipped ones (models/MODEL_CARD.md): it ends by exporting them to
+# models/ (EXPORT_MODELS=0 keeps models/ as it is).
 set -euo pipefail
+export EXPORT_MODELS=${EXPORT_MODELS:-1}
 export TAG=quality S1_SEQS=${S1_SEQS:-20000} S1_EPOCHS=${S1_EPOCHS:-6} S2_SEQS=${S2_SEQS:-7500} S2_EPOCHS=${S2_EPOCHS:-1}
 export S1_MAX_PER_GENE=${S1_MAX_PER_GENE:-2000} S2_MAX_PER_GENE=${S2_MAX_PER_GENE:-3000}
 exec bash "$(dirname "$0")/demo.sh"

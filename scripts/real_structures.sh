@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # README "Real structures": Rfam seed alignments -> family-held-out split -> three models
-# (ViennaRNA data only = the main job's checkpoints; those fine-tuned on the real training
+# (ViennaRNA data only = the quality run's checkpoints; those fine-tuned on the real training
 # families; trained on real structures only) -> one evaluation on the held-out families
 # beside ViennaRNA -> the model named by SHIP exported to models/ (the shipped default).
 #
 #   RFAM=Rfam.seed.gz bash scripts/real_structures.sh     # about 60 minutes on 2 CPU cores
 #
-# Needs the main job's checkpoints (make demo) for the ViennaRNA-only and fine-tuned rows.
+# Needs the quality run's checkpoints (bash scripts/quality_run.sh; BASE=demo takes the main
+# job's) for the ViennaRNA-only and fine-tuned rows.
 set -euo pipefail
 SECONDS=0
 cd "$(dirname "$0")/.."
@@ -14,8 +15,9 @@ PY=${PY:-python}
 RFAM=${RFAM:?set RFAM to Rfam.seed.gz (Rfam seed alignments, Stockholm)}
 D=${D:-data/real}
 SHIP=${SHIP:-vienna}  # which of vienna / ft / real becomes models/ (the best of the report's run)
-S1V=${S1V:-$(ls s1_training/result/demo/model_ckpt_ep_*.pth | sort -V | tail -1)}
-S2V=${S2V:-$(ls s2_training/result/s2_box_demo.model_ckpt_ep_*.pth | sort -V | tail -1)}
+BASE=${BASE:-quality}
+S1V=${S1V:-$(ls s1_training/result/$BASE/model_ckpt_ep_*.pth | sort -V | tail -1)}
+S2V=${S2V:-$(ls s2_training/result/s2_box_$BASE.model_ckpt_ep_*.pth | sort -V | tail -1)}
 DATA=$D/rfam_len20_200_f2.pkl.gz
 ARCH="$($PY -m stembb.s1.model small) --mask 0 --local_unmask_offset 2 --batch_size 10 --max_length 200 \
   --cpu 1 --no_progress"  # the main job's network, so --init fits
@@ -50,14 +52,5 @@ done
 echo "== export the $SHIP model to models/ (no optimizer state)"
 declare -A S1_OF=([vienna]=$S1V [ft]=$D/s1_ft/model_ckpt_ep_1.pth [real]=$D/s1_real/model_ckpt_ep_1.pth)
 declare -A S2_OF=([vienna]=$S2V [ft]=$D/s2_ft.model_ckpt_ep_2.pth [real]=$D/s2_real.model_ckpt_ep_2.pth)
-$PY - "${S1_OF[$SHIP]}" "${S2_OF[$SHIP]}" <<'EOF'
-import sys
-from stembb.checkpoint import S1_KIND, export_weights
-from stembb.pipeline import SHIPPED_S1, SHIPPED_S2
-from stembb.runlog import git_commit
-from stembb.s2.boxnet import KIND
-export_weights(sys.argv[1], SHIPPED_S1, S1_KIND, exported_from_commit=git_commit())
-export_weights(sys.argv[2], SHIPPED_S2, KIND, exported_from_commit=git_commit())
-print("wrote", SHIPPED_S1, SHIPPED_S2)
-EOF
+$PY scripts/export_models.py "${S1_OF[$SHIP]}" "${S2_OF[$SHIP]}"
 echo "real-structure report took $((SECONDS / 60)) min"

@@ -1,0 +1,27 @@
+"""Export an S1 and an S2 checkpoint as the shipped model (models/stembb_s1.pth and
+models/stembb_s2.pth, the default of the end-to-end scripts): weights and configuration
+only, no optimizer state, with the exporting commit recorded.
+
+    python scripts/export_models.py S1_CHECKPOINT S2_CHECKPOINT
+"""
+import argparse
+from pathlib import Path
+
+from stembb.checkpoint import S1_KIND, export_weights
+from stembb.errors import run_main
+from stembb.pipeline import SHIPPED_S1, SHIPPED_S2
+from stembb.runlog import git_commit
+from stembb.s2.engine import S2_KINDS
+
+
+def main(args) -> None:
+    export_weights(args.s1, SHIPPED_S1, S1_KIND, exported_from_commit=git_commit())
+    export_weights(args.s2, SHIPPED_S2, tuple(S2_KINDS), exported_from_commit=git_commit())
+    print("wrote", SHIPPED_S1, SHIPPED_S2)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("s1", type=Path, help="S1 checkpoint")
+    p.add_argument("s2", type=Path, help="S2 checkpoint (box or gnn)")
+    run_main(lambda: main(p.parse_args()))
