@@ -262,45 +262,12 @@ def pseudoknot_boxes(pairs: Iterable[tuple[int, int]], runs: list | None = None)
 
 
 def local_structure_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
-    """All boxes of a structure: stems, loops, pseudoknots.
-
-    Same result as ``stem_boxes + loop_boxes + pseudoknot_boxes``; nested structures (all
-    that ViennaRNA returns) take a single pass over the pairs, since this runs for every
-    sampled structure of the data generators.
-    """
+    """All boxes of a structure: stems, loops, pseudoknots (``stem_boxes + loop_boxes +
+    pseudoknot_boxes``). The generators' hot path, many nested structures at once, is the
+    compiled ``stembb.data.dot_brackets.structure_columns_of`` (tested equal to this)."""
     pairs = sorted(pairs)
-    if not is_nested(pairs):
-        runs = stems(pairs)
-        return [stem_box(r) for r in runs] + loop_boxes(pairs) + pseudoknot_boxes(pairs, runs)
-    partner = [-1] * (max((j for _, j in pairs), default=0) + 2)  # a list: this loop is the hot path
-    for i, j in pairs:
-        partner[i], partner[j] = j, i
-    stem_out, loop_out = [], []
-    for a, b in pairs:
-        if partner[a - 1] != b + 1:  # outermost pair of a stem (partner[-1] is the -1 padding)
-            i, j = a, b
-            while j - i > 2 and partner[i + 1] == j - 1:
-                i, j = i + 1, j - 1
-            w = i - a + 1
-            stem_out.append(Box((a, b - w + 1), (w, w), STEM))
-        if b - a > 2 and partner[a + 1] == b - 1:
-            continue
-        k, first, n_children = a + 1, None, 0
-        while k < b:
-            q = partner[k]
-            if q < 0:
-                k += 1
-            else:
-                n_children += 1
-                first = first or (k, q)
-                k = q + 1
-        if n_children == 0:
-            loop_out.append(Box((a, a), (b - a + 1, b - a + 1), HAIRPIN))
-        elif n_children == 1:
-            c, d = first
-            kind = BULGE if c == a + 1 or d == b - 1 else INTERNAL_LOOP
-            loop_out.append(Box((a, d), (c - a + 1, b - d + 1), kind))
-    return stem_out + loop_out
+    runs = stems(pairs)
+    return [stem_box(r) for r in runs] + loop_boxes(pairs) + pseudoknot_boxes(pairs, runs)
 
 
 def normalize_box(box) -> Box:

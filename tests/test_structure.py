@@ -133,14 +133,6 @@ def test_read_pickle_unreadable_file(tmp_path):
         read_pickle(path)
 
 
-def test_fast_path_agrees_with_the_component_functions_on_real_samples():
-    from stembb.structure import loop_boxes, pseudoknot_boxes
-    seq = "GGGAAAUCCCGCGCAUUAGCGCGUUAGCAAUGCUAACGGAUCCUAGCAUGCAUGGCUAGGAUCCAAAGGGUUUCCC"
-    for db in fold(seq, num_sample=50, seed=11).samples:
-        pairs = pairs_from_db(db)
-        assert local_structure_boxes(pairs) == stem_boxes(pairs) + loop_boxes(pairs) + pseudoknot_boxes(pairs)
-
-
 def test_loops_closed_by_pairs_that_also_cross_get_their_boxes():
     boxes = local_structure_boxes([(0, 4), (1, 7), (3, 5)])
     assert Box((1, 5), (3, 3), INTERNAL_LOOP) in boxes and any(b.kind == PSEUDOKNOT for b in boxes)
