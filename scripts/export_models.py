@@ -7,21 +7,28 @@ only, no optimizer state, with the exporting commit recorded.
 import argparse
 from pathlib import Path
 
-from stembb.checkpoint import S1_KIND, export_weights
+from stembb.checkpoint import S1_KIND, export_weights, load_checkpoint
 from stembb.errors import run_main
 from stembb.pipeline import SHIPPED_S1, SHIPPED_S2
 from stembb.runlog import git_commit
 from stembb.s2.engine import S2_KINDS
 
 
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("s1", type=Path, help="S1 checkpoint")
+    p.add_argument("s2", type=Path, help="S2 checkpoint (box or gnn)")
+    return p
+
+
 def main(args) -> None:
-    export_weights(args.s1, SHIPPED_S1, S1_KIND, exported_from_commit=git_commit())
-    export_weights(args.s2, SHIPPED_S2, tuple(S2_KINDS), exported_from_commit=git_commit())
+    pairs = ((args.s1, SHIPPED_S1, S1_KIND), (args.s2, SHIPPED_S2, tuple(S2_KINDS)))
+    for src, _, kind in pairs:  # both readable and of their kind before models/ changes: never half a pair
+        load_checkpoint(src, kind)
+    for src, dst, kind in pairs:
+        export_weights(src, dst, kind, exported_from_commit=git_commit())
     print("wrote", SHIPPED_S1, SHIPPED_S2)
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("s1", type=Path, help="S1 checkpoint")
-    p.add_argument("s2", type=Path, help="S2 checkpoint (box or gnn)")
-    run_main(lambda: main(p.parse_args()))
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import error_line, random_candidates, run_script
+from conftest import REPO, error_line, random_candidates, run_script
 from stembb.s2.decode import decode_structure
 from stembb.data.folding import fold
 from stembb.data.formats import format_record, read_bpseq, read_ct, read_fasta, read_references
@@ -160,3 +160,12 @@ def test_shipped_model_predicts_with_no_model_flags(tmp_path):
     for seq, db in ((lines[1], lines[2]), (lines[4], lines[5])):
         assert len(db) == len(seq) and db.count("(") == db.count(")") > 0
     assert "predicted 2 structures" in proc.stderr
+
+
+def test_model_export_refuses_a_bad_pair_and_leaves_models_as_they_were(tmp_path):
+    shipped = [REPO / "models" / name for name in ("stembb_s1.pth", "stembb_s2.pth")]
+    before = [p.read_bytes() for p in shipped]
+    proc = run_script("scripts/export_models.py", shipped[0], tmp_path / "missing_s2.pth", check=False)
+    assert "missing_s2.pth: checkpoint not found" in error_line(proc)
+    proc = run_script("scripts/export_models.py", shipped[1], shipped[1], check=False)  # an S2 file as the S1
+    assert proc.returncode == 2 and [p.read_bytes() for p in shipped] == before
