@@ -33,7 +33,7 @@ from tqdm import tqdm
 from stembb.cli import check_outputs
 from stembb.errors import InputError, RunFailed
 from stembb.data.dot_brackets import structure_columns_of
-from stembb.data.folding import fold, sampling_seed
+from stembb.data.folding import WORKER_DIED, fold, sampling_seed
 from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, Segment, iter_segments
 from stembb.io import write_pickle
 from stembb.runlog import start_run
@@ -183,8 +183,7 @@ class Folder:
         try:
             return [r for future in handle for r in future.result()]
         except BrokenProcessPool:
-            raise RunFailed("a folding worker process died (killed, or out of memory); nothing was "
-                            "written: rerun (the same --seed gives the same rows), or use --workers 1") from None
+            raise RunFailed(WORKER_DIED) from None
 
     def close(self) -> None:
         if self.pool is not None:

@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import RNA
 from tqdm import tqdm
 
+from stembb.errors import RunFailed
 from stembb.structure import normalize_seq
+
+
+WORKER_DIED = ("a folding worker process died (killed, or out of memory); nothing was written: rerun "
+               "(the same --seed gives the same output), or use --workers 1")
 
 
 @dataclass
@@ -69,8 +75,11 @@ def sampled_energies_of(seqs: list[str], num_sample: int, seed: int, workers: in
     bar = dict(total=len(tasks), desc="energies of samples", disable=not progress)
     if workers <= 1:
         return [sampled_energies(*task) for task in tqdm(tasks, **bar)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(tqdm(pool.map(_sampled_energies_task, tasks, chunksize=16), **bar))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(tqdm(pool.map(_sampled_energies_task, tasks, chunksize=16), **bar))
+    except BrokenProcessPool:
+        raise RunFailed(WORKER_DIED) from None
 
 
 def _sampled_energies_task(task: tuple[str, int, int]) -> tuple[list[str], list[float]]:
