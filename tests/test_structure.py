@@ -164,7 +164,8 @@ def test_compiled_dot_bracket_pass_equals_the_python_functions_on_real_samples()
 
 @pytest.mark.parametrize("dbs, message", [(["((.."], r"structure 0 \('\(\(\.\.'\) has an unmatched bracket"),
                                           (["(..)", ")(.."], "structure 1 .* unmatched bracket"),
-                                          (["(.[)]"], "structure 0 .* a character other than")])
+                                          (["(.[)]"], "structure 0 .* a character other than"),
+                                          (["(..)", "(...)", "..."], r"differ in length: \[3, 4, 5\]")])
 def test_compiled_dot_bracket_pass_names_the_bad_structure(dbs, message):
     with pytest.raises(StructureError, match=message):
         structure_columns_of(dbs)

@@ -97,6 +97,8 @@ def structure_columns_of(dbs: Sequence[str]) -> list[tuple[tuple[list[int], list
     StructureError naming the structure."""
     if not dbs:
         return []
+    if any(len(db) != len(dbs[0]) for db in dbs):
+        raise StructureError(f"structures of one sequence differ in length: {sorted({len(db) for db in dbs})}")
     chars = np.frombuffer("".join(dbs).encode("ascii"), dtype=np.uint8).reshape(len(dbs), -1)
     partner, stem_rows, loop_rows, errors = _scan(chars)
     if errors.any():
