@@ -12,9 +12,9 @@ of what bare ViennaRNA calls reach in 2 processes (the ceiling).
 """
 import argparse
 import multiprocessing
-from itertools import islice
 import statistics
 import time
+from itertools import islice
 
 import RNA
 
@@ -89,7 +89,8 @@ def vienna_only(seqs, processes=1):
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--num", type=int, default=1000, help="segments per measurement")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats; the best time (or the median paired ratio) counts")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="interleaved repeats; the best time (or the median paired ratio) counts")
     args = p.parse_args()
     genome = Genome(DEFAULT_GENOME, DEFAULT_ANNOTATION)
     genes, _ = genome.usable_genes(genome.chromosomes)

@@ -17,7 +17,6 @@ from torch import nn
 from stembb.s1.targets import LOCATION_CLASSES, SIZE_CLASSES
 
 
-
 @dataclass
 class S1Config:
     """Hyperparameters of ``SimpleConvNet`` (flags of the same name), stored in every S1

@@ -60,9 +60,10 @@ def length_batches(lengths: Sequence[int], batch_size: int, device: torch.device
 def iter_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
               show_progress: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """``(index into seqs, maps)`` per sequence, batch by batch in order of length
-    (``length_batches``), so a caller can decode and drop each batch's maps before the next. Maps (``MAP_NAMES``,
-    each ``(L, L)``, own memory): p_on, the argmax (uint8) and its probability for each
-    softmax head, and the scalar size; sequences are padded in a batch and cropped back."""
+    (``length_batches``), so a caller can decode and drop each batch's maps before the
+    next. Maps (``MAP_NAMES``, each ``(L, L)``, own memory): p_on, the argmax (uint8) and
+    its probability for each softmax head, and the scalar size; sequences are padded in a
+    batch and cropped back."""
     order = np.argsort([len(s) for s in seqs], kind="stable")
     for idx in tqdm(length_batches([len(seqs[k]) for k in order], batch_size, device), desc="S1 forward",
                     unit="batch", disable=not show_progress):

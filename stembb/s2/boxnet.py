@@ -177,6 +177,8 @@ class RelationAttention(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        # only its weight is used, by BoxTransformer.forward, which builds every layer's bias
+        # at once; a Linear keeps the checkpoint key (relation_bias.weight) of earlier runs
         self.relation_bias = nn.Linear(N_RELATIONS, heads, bias=False)
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.dropout = nn.Dropout(dropout)
