@@ -172,3 +172,16 @@ def test_plot_dataset_statistics(tmp_path):
     png = tmp_path / "stats.png"
     run_script("evaluation/plot_dataset_statistics.py", "--data", data, "--out", png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_folding_workers_collect_garbage_while_the_parent_pauses_its_collector():
+    import gc
+    from stembb.data.datagen import Folder, FoldJob, cyclic_gc_paused
+    folder = Folder(FoldJob(seed=0), workers=2)
+    try:
+        with cyclic_gc_paused():  # the pool's workers fork here, as in generate()
+            assert not gc.isenabled()
+            assert [f.result() for f in [folder.pool.submit(gc.isenabled) for _ in range(4)]] == [True] * 4
+        assert gc.isenabled()
+    finally:
+        folder.close()

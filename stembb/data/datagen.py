@@ -167,7 +167,10 @@ class Folder:
                 self.client = Client(dask)
             self.workers = max(len(self.client.scheduler_info()["workers"]), 1)
         elif workers > 1:
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            # workers fork lazily, inside cyclic_gc_paused: they collect as usual, only the
+            # process that holds the rows pauses its collector
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                            initializer=gc.enable)
 
     def submit(self, tasks: list[tuple[int, str]]):
         chunks = [tasks[k:k + FOLD_CHUNK] for k in range(0, len(tasks), FOLD_CHUNK)]
