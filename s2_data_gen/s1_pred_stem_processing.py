@@ -37,6 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=None, help="first N sequences only")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)
+    p.add_argument("--no_progress", action="store_true", help="no progress bar (logs only)")
     return p
 
 
@@ -52,7 +53,8 @@ def main(args) -> None:
     records = df.to_dict("records")
     kept, skipped = {}, Counter()
     # maps are decoded batch by batch as they come (never all held at once)
-    for k, m in tqdm(iter_maps(model, seqs, device, args.batch_size), total=len(df), desc="S1 + S2 features"):
+    for k, m in tqdm(iter_maps(model, seqs, device, args.batch_size), total=len(df), desc="S1 + S2 features",
+                     disable=args.no_progress):
         proposals = decode_proposals(m, seqs[k], args.threshold_p)
         if not len(proposals):
             skipped["no proposal"] += 1

@@ -30,7 +30,7 @@ $PY s1_data_gen/make_structure_dataset.py --inputs "$RFAM" --out "$DATA" --len_m
 train_s2 () {  # $1 name, $2 S1 checkpoint, then extra S2 flags
   local name=$1 s1=$2; shift 2
   $PY s2_data_gen/s1_pred_stem_processing.py --data "$DATA" --threshold_p 0.1 --model "$s1" \
-    --out_file "$D/s2_$name.pkl.gz" --include_all
+    --out_file "$D/s2_$name.pkl.gz" --include_all --no_progress
   $PY s2_training/s2_train_gnn.py --input_data "$D/s2_$name.pkl.gz" --struct_weight 1 --batch_size 16 \
     --log "$D/s2_$name.log" --no_progress "$@"
 }
