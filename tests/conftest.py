@@ -1,4 +1,9 @@
+import contextlib
 import gzip
+import io
+import os
+import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +15,42 @@ SHARED_MINIGENOME = REPO.parent / "shared" / "data" / "minigenome"
 
 
 def run_script(script: str, *args, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
-    """Run one of the project's scripts as a user would, from ``cwd``."""
+    """Run one of the project's scripts as a user would, from ``cwd``: in a new interpreter,
+    or, with ``check=False`` (the error-path tests), in this one (``run_in_process``)."""
+    if not check:
+        return run_in_process(script, *args, cwd=cwd)
     proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
+    if proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_in_process(script: str, *args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """The script's ``__main__`` run in this process with its command line, working folder,
+    stdout and stderr, and its exit status: what a user sees of a run that stops on bad
+    input, without an interpreter start and the torch / numba / ViennaRNA imports per case
+    (about 3 s each)."""
+    from stembb.errors import RUN_LOGS
+    argv, saved_argv, saved_cwd = [str(REPO / script), *map(str, args)], sys.argv, os.getcwd()
+    saved_sigterm = signal.getsignal(signal.SIGTERM)  # run_main installs its own
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    sys.argv = argv
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        signal.signal(signal.SIGTERM, saved_sigterm)
+        for log in RUN_LOGS:  # closed and forgotten, as at a process exit
+            for handler in log.handlers:
+                handler.close()
+        RUN_LOGS.clear()
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
 
 
 def random_candidates(rng, min_length: int, max_length: int, min_span: int, density: float):
