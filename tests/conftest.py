@@ -41,7 +41,7 @@ def run_in_process(script: str, *args, cwd: Path = REPO) -> subprocess.Completed
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             runpy.run_path(argv[0], run_name="__main__")
     except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
+        status = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1  # as the interpreter
     finally:
         sys.argv = saved_argv
         os.chdir(saved_cwd)
