@@ -15,9 +15,13 @@ PY=${PY:-python}
 RFAM=${RFAM:?set RFAM to Rfam.seed.gz (Rfam seed alignments, Stockholm)}
 D=${D:-data/real}
 SHIP=${SHIP:-}  # ft or real: that model becomes models/ (when it beats the shipped one)
+case $SHIP in ""|ft|real) ;; *) echo "error: SHIP must be ft or real, got '$SHIP'" >&2; exit 2 ;; esac
 S1V=${S1V:-models/stembb_s1.pth}
 S2V=${S2V:-models/stembb_s2.pth}
 DATA=$D/rfam_len20_200_f2.pkl.gz
+# the last epoch's checkpoints of the fine-tuned (ft) and real-only (real) runs below
+declare -A S1_OF=([vienna]=$S1V [ft]=$D/s1_ft/model_ckpt_ep_1.pth [real]=$D/s1_real/model_ckpt_ep_1.pth)
+declare -A S2_OF=([vienna]=$S2V [ft]=$D/s2_ft.model_ckpt_ep_1.pth [real]=$D/s2_real.model_ckpt_ep_1.pth)
 ARCH="$($PY -m stembb.s1.model small) --mask 0 --local_unmask_offset 2 --batch_size 10 --max_length 200 \
   --cpu 1 --no_progress"  # the shipped model's network, so --init fits
 mkdir -p "$D"
@@ -38,24 +42,20 @@ echo "== fine-tuned: the ViennaRNA-data S1 and S2, --init, on the real training 
 # projections lowered the validation F1 (README "Real structures"); the box network learns,
 # and the weight of its logits and gamma are calibrated on the real validation families
 $PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_ft" $ARCH --lr 0.0005 --epoch 2 --init "$S1V"
-train_s2 ft "$D/s1_ft/model_ckpt_ep_1.pth" --learning_rate 0.001 --epochs 2 --init "$S2V" --freeze_terms
+train_s2 ft "${S1_OF[ft]}" --learning_rate 0.001 --epochs 2 --init "$S2V" --freeze_terms
 echo "== real structures only"
 $PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_real" $ARCH --lr 0.003 --epoch 2
-train_s2 real "$D/s1_real/model_ckpt_ep_1.pth" --learning_rate 0.002 --epochs 2 --terms_from_energies 0 \
+train_s2 real "${S1_OF[real]}" --learning_rate 0.002 --epochs 2 --terms_from_energies 0 \
   --struct_weight 1
 
 echo "== evaluation on the held-out test families"
-for m in "vienna $S1V $S2V" "ft $D/s1_ft/model_ckpt_ep_1.pth $D/s2_ft.model_ckpt_ep_1.pth" \
-         "real $D/s1_real/model_ckpt_ep_1.pth $D/s2_real.model_ckpt_ep_1.pth"; do
-  set -- $m
-  $PY evaluation/run_end_to_end.py --s1_model "$2" --s2_model "$3" --data "$DATA" --split test \
-    --out "$D/e2e_$1.csv" 2>&1 | grep "F1"
+for m in vienna ft real; do
+  $PY evaluation/run_end_to_end.py --s1_model "${S1_OF[$m]}" --s2_model "${S2_OF[$m]}" --data "$DATA" \
+    --split test --out "$D/e2e_$m.csv" 2>&1 | grep "F1"
 done
 
 if [ -n "$SHIP" ]; then
   echo "== export the $SHIP model to models/ (no optimizer state)"
-  declare -A S1_OF=([ft]=$D/s1_ft/model_ckpt_ep_1.pth [real]=$D/s1_real/model_ckpt_ep_1.pth)
-  declare -A S2_OF=([ft]=$D/s2_ft.model_ckpt_ep_1.pth [real]=$D/s2_real.model_ckpt_ep_1.pth)
   $PY scripts/export_models.py "${S1_OF[$SHIP]}" "${S2_OF[$SHIP]}"
 fi
 echo "real-structure report took $((SECONDS / 60)) min"
