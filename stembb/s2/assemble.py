@@ -44,6 +44,8 @@ Hairpins have at least ``MIN_LOOP`` bases.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 import torch
@@ -164,22 +166,52 @@ def _neighbours(seq: str, pairs: np.ndarray) -> dict[str, tuple[np.ndarray, np.n
             "outside": (PAIR_TYPE[ci, cj], base(i - 1), base(j + 1))}
 
 
-def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> list[tuple[int, int]]:
-    """The candidate structure of maximum ``S(y)``: ``pairs`` (P, 2) candidates with pair
-    scores ``unary`` (P,) (``pair_weight`` and ``pair_bias`` already applied); ``terms``
-    from ``LoopTerms.numpy()``. Sorted list of pairs.
+class Candidates(NamedTuple):
+    """What the recursions read, per candidate c = (pi[c], pj[c]) (j - i > ``MIN_LOOP``):
+    ``t`` pair type, ``unary`` pair score, ``hairpin`` its score as a hairpin's closing
+    pair, ``end`` its ``end[t]``, ``mismatch`` (4, P) loop / 1x1 mismatch seen from inside
+    it and from its enclosing loop, ``closing_multi`` / ``branch`` its score closing a
+    multiloop / as a branch; ``interior`` [bulge or internal, size], ``asymmetry`` by
+    |left - right|, the ``stack`` table, the ``small`` loop tables flat with their
+    ``small_start``; the sequence's base ``codes``; ``index_of`` (L, L) the candidate at
+    (i, j) or -1; ``starts`` (``_starts_by_end``). Scores are log-weights (nats) or
+    minus kcal/mol alike: nothing here depends on their unit."""
 
-    The per-candidate terms are gathered here with numpy; the recursions run compiled
-    (``_fill_and_trace``), since each cell depends on cells just filled."""
+    length: int
+    pi: np.ndarray
+    pj: np.ndarray
+    t: np.ndarray
+    unary: np.ndarray
+    hairpin: np.ndarray
+    end: np.ndarray
+    mismatch: np.ndarray
+    closing_multi: np.ndarray
+    branch: np.ndarray
+    multi_branch: float
+    interior: np.ndarray
+    asymmetry: np.ndarray
+    stack: np.ndarray
+    small: np.ndarray
+    small_start: np.ndarray
+    codes: np.ndarray
+    index_of: np.ndarray
+    starts: np.ndarray
+
+
+def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]
+               ) -> tuple[Candidates | None, np.ndarray]:
+    """The recursions' inputs for candidate ``pairs`` (P, 2) with pair scores ``unary``
+    (P,), and the mask (P,) of the pairs kept (those enclosing at least ``MIN_LOOP``
+    bases); ``None`` instead of the inputs when no pair is kept. Gathered with numpy, so
+    the compiled recursions only read arrays."""
     length = len(seq)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     keep = pairs[:, 1] - pairs[:, 0] > MIN_LOOP
-    pairs, unary = pairs[keep], np.asarray(unary, dtype=float)[keep]
+    pairs, unary = pairs[keep], np.asarray(unary, dtype=float).reshape(-1)[keep]
     if length < MIN_LOOP + 2 or not len(pairs):
-        return []
+        return None, keep
     i, j = pairs[:, 0], pairs[:, 1]
-    types = pair_types(seq)
-    t = types[i, j]
+    t = pair_types(seq)[i, j]
     end = terms["end"]
     near = _neighbours(seq, pairs)
     index_of = np.full((length, length), -1, dtype=np.int64)
@@ -199,11 +231,27 @@ def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     asymmetry = terms["asymmetry"][np.minimum(sizes, MAX_ASYMMETRY)]
     small = np.concatenate([terms[name].ravel() for name in SMALL_LOOPS])
     small_start = np.cumsum([0] + [terms[name].size for name in SMALL_LOOPS])
-    out = _fill_and_trace(length, i, j, t, np.ascontiguousarray(unary), hairpin, end[t], mismatch,
-                          closing_multi, branch, float(terms["multi"][1]), np.ascontiguousarray(interior),
-                          asymmetry, np.ascontiguousarray(terms["stack"]), small, small_start, codes,
-                          index_of, _starts_by_end(pairs, length))
+    return Candidates(length, i, j, t, np.ascontiguousarray(unary), hairpin, end[t], np.ascontiguousarray(mismatch),
+                      closing_multi, branch, float(terms["multi"][1]), np.ascontiguousarray(interior), asymmetry,
+                      np.ascontiguousarray(terms["stack"]), small, small_start, codes, index_of,
+                      _starts_by_end(pairs, length)), keep
+
+
+def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> list[tuple[int, int]]:
+    """The candidate structure of maximum ``S(y)``: ``pairs`` (P, 2) candidates with pair
+    scores ``unary`` (P,) (``pair_weight`` and ``pair_bias`` already applied); ``terms``
+    from ``LoopTerms.numpy()``. Sorted list of pairs."""
+    cands, _ = candidates(seq, pairs, unary, terms)
+    if cands is None:
+        return []
+    out, _ = _fill_and_trace(*cands)
     return sorted(map(tuple, out.tolist()))
+
+
+def best_score(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> float:
+    """``S(y)`` of ``assemble``'s structure (0 for the empty one)."""
+    cands, _ = candidates(seq, pairs, unary, terms)
+    return 0.0 if cands is None else float(_fill_and_trace(*cands)[1])
 
 
 def _starts_by_end(pairs: np.ndarray, length: int) -> np.ndarray:
@@ -214,6 +262,57 @@ def _starts_by_end(pairs: np.ndarray, length: int) -> np.ndarray:
     out = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
     out[pairs[order, 1], slot] = order
     return out
+
+
+# the most inner pairs one closing pair can have in interior loops of at most MAX_LOOP bases
+MAX_INNER = (MAX_LOOP + 1) * (MAX_LOOP + 2) // 2
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _join(a, b, product):  # pragma: no cover (compiled)
+    return a * b if product else a + b
+
+
+@numba.njit(cache=True, nogil=True)
+def interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table, small, small_start, codes,
+                   index_of, inner, value, product):  # pragma: no cover (compiled)
+    """The interior loops (bulges, internal loops, and a stack across one bulged base)
+    that candidate ``c`` can close: writes each one's inner candidate to ``inner`` and its
+    score (the inner pair's own ``V`` not included) to ``value`` (both ``MAX_INNER``
+    long); returns how many. The one enumeration every recursion uses, in one order.
+    With ``product`` the score tables hold weights (exp of scores) and a loop's weight is
+    their product, so the partition function needs no exp per loop."""
+    i, j = pi[c], pj[c]
+    n = 0
+    for k in range(i + 1, min(i + MAX_LOOP + 2, j - MIN_LOOP - 1)):
+        for l in range(j - 1, k + MIN_LOOP, -1):
+            left, right = k - i - 1, j - l - 1
+            if left + right > MAX_LOOP:
+                break
+            inside = index_of[k, l]
+            if left + right == 0 or inside < 0:
+                continue
+            if left == 0 or right == 0:
+                score = interior[0, left + right]
+                if left + right == 1:
+                    score = _join(score, stack_table[t[c], t[inside]], product)
+                else:
+                    score = _join(score, _join(end[c], end[inside], product), product)
+            else:
+                score = _join(_join(interior[1, left + right], asymmetry[abs(left - right)], product),
+                              _join(end[c], end[inside], product), product)
+                if left == 1 and right == 1:
+                    score = _join(score, _join(mismatch[2, c], mismatch[3, inside], product), product)
+                elif left > 1 and right > 1:
+                    score = _join(score, _join(mismatch[0, c], mismatch[1, inside], product), product)
+                if left + right <= 4:
+                    table, slot = small_loop_slot(codes, t[c], t[inside], i, j, k, l)
+                    if table >= 0:
+                        score = _join(score, small[small_start[table] + slot], product)
+            inner[n] = inside
+            value[n] = score
+            n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -227,12 +326,14 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
     3 multiloop). Per span [i, j]: ``w1`` best non-empty exterior content, ``wm`` / ``m2``
     multiloop content with at least one / two branches (-inf when there is none), each with
     the candidate of the branch ending at j (``*_arg``; -1: the best leaves j unpaired).
-    Ties keep the earlier option. Returns the chosen pairs, (n, 2)."""
+    Ties keep the earlier option. Returns the chosen pairs, (n, 2), and their score."""
     n_cands = len(pi)
     neg = -np.inf
     v = np.full(n_cands, neg)
     choice = np.zeros(n_cands, dtype=np.int64)
     inner = np.full(n_cands, -1, dtype=np.int64)
+    loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
+    loop_value = np.zeros(MAX_INNER)
     w1 = np.full((length, length), neg)
     wm = np.full((length, length), neg)
     m2 = np.full((length, length), neg)
@@ -250,34 +351,15 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
             s = index_of[i + 1, j - 1]
             if s >= 0 and v[s] + stack_table[t[c], t[s]] > best:
                 best, pick = v[s] + stack_table[t[c], t[s]], 1
-            loop_best, loop_inner = neg, -1
-            for k in range(i + 1, min(i + MAX_LOOP + 2, j - MIN_LOOP - 1)):
-                for l in range(j - 1, k + MIN_LOOP, -1):
-                    left, right = k - i - 1, j - l - 1
-                    if left + right > MAX_LOOP:
-                        break
-                    inside = index_of[k, l]
-                    if left + right == 0 or inside < 0:
-                        continue
-                    if left == 0 or right == 0:
-                        value = interior[0, left + right]
-                        value += stack_table[t[c], t[inside]] if left + right == 1 else end[c] + end[inside]
-                    else:
-                        value = interior[1, left + right] + asymmetry[abs(left - right)] + end[c] + end[inside]
-                        if left == 1 and right == 1:
-                            value += mismatch[2, c] + mismatch[3, inside]
-                        elif left > 1 and right > 1:
-                            value += mismatch[0, c] + mismatch[1, inside]
-                        if left + right <= 4:
-                            table, slot = small_loop_slot(codes, t[c], t[inside], i, j, k, l)
-                            if table >= 0:
-                                value += small[small_start[table] + slot]
-                    value += v[inside]
-                    if value > loop_best:
-                        loop_best, loop_inner = value, inside
+            loop_best, best_inner = neg, -1
+            for e in range(interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table, small,
+                                          small_start, codes, index_of, loop_inner, loop_value, False)):
+                value = loop_value[e] + v[loop_inner[e]]
+                if value > loop_best:
+                    loop_best, best_inner = value, loop_inner[e]
             if loop_best > best:
                 best, pick = loop_best, 2
-                inner[c] = loop_inner
+                inner[c] = best_inner
             if i + 1 < j - 1 and m2[i + 1, j - 1] + closing_multi[c] > best:
                 best, pick = m2[i + 1, j - 1] + closing_multi[c], 3
             v[c] = unary[c] + best
@@ -310,7 +392,7 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
     out = np.zeros((n_cands, 2), dtype=np.int64)
     n_out = 0
     if not w1[0, length - 1] > 0:
-        return out[:0]
+        return out[:0], 0.0
     # traceback: rows (table, i, j), table 0 = W, 1 = WM, 2 = M2, 3 = V (i = the candidate)
     todo = np.zeros((4 * (length + n_cands) + 4, 3), dtype=np.int64)
     todo[0, 2] = length - 1
@@ -347,7 +429,7 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
             top += 1
         todo[top, 0], todo[top, 1] = 3, arg
         top += 1
-    return out[:n_out]
+    return out[:n_out], w1[0, length - 1]
 
 
 # shape of each loop-term table (the pair score's weight and bias are not loop terms)

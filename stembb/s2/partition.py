@@ -1,0 +1,315 @@
+"""The partition function of the loop grammar: base-pair probabilities and expected counts.
+
+``stembb.s2.assemble`` finds the candidate structure of maximum score ``S(y)``; here the
+same loop decomposition is summed instead of maximised (McCaskill's inside-outside
+recursions) with each structure weighted ``exp(S(y))``: ``S`` is read as a log-weight in
+nats, so a model whose terms are minus free energies in kcal/mol must divide them by kT
+first (``stembb.s2.crf``). What comes out:
+
+- ``log_z``: log of ``Z = sum over structures y of exp(S(y))`` (the empty structure
+  counts, with S = 0);
+- ``probs`` (P,): the probability of each candidate pair, ``P(i, j) = sum over y
+  holding (i, j) of exp(S(y)) / Z``; the probabilities of one base's pairs sum to at
+  most 1;
+- with ``counts=True``, the expected number of times ``S`` uses each entry of each
+  ``LoopTerms`` table (the shapes of ``assemble.loop_counts``), which is the gradient of
+  ``log_z`` in the terms, as ``probs`` is its gradient in the pair scores.
+
+Numbers stay in range by scaling, as ViennaRNA does: every partial sum over a span of d
+bases is stored divided by ``exp(scale * d)``. Sequences under ``UNSCALED_LENGTH`` bases
+are summed unscaled; longer ones, or any that overflow, with ``scale`` = the best
+structure's score per base (``assemble.best_score``), so the sum over the whole sequence
+is about 1 times the number of structures near the best. Memory: a few arrays over the
+candidates and three (L, L) tables, as ``assemble``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from stembb.s2.assemble import (HAIRPIN_EDGES, LOOP_EDGES, MAX_ASYMMETRY, MAX_INNER, MAX_LOOP, SMALL_LOOPS,
+                                TERM_SHAPES, _fill_and_trace, _neighbours, candidates, interior_loops,
+                                small_loop_slot, special_loop)
+from stembb.structure import base_codes
+
+UNSCALED_LENGTH = 400
+
+
+@dataclass
+class Ensemble:
+    """The pair probabilities of one sequence: ``pairs`` (P, 2) the candidates as given,
+    ``probs`` (P,) (0 for candidates the grammar cannot use), ``log_z``, and ``counts``
+    (expected loop-term counts, ``{name: flat array}``) when asked for."""
+
+    pairs: np.ndarray
+    probs: np.ndarray
+    log_z: float
+    counts: dict[str, np.ndarray] | None = None
+
+    def matrix(self, length: int) -> np.ndarray:
+        """``(L, L)`` pair probabilities, upper triangle."""
+        out = np.zeros((length, length))
+        out[self.pairs[:, 0], self.pairs[:, 1]] = self.probs
+        return out
+
+
+def ensemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray],
+             counts: bool = False) -> Ensemble:
+    """Pair probabilities and log Z over the nested structures made of candidate ``pairs``
+    (P, 2) with pair scores ``unary`` (P,) and loop ``terms`` (``LoopTerms.numpy()``), all
+    read as log-weights; with ``counts``, the expected loop-term counts too."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    probs = np.zeros(len(pairs))
+    cands, keep = candidates(seq, pairs, unary, terms)
+    if cands is None:
+        empty = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()} if counts else None
+        return Ensemble(pairs, probs, 0.0, empty)
+    scale = 0.0
+    if cands.length >= UNSCALED_LENGTH:
+        scale = max(float(_fill_and_trace(*cands)[1]), 0.0) / cands.length
+    inside = _inside(*cands, scale)
+    if not (np.isfinite(inside[3][-1]) and inside[3][-1] > 0):  # overflow or underflow: scale by the best
+        scale = max(float(_fill_and_trace(*cands)[1]), 0.0) / cands.length
+        inside = _inside(*cands, scale)
+    v, wm, m2, zp = inside
+    out = _outside(*cands, scale, v, wm, m2, zp, counts)
+    z = zp[-1]
+    probs[keep] = v * out[0] / z
+    expected = _loop_counts(seq, cands, out, z) if counts else None
+    return Ensemble(pairs, probs, float(np.log(z) + scale * cands.length), expected)
+
+
+@numba.njit(cache=True, nogil=True)
+def _inside(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch, interior,
+            asymmetry, stack_table, small, small_start, codes, index_of, starts, scale):  # pragma: no cover
+    """Inside sums, each over a span of d bases divided by ``exp(scale * d)``: ``v[c]``
+    over what candidate c = (i, j) closes (c included); ``wm`` / ``m2`` [i, j] over
+    multiloop content of i..j with at least one / two branches; ``zp[j]`` over exterior
+    content of bases 0..j-1 (``zp[0]`` = 1, ``zp[L]`` = Z)."""
+    n_cands = len(pi)
+    s = np.exp(-scale * np.arange(length + 2))
+    eu, eh, ecm = np.exp(unary), np.exp(hairpin), np.exp(closing_multi)
+    eb, ebm = np.exp(branch), np.exp(branch + multi_branch)
+    e_end, e_mismatch, e_interior, e_asymmetry = np.exp(end), np.exp(mismatch), np.exp(interior), np.exp(asymmetry)
+    e_stack, e_small = np.exp(stack_table), np.exp(small)
+    v = np.zeros(n_cands)
+    wm = np.zeros((length, length))
+    m2 = np.zeros((length, length))
+    loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
+    loop_value = np.zeros(MAX_INNER)
+    order = np.argsort(pj - pi, kind="mergesort")
+    ptr = 0
+    for d in range(1, length):
+        while ptr < n_cands and pj[order[ptr]] - pi[order[ptr]] == d:
+            c = order[ptr]
+            ptr += 1
+            i, j = pi[c], pj[c]
+            total = eh[c] * s[d + 1]
+            inner = index_of[i + 1, j - 1]
+            if inner >= 0:
+                total += v[inner] * e_stack[t[c], t[inner]] * s[2]
+            for e in range(interior_loops(c, pi, pj, t, e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small,
+                                          small_start, codes, index_of, loop_inner, loop_value, True)):
+                inner = loop_inner[e]
+                total += v[inner] * loop_value[e] * s[d - (pj[inner] - pi[inner])]
+            if i + 1 < j - 1:
+                total += m2[i + 1, j - 1] * ecm[c] * s[2]
+            v[c] = eu[c] * total
+        for i in range(0, length - d):
+            j = i + d
+            sum_m, sum_2 = wm[i, j - 1] * s[1], m2[i, j - 1] * s[1]
+            for slot in range(starts.shape[1]):
+                c = starts[j, slot]
+                if c < 0:
+                    break
+                k = pi[c]
+                if k < i:
+                    continue
+                stem = v[c] * ebm[c]
+                if k > i:
+                    sum_m += (s[k - i] + wm[i, k - 1]) * stem
+                    sum_2 += wm[i, k - 1] * stem
+                else:
+                    sum_m += stem
+            wm[i, j], m2[i, j] = sum_m, sum_2
+    zp = np.zeros(length + 1)
+    zp[0] = 1.0
+    for j in range(length):
+        total = zp[j] * s[1]
+        for slot in range(starts.shape[1]):
+            c = starts[j, slot]
+            if c < 0:
+                break
+            total += zp[pi[c]] * v[c] * eb[c]
+        zp[j + 1] = total
+    return v, wm, m2, zp
+
+
+@numba.njit(cache=True, nogil=True)
+def _outside(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch, interior,
+             asymmetry, stack_table, small, small_start, codes, index_of, starts, scale, v, wm, m2, zp,
+             want_counts):  # pragma: no cover (compiled)
+    """Outside sums of ``v`` (``vo[c]``: over everything around candidate c, scaled by the
+    bases outside it), spans from long to short, and, with ``want_counts``, the sums
+    (times Z) of each use of a loop term: per candidate ``q`` rows [hairpin, closing a
+    multiloop, branch of an exterior or multi loop, branch of a multiloop, extra ``end``
+    of an interior loop, loop mismatch seen from inside / from the loop, 1 x 1 mismatch
+    seen from inside / from the loop], and the tables ``stack`` (7, 7), ``interior``
+    [bulge or internal, size], ``asymmetry`` and ``small`` (flat)."""
+    n_cands = len(pi)
+    s = np.exp(-scale * np.arange(length + 2))
+    eu, eh, ecm = np.exp(unary), np.exp(hairpin), np.exp(closing_multi)
+    eb, ebm = np.exp(branch), np.exp(branch + multi_branch)
+    e_end, e_mismatch, e_interior, e_asymmetry = np.exp(end), np.exp(mismatch), np.exp(interior), np.exp(asymmetry)
+    e_stack, e_small = np.exp(stack_table), np.exp(small)
+    zs = np.zeros(length + 2)  # zs[i]: exterior content of bases i..L-1
+    zs[length] = 1.0
+    by_start = np.argsort(pi, kind="mergesort")
+    ptr = n_cands - 1
+    for i in range(length - 1, -1, -1):
+        total = zs[i + 1] * s[1]
+        while ptr >= 0 and pi[by_start[ptr]] == i:
+            c = by_start[ptr]
+            total += v[c] * eb[c] * zs[pj[c] + 1]
+            ptr -= 1
+        zs[i] = total
+    vo = np.zeros(n_cands)
+    q = np.zeros((9, n_cands))
+    for c in range(n_cands):
+        vo[c] = zp[pi[c]] * zs[pj[c] + 1] * eb[c]
+        q[2, c] = vo[c] * v[c]
+    stack_count = np.zeros(stack_table.shape)
+    interior_count = np.zeros(interior.shape)
+    asym_count = np.zeros(len(asymmetry))
+    small_count = np.zeros(len(small))
+    wmo = np.zeros((length, length))
+    m2o = np.zeros((length, length))
+    loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
+    loop_value = np.zeros(MAX_INNER)
+    order = np.argsort(pj - pi, kind="mergesort")
+    ptr = n_cands - 1
+    for d in range(length - 1, 0, -1):
+        for i in range(0, length - d):  # multiloop content of span d: every use of it is longer
+            j = i + d
+            go_m, go_2 = wmo[i, j], m2o[i, j]
+            if go_m == 0.0 and go_2 == 0.0:
+                continue
+            wmo[i, j - 1] += go_m * s[1]
+            m2o[i, j - 1] += go_2 * s[1]
+            for slot in range(starts.shape[1]):
+                c = starts[j, slot]
+                if c < 0:
+                    break
+                k = pi[c]
+                if k < i:
+                    continue
+                if k > i:
+                    wmo[i, k - 1] += (go_m + go_2) * v[c] * ebm[c]
+                    around = (go_m * (s[k - i] + wm[i, k - 1]) + go_2 * wm[i, k - 1]) * ebm[c]
+                else:
+                    around = go_m * ebm[c]
+                vo[c] += around
+                if want_counts:
+                    q[2, c] += around * v[c]
+                    q[3, c] += around * v[c]
+        while ptr >= 0 and pj[order[ptr]] - pi[order[ptr]] == d:  # candidates of span d: complete now
+            c = order[ptr]
+            ptr -= 1
+            i, j = pi[c], pj[c]
+            out = vo[c] * eu[c]
+            if out == 0.0:
+                continue
+            if want_counts:
+                q[0, c] = out * eh[c] * s[d + 1]
+            inner = index_of[i + 1, j - 1]
+            if inner >= 0:
+                w = out * e_stack[t[c], t[inner]] * s[2]
+                vo[inner] += w
+                if want_counts:
+                    stack_count[t[c], t[inner]] += w * v[inner]
+            for e in range(interior_loops(c, pi, pj, t, e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small,
+                                          small_start, codes, index_of, loop_inner, loop_value, True)):
+                inner = loop_inner[e]
+                k, l = pi[inner], pj[inner]
+                w = out * loop_value[e] * s[d - (l - k)]
+                vo[inner] += w
+                if want_counts:
+                    _count_interior(w * v[inner], c, inner, i, j, k, l, t, codes, q, stack_count, interior_count,
+                                    asym_count, small_count, small_start)
+            if i + 1 < j - 1:
+                w = out * ecm[c] * s[2]
+                m2o[i + 1, j - 1] += w
+                if want_counts:
+                    q[1, c] = w * m2[i + 1, j - 1]
+    return vo, q, stack_count, interior_count, asym_count, small_count
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_interior(w, c, inner, i, j, k, l, t, codes, q, stack_count, interior_count, asym_count, small_count,
+                    small_start):  # pragma: no cover (compiled)
+    """Adds weight ``w`` to every term the interior loop (i, j) around (k, l) uses, as
+    ``interior_loops`` scores it."""
+    left, right = k - i - 1, j - l - 1
+    if left == 0 or right == 0:
+        interior_count[0, left + right] += w
+        if left + right == 1:
+            stack_count[t[c], t[inner]] += w
+        else:
+            q[4, c] += w
+            q[4, inner] += w
+        return
+    interior_count[1, left + right] += w
+    asym_count[abs(left - right)] += w
+    q[4, c] += w
+    q[4, inner] += w
+    if left == 1 and right == 1:
+        q[7, c] += w
+        q[8, inner] += w
+    elif left > 1 and right > 1:
+        q[5, c] += w
+        q[6, inner] += w
+    if left + right <= 4:
+        table, slot = small_loop_slot(codes, t[c], t[inner], i, j, k, l)
+        if table >= 0:
+            small_count[small_start[table] + slot] += w
+
+
+def _loop_counts(seq: str, cands, out, z: float) -> dict[str, np.ndarray]:
+    """The outside pass's per-candidate and per-table sums as expected counts of every
+    ``LoopTerms`` entry (flat, ``TERM_SHAPES``), with the same index rules as
+    ``assemble.candidates``."""
+    _, q, stack_count, interior_count, asym_count, small_count = out
+    q = q / z
+    pairs = np.stack([cands.pi, cands.pj], axis=1)
+    near = _neighbours(seq, pairs)
+    counts = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()}
+
+    def add(name, index, weight):
+        flat = np.ravel_multi_index(index, TERM_SHAPES[name]) if isinstance(index, tuple) else index
+        counts[name] += np.bincount(flat, weights=weight, minlength=counts[name].size)
+
+    n = cands.pj - cands.pi - 1
+    hairpin, close, branch, multi_branch, ends = q[:5]
+    add("hairpin", np.digitize(n, HAIRPIN_EDGES), hairpin)
+    add("end", cands.t, hairpin + close + branch + ends)
+    long = n > 3
+    add("hairpin_mismatch", tuple(x[long] for x in near["inside"]), hairpin[long])
+    codes = base_codes(seq)
+    for size, name in ((3, "triloop"), (4, "tetraloop")):
+        add(name, special_loop(codes, cands.pi[n == size], size), hairpin[n == size])
+    add("dangle", near["closing"], close)
+    add("dangle", near["outside"], branch)
+    counts["multi"] = np.array([close.sum(), multi_branch.sum()])
+    for name, rows in (("loop_mismatch", (5, 6)), ("mismatch_1x1", (7, 8))):
+        add(name, near["inside"], q[rows[0]])
+        add(name, near["from_loop"], q[rows[1]])
+    counts["stack"] = stack_count.ravel() / z
+    sizes = np.arange(MAX_LOOP + 1)
+    for kind in (0, 1):
+        add("interior", (np.full(len(sizes), kind), np.digitize(sizes, LOOP_EDGES)), interior_count[kind] / z)
+    add("asymmetry", np.minimum(np.arange(len(asym_count)), MAX_ASYMMETRY), asym_count / z)
+    for k, name in enumerate(SMALL_LOOPS):
+        counts[name] = small_count[cands.small_start[k]:cands.small_start[k + 1]] / z
+    return counts

@@ -1,0 +1,107 @@
+"""The loop grammar's partition function against brute force over every structure."""
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import random_candidates
+from stembb.s2 import partition
+from stembb.s2.assemble import TERM_SHAPES, LoopTerms, candidates, loop_counts
+from stembb.s2.partition import ensemble
+from stembb.structure import canonical_pair_matrix, is_nested
+from test_s2 import random_terms
+
+
+def all_structures(pairs):
+    """Every nested structure (a tuple of pairs, each base at most once) of ``pairs``."""
+    pairs = [tuple(p) for p in pairs.tolist()]
+    out = [()]
+    for r in range(1, len(pairs) + 1):
+        for c in itertools.combinations(pairs, r):
+            bases = [b for p in c for b in p]
+            if len(set(bases)) == len(bases) and is_nested(c):
+                out.append(c)
+    return out
+
+
+def brute_force(seq, pairs, unary, terms):
+    """log Z, pair probabilities and expected loop-term counts by enumeration."""
+    index = {tuple(p): k for k, p in enumerate(pairs.tolist())}
+    structures = all_structures(pairs[pairs[:, 1] - pairs[:, 0] > 3])
+    scores, used, counts = [], [], []
+    for y in structures:
+        found, c = loop_counts(seq, list(y))
+        rows = [index[p] for p in map(tuple, found.tolist())]
+        scores.append(unary[rows].sum() + sum(c[name] @ terms[name].ravel() for name in TERM_SHAPES))
+        used.append(rows)
+        counts.append(c)
+    scores = np.array(scores)
+    log_z = np.logaddexp.reduce(scores)
+    weight = np.exp(scores - log_z)
+    probs = np.zeros(len(pairs))
+    for w, rows in zip(weight, used):
+        probs[rows] += w
+    expected = {name: sum(w * c[name] for w, c in zip(weight, counts)) for name in TERM_SHAPES}
+    return log_z, probs, expected
+
+
+def test_probabilities_log_z_and_expected_counts_equal_brute_force():
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(60):
+        seq, pairs = random_candidates(rng, 9, 26, 4, 0.3)
+        pairs = pairs[rng.permutation(len(pairs))[:11]]
+        unary = rng.normal(size=len(pairs))
+        terms = random_terms(rng).numpy()
+        got = ensemble(seq, pairs, unary, terms, counts=True)
+        log_z, probs, expected = brute_force(seq, pairs, unary, terms)
+        assert got.log_z == pytest.approx(log_z, abs=1e-6)
+        np.testing.assert_allclose(got.probs, probs, atol=1e-6)
+        for name in TERM_SHAPES:
+            np.testing.assert_allclose(got.counts[name], expected[name], atol=1e-6, err_msg=name)
+        checked += len(pairs) > 3
+    assert checked > 40
+
+
+def test_every_canonical_pair_of_a_real_length_sequence():
+    """A 120-nt sequence over all its canonical pairs, energy-like terms: each base pairs
+    with probability at most 1, and the G's of a strong hairpin placed in it mostly pair,
+    most likely with its C's, in the hairpin's register."""
+    rng = np.random.default_rng(5)
+    hairpin = "GGGGGGGGAAAACCCCCCCC"
+    seq = "".join(rng.choice(list("ACGU"), 50)) + hairpin + "".join(rng.choice(list("ACGU"), 50))
+    i, j = np.nonzero(np.triu(canonical_pair_matrix(seq), 4))
+    pairs = np.stack([i, j], axis=1)
+    terms = LoopTerms().numpy()
+    terms["stack"][:6, :6] = 1.0
+    terms["stack"][2:4, 2:4] = 3.0  # GC on GC
+    terms["hairpin"][:] = -3.0
+    terms["multi"][:] = (-3.0, -0.5)
+    got = ensemble(seq, pairs, np.full(len(pairs), -0.5), terms)
+    per_base = np.bincount(pairs.ravel(), weights=np.repeat(got.probs, 2), minlength=len(seq))
+    assert (got.probs >= 0).all() and per_base.max() <= 1 + 1e-9
+    assert per_base[50:58].min() > 0.75
+    assert got.matrix(len(seq))[50:58].argmax(axis=1).tolist() == list(range(69, 61, -1))
+
+
+def test_scaled_sums_give_the_same_log_z():
+    rng = np.random.default_rng(7)
+    seq = "".join(rng.choice(list("ACGU"), 90))
+    i, j = np.nonzero(np.triu(canonical_pair_matrix(seq), 4))
+    pairs = np.stack([i, j], axis=1)
+    terms = random_terms(rng).numpy()
+    cands, _ = candidates(seq, pairs, rng.normal(size=len(pairs)), terms)
+    log_z = [np.log(partition._inside(*cands, scale)[3][-1]) + scale * len(seq) for scale in (0.0, 0.7, -0.4)]
+    assert log_z == pytest.approx([log_z[0]] * 3, rel=1e-10)
+
+
+def test_long_sequences_are_scaled_not_overflowed():
+    rng = np.random.default_rng(9)
+    seq = "".join(rng.choice(list("GC"), 600))
+    i, j = np.nonzero(np.triu(canonical_pair_matrix(seq), 4))
+    pairs = np.stack([i, j], axis=1)
+    terms = LoopTerms().numpy()
+    terms["stack"][:6, :6] = 5.0  # about 5 nats a base: exp(S) of the best structure is far beyond float range
+    got = ensemble(seq, pairs, np.zeros(len(pairs)), terms)
+    assert np.isfinite(got.log_z) and got.log_z > 1000
+    assert np.isfinite(got.probs).all() and got.probs.max() > 0.5
