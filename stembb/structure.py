@@ -216,7 +216,8 @@ def loop_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
     """Hairpin, bulge and internal-loop boxes, also where a closing pair crosses others.
 
     Stems are taken in order of their 5' end. The innermost pair (a, b) of a stem closes a
-    hairpin ``((a, a), (b-a+1, b-a+1))`` when every base between a and b is unpaired; if
+    hairpin ``((a, a), (b-a+1, b-a+1))`` when at least one base lies between a and b and
+    every one is unpaired (a pair of neighbouring bases encloses no loop); if
     the next stem's outermost pair (c, d) lies inside, a < c < d < b, with every base
     between a and c and between d and b unpaired, they close a bulge / internal loop
     ``((a, d), (c-a+1, b-d+1))``. Anything else (multiloops) has no box.
@@ -237,7 +238,8 @@ def loop_boxes(pairs: Iterable[tuple[int, int]]) -> list[Box]:
     for k, run in enumerate(runs):
         a, b = run[-1]
         if unpaired_between(a, b):
-            boxes.append(Box((a, a), (b - a + 1, b - a + 1), HAIRPIN))
+            if b - a > 1:
+                boxes.append(Box((a, a), (b - a + 1, b - a + 1), HAIRPIN))
         elif k + 1 < len(runs):
             c, d = runs[k + 1][0]
             if a < c and d < b and unpaired_between(a, c) and unpaired_between(d, b):

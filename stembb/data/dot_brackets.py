@@ -85,6 +85,8 @@ def _scan(chars):
                         c0, d0 = k, q
                     k = q + 1
             if n_children == 0:
+                if b - a < 2:  # neighbouring bases enclose no hairpin
+                    continue
                 row = (0, a, a, b - a + 1, b - a + 1)
             elif n_children == 1:
                 row = (1 if c0 == a + 1 or d0 == b - 1 else 2, a, d0, c0 - a + 1, b - d0 + 1)
