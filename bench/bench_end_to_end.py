@@ -6,8 +6,10 @@ predict_structure pipeline one sequence per call, with S1 forward, S1 decoding, 
 S1 forward as a share of it), and all of them in one call (batched), and of
 ViennaRNA's MFE fold on the same sequences; printed as a ratio. Models:
 --s1_model/--s2_model checkpoints (README's demo writes them), or random small networks
-(box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, the
-structure assembly alone at 200 nt.
+(box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, at 200
+nt: the structure assembly alone, and the grammar's partition function (inside-outside,
+``stembb.s2.partition``) over every canonical pair against one S1 forward pass (medians
+of 5).
 
     python bench/bench_end_to_end.py [--s1_model S1.pth --s2_model S2.pth] [--num 10]
 """
@@ -25,7 +27,18 @@ from stembb.s1.model import named_network
 from stembb.s1.predict import predict_maps
 from stembb.s2.assemble import LoopTerms, assemble
 from stembb.s2.boxnet import BoxNetConfig, build_boxnet
+from stembb.s2.crf import allowed_pairs
 from stembb.s2.engine import S2_MODELS
+from stembb.s2.partition import ensemble
+
+
+def median_seconds(call, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
 
 def random_predictor(rng) -> Predictor:
@@ -50,9 +63,12 @@ def main():
                  else random_predictor(rng))
     predictor.batch_size = args.num
     predictor.predict(["".join(rng.choice(list("ACGU"), 60))])  # warm-up
+    if predictor.is_grammar:
+        s2 = f"grammar S2, S1 evidence {'used' if predictor.s2_model.uses_evidence else 'unused (weight 0)'}"
+    else:
+        s2 = f"S2 network {'runs' if predictor.s2_spec.uses_logits(predictor.s2_model) else 'skipped (logit weight 0)'}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: "
-          f"{'checkpoints' if args.s1_model else 'random small networks'}; S2 network "
-          f"{'runs' if predictor.s2_spec.uses_logits(predictor.s2_model) else 'skipped (logit weight 0)'}")
+          f"{'checkpoints' if args.s1_model else 'random small networks'}; {s2}")
     for length in (50, 100, 200):
         seqs = ["".join(rng.choice(list("ACGU"), length)) for _ in range(args.num)]
         predictor.timings = dict.fromkeys(predictor.timings, 0.0)
@@ -72,7 +88,7 @@ def main():
         parts = ", ".join(f"{k} {1000 * v / args.num:.1f}" for k, v in timings.items())
         after = (timings["s1_decode"] + timings["s2"] + timings["structure"]) / max(timings["s1_forward"], 1e-9)
         print(f"L={length:3d}: stembb {args.num / ours:6.1f} seq/s (ms per seq: {parts}; after the S1 forward: "
-              f"{100 * after:.0f}% of it; structure {100 * timings['structure'] / timings['s1_forward']:.0f}%); "
+              f"{100 * after:.0f}% of it; structure {100 * timings['structure'] / max(timings['s1_forward'], 1e-9):.0f}%); "
               f"batches of {predictor.batch_size}: {args.num / batched:6.1f} seq/s | "
               f"RNAfold {args.num / vienna:7.1f} seq/s, {batched / vienna:5.1f}x the batched rate")
     length = 200
@@ -83,6 +99,17 @@ def main():
     t = time.perf_counter()
     assemble(seq, pairs, rng.normal(size=len(pairs)), LoopTerms().numpy())
     print(f"structure assembly alone at {length} nt ({len(pairs)} candidates): {1000 * (time.perf_counter() - t):.0f} ms")
+    pairs = allowed_pairs(seq)
+    terms = LoopTerms().numpy()
+    terms["stack"][:6, :6], terms["hairpin"][:], terms["multi"][:] = 2.0, -4.0, (-5.0, -0.5)
+    unary = np.full(len(pairs), -1.0)
+    ensemble(seq, pairs, unary, terms)  # compiled on first call
+    inside_outside = median_seconds(lambda: ensemble(seq, pairs, unary, terms))
+    s1 = predictor.s1_model if predictor.s1_model is not None else named_network("small").eval()
+    with torch.no_grad():
+        forward = median_seconds(lambda: predict_maps(s1, [seq], cpu))
+    print(f"partition function at {length} nt over all {len(pairs)} canonical pairs: {1000 * inside_outside:.1f} ms, "
+          f"{inside_outside / forward:.2f}x one S1 forward pass ({1000 * forward:.1f} ms)")
 
 
 if __name__ == "__main__":

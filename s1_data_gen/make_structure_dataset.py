@@ -4,10 +4,11 @@ Reads Stockholm alignments (Rfam seed; plain or gzipped, many alignments per fil
 sequence gets the consensus pairs whose two columns hold its residues, non-canonical ones
 dropped), folders of .bpseq/.ct files (subfolders name families) and dot-bracket FASTA
 files (the file is the family). Writes the generators' schema (``seq``, ``one_idx``,
-``bounding_boxes``) plus ``family``, ``clan``, ``family_name``, ``source``, ``name`` and
-``split`` (train / val / test). Whole clans, or families without a clan, go to one split;
-5S rRNA, tRNA, tmRNA and RNase P families always go to test. Both trainers use the ``split``
-column (never its test rows); evaluation/run_end_to_end.py --data X --split test scores it.
+``bounding_boxes``) plus ``family``, ``clan``, ``family_name``, ``family_size`` (the
+family's sequences in the inputs), ``source``, ``name`` and ``split`` (train / val /
+test). Whole clans, or families without a clan, go to one split; 5S rRNA, tRNA, tmRNA
+and RNase P families always go to test. The trainers use the ``split`` column (never its
+test rows); evaluation/run_end_to_end.py --data X --split test scores it.
 
     python make_structure_dataset.py --inputs Rfam.seed.gz --out ../data/rfam_len20_200.pkl.gz \\
         --len_min 20 --len_max 200 --val_families 0.1 --test_families 0.1 --seed 0
@@ -62,8 +63,10 @@ def read_inputs(paths: list[Path], iupac: str, log) -> tuple[list, Counter]:
 
 def build_frame(records: list, len_min: int, len_max: int | None) -> tuple[pd.DataFrame, Counter]:
     """One row per kept record: length filter, sequences without pairs dropped, exact
-    duplicate sequences dropped (first kept)."""
+    duplicate sequences dropped (first kept). ``family_size``: the family's number of
+    sequences in the inputs, before any filter."""
     rows, dropped, seen = [], Counter(), set()
+    family_size = Counter(rec.family for rec in records)
     for rec in records:
         n = len(rec.seq)
         if n < len_min or (len_max is not None and n > len_max):
@@ -76,7 +79,8 @@ def build_frame(records: list, len_min: int, len_max: int | None) -> tuple[pd.Da
             seen.add(rec.seq)
             rows.append({"seq": rec.seq, "one_idx": one_idx_from_pairs(rec.pairs),
                          "bounding_boxes": local_structure_boxes(rec.pairs), "family": rec.family, "clan": rec.clan,
-                         "family_name": rec.family_name, "source": rec.source, "name": rec.name,
+                         "family_name": rec.family_name, "family_size": family_size[rec.family],
+                         "source": rec.source, "name": rec.name,
                          "pseudoknotted": bool(crossing_pairs(rec.pairs))})
     return pd.DataFrame(rows), dropped
 

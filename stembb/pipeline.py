@@ -15,18 +15,33 @@ from stembb.cli import check_at_least_one, check_positive, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError
 from stembb.io import REPO_ROOT, VALID_LETTERS
-from stembb.s1.predict import decode_proposals, load_s1_model, predict_maps
+from stembb.s1.predict import decode_proposals, iter_maps, load_s1_model, predict_maps
+from stembb.s2 import crf
 from stembb.s2.engine import S2_KINDS, S2_MODELS, S2Model, item_slices
+from stembb.s2.partition import Ensemble
 
 
-def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2Model, dict]:
-    """The network of an S2 checkpoint of either kind, in eval mode; its spec; the checkpoint."""
-    state = load_checkpoint(path, tuple(S2_KINDS), map_location=device)
-    spec = S2_MODELS[S2_KINDS[state["kind"]]]
-    model = spec.build(state["config"]).to(device)
+def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2Model | None, dict]:
+    """The model of an S2 checkpoint of any kind, in eval mode; its spec (None for the
+    grammar model, ``stembb.s2.crf``, which runs on the CPU); the checkpoint."""
+    state = load_checkpoint(path, tuple(S2_KINDS) + (crf.KIND,), map_location=device)
+    if state["kind"] == crf.KIND:
+        model, spec = crf.build_grammar(state["config"]), None
+    else:
+        spec = S2_MODELS[S2_KINDS[state["kind"]]]
+        model = spec.build(state["config"]).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     return model, spec, state
+
+
+def evidence_maps(s1_model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
+                  show_progress: bool = False) -> list[np.ndarray]:
+    """S1's ``p_on`` map (L, L) of each sequence: the grammar model's evidence."""
+    out: list = [None] * len(seqs)
+    for k, maps in iter_maps(s1_model, seqs, device, batch_size, show_progress):
+        out[k] = maps["p_on"]
+    return out
 
 
 @dataclass
@@ -34,30 +49,58 @@ class Predictor:
     """Both stages loaded from their checkpoints; ``timings`` accumulate seconds per step.
 
     ``gamma`` defaults to the value calibrated at the end of S2 training (stored in the
-    S2 checkpoint as ``decode_gamma``)."""
+    S2 checkpoint as ``decode_gamma``, or in its ``decode`` settings for the grammar
+    model, with the decoding method and cut)."""
 
-    s1_model: torch.nn.Module
+    s1_model: torch.nn.Module | None
     s2_model: torch.nn.Module
-    s2_spec: S2Model
+    s2_spec: S2Model | None
     s2_config: dict
     device: torch.device
     threshold: float = 0.1
     gamma: float = 1.0
     batch_size: int = 16
+    decoder: dict = field(default_factory=lambda: {"method": "mea", "cut": 0.5})
     timings: dict = field(default_factory=lambda: {"s1_forward": 0.0, "s1_decode": 0.0, "s2": 0.0, "structure": 0.0})
 
     @classmethod
-    def from_checkpoints(cls, s1_path: Path, s2_path: Path, device: torch.device, gamma: float | None = None,
+    def from_checkpoints(cls, s1_path: Path | None, s2_path: Path, device: torch.device, gamma: float | None = None,
                          **kwargs) -> "Predictor":
-        s1, _ = load_s1_model(s1_path, device)
+        """Both models (``s1_path`` None: no S1, for a grammar S2 model that reads none)."""
+        s1 = load_s1_model(s1_path, device)[0] if s1_path is not None else None
         s2, spec, state = load_s2_model(s2_path, device)
-        gamma = state.get("decode_gamma", 1.0) if gamma is None else gamma
-        return cls(s1, s2, spec, state["config"], device, gamma=gamma, **kwargs)
+        decoder = state.get("decode", {"method": "mea", "gamma": state.get("decode_gamma", 1.0), "cut": 0.5})
+        gamma = decoder["gamma"] if gamma is None else gamma
+        return cls(s1, s2, spec, state["config"], device, gamma=gamma, decoder=decoder, **kwargs)
+
+    @property
+    def is_grammar(self) -> bool:
+        return isinstance(self.s2_model, crf.GrammarFold)
 
     @torch.no_grad()
     def predict(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
         """One structure (sorted 0-based pairs) per sequence."""
+        if self.is_grammar:
+            return self.fold(seqs)[0]
         return self.structures(seqs, self.proposals(seqs))
+
+    @torch.no_grad()
+    def fold(self, seqs: Sequence[str]) -> tuple[list[list[tuple[int, int]]], list[Ensemble]]:
+        """Grammar model: one structure per sequence and its pair probabilities. S1 runs
+        only when its evidence has a weight other than 0."""
+        t = time.perf_counter()
+        maps = (evidence_maps(self.s1_model, seqs, self.device, self.batch_size) if self.s2_model.uses_evidence
+                else [None] * len(seqs))
+        self.timings["s1_forward"] += time.perf_counter() - t
+        t = time.perf_counter()
+        examples = [self.s2_model.example(seq, p_on) for seq, p_on in zip(seqs, maps)]
+        ensembles = [self.s2_model.ensemble(e) for e in examples]
+        self.timings["s2"] += time.perf_counter() - t
+        t = time.perf_counter()
+        out = [crf.decode(self.s2_model, e, self.decoder["method"], self.gamma, self.decoder["cut"], ens)
+               for e, ens in zip(examples, ensembles)]
+        self.timings["structure"] += time.perf_counter() - t
+        return out, ensembles
 
     @torch.no_grad()
     def proposals(self, seqs: Sequence[str]) -> list:

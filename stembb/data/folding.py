@@ -57,6 +57,14 @@ def fold(seq: str, partition: bool = True, num_sample: int = 0, seed: int = 0) -
     return out
 
 
+def mea_structure(seq: str, gamma: float = 1.0) -> str:
+    """ViennaRNA's maximum-expected-accuracy structure (dot-bracket) at ``gamma``, from
+    the partition function of its default energy model."""
+    fc, _, fe = _mfe(seq)
+    _partition(fc, fe)
+    return fc.MEA(gamma)[0]
+
+
 def sampled_energies(seq: str, num_sample: int, seed: int) -> tuple[list[str], list[float]]:
     """The MFE structure of ``seq`` and its distinct Boltzmann samples among ``num_sample``
     drawn as ``fold`` draws them (dot-bracket, the MFE structure first and once), with

@@ -1,0 +1,148 @@
+"""Several predictors on the same reference structures, in one table.
+
+Rows: ViennaRNA's MFE and MEA (gamma 1) structures, then each --model NAME S1 S2
+[METHOD]: an S1 and an S2 checkpoint (S1 '-' for a grammar model without S1 evidence),
+decoded as its S2 checkpoint says or, for a grammar model, by METHOD (mea, threshold or
+max). Writes --out (one row per sequence and predictor), <out>_summary.csv (mean scores
+overall, per length bin, per family-size bin when the pickle has make_structure_dataset's
+family_size column, per family and clan, family-macro) and <out>_table.md (the table
+README reports).
+
+    python evaluation/compare_predictors.py --data ../data/real/rfam.pkl.gz --split test \\
+        --model shipped ../models/stembb_s1.pth ../models/stembb_s2.pth \\
+        --model grammar - ../data/real/grammar.pth --model grammar_max - ../data/real/grammar.pth max \\
+        --out ../data/real/compare_test.csv
+"""
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from stembb.cli import check_num, check_outputs
+from stembb.data.folding import fold, mea_structure
+from stembb.distributed import pick_device
+from stembb.errors import InputError, run_main
+from stembb.io import atomic_path, read_pickle, write_csv
+from stembb.pipeline import Predictor
+from stembb.report import add_reference_args, reference_records, score_row, summarize
+from stembb.runlog import start_run
+from stembb.s2.crf import DECODERS
+from stembb.structure import pairs_from_db
+
+FAMILY_SIZE_BINS = (0, 5, 20, 10 ** 9)
+LENGTH_COLUMNS = ("(0, 50]", "(50, 100]", "(100, 150]", "(150, 200]", "(200, 300]", "(300, 500]")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_reference_args(p)
+    p.add_argument("--model", nargs="+", action="append", default=[], metavar="NAME S1 S2 [METHOD]",
+                   help="a predictor: its name, S1 checkpoint (- for none), S2 checkpoint, decoding method")
+    p.add_argument("--no_vienna", action="store_true", help="leave out the ViennaRNA rows")
+    p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, required=True, help="per-sequence CSV")
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def parse_models(specs: list[list[str]]) -> list[tuple[str, Path | None, Path, str | None]]:
+    out = []
+    for spec in specs:
+        if len(spec) not in (3, 4) or (len(spec) == 4 and spec[3] not in DECODERS):
+            raise InputError(f"--model {' '.join(spec)}: give NAME S1 S2 [METHOD], METHOD one of {', '.join(DECODERS)}")
+        out.append((spec[0], None if spec[1] == "-" else Path(spec[1]), Path(spec[2]), spec[3] if len(spec) == 4 else None))
+    return out
+
+
+def make_model(s1: Path | None, s2: Path, method: str | None, device, batch_size: int) -> Predictor:
+    predictor = Predictor.from_checkpoints(s1, s2, device, batch_size=batch_size)
+    if method is not None:
+        if not predictor.is_grammar:
+            raise InputError(f"{s2}: a decoding method is for grammar S2 models (s2_training/train_s2_crf.py)")
+        predictor.decoder = predictor.decoder | {"method": method}
+    if predictor.s1_model is None and (not predictor.is_grammar or predictor.s2_model.uses_evidence):
+        raise InputError(f"{s2}: this S2 model reads S1's output; give an S1 checkpoint instead of -")
+    return predictor
+
+
+def vienna_rows(records, show_progress: bool) -> list[dict]:
+    rows = []
+    for k, rec in enumerate(tqdm(records, desc="ViennaRNA", disable=not show_progress)):
+        for method, structure in (("RNAfold MFE", lambda s: fold(s, partition=False).mfe_structure),
+                                  ("RNAfold MEA", mea_structure)):
+            t = time.perf_counter()
+            pred = pairs_from_db(structure(rec.seq))
+            rows.append(score_row(k, rec, method, pred, time.perf_counter() - t))
+    return rows
+
+
+def family_size_summary(per_seq: pd.DataFrame, sizes) -> pd.DataFrame:
+    bins = pd.cut(per_seq["index"].map(sizes), FAMILY_SIZE_BINS).astype(str)
+    return (per_seq.assign(group="family_size", value=bins).groupby(["group", "value", "method"], sort=False)
+            .agg(n=("f1", "size"), f1=("f1", "mean")).reset_index())
+
+
+def markdown_table(summary: pd.DataFrame, methods: list[str]) -> str:
+    def get(group, method, value="all", column="f1"):
+        row = summary[(summary["group"] == group) & (summary["value"] == value) & (summary["method"] == method)]
+        return f"{row[column].item():.3f}" if len(row) else ""
+
+    lengths = [v for v in LENGTH_COLUMNS if (summary["value"] == v).any()]
+    sizes = sorted(summary.loc[summary["group"] == "family_size", "value"].unique(),
+                   key=lambda v: float(v.split(",")[0].strip("(")))
+    head = ["predictor", "F1", "family-macro", "P", "R"] + [f"{v} nt" for v in lengths] + [
+        f"family size {v}" for v in sizes] + ["s/seq"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        cells = [m, get("all", m), get("family_macro", m), get("all", m, column="precision"),
+                 get("all", m, column="recall")] + [get("length", m, v) for v in lengths] + [
+            get("family_size", m, v) for v in sizes] + [get("all", m, column="seconds_per_seq")]
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = summary[(summary["method"] == methods[0]) & summary["group"].isin(["length", "family_size"])]
+    note = ", ".join(f"{v}: {n}" for v, n in zip(counts["value"], counts["n"]))
+    return "\n".join(lines) + f"\n\nSequences per bin: {note}.\n"
+
+
+def main(args) -> None:
+    models = parse_models(args.model)
+    if not models and args.no_vienna:
+        raise InputError("nothing to compare: give --model or leave out --no_vienna")
+    stem = args.out.with_name(args.out.name.removesuffix(".csv"))
+    inputs = [args.data or args.refs] + [p for _, s1, s2, _ in models for p in (s1, s2)]
+    check_outputs([args.out, Path(f"{stem}_summary.csv"), Path(f"{stem}_table.md")], inputs)
+    check_num(args.num)
+    log = start_run("compare_predictors")
+    records = reference_records(args, log)
+    device = pick_device(args.device)
+    predictors = [(name, make_model(s1, s2, method, device, args.batch_size)) for name, s1, s2, method in models]
+    rows = [] if args.no_vienna else vienna_rows(records, not args.no_progress)
+    seqs = [rec.seq for rec in records]
+    for name, predictor in predictors:
+        t = time.perf_counter()
+        structures = predictor.predict(seqs)
+        seconds = (time.perf_counter() - t) / len(seqs)
+        rows += [score_row(k, rec, name, pred, seconds) for k, (rec, pred) in enumerate(zip(records, structures))]
+        log.info("%s: %.3f s per sequence", name, seconds)
+    per_seq = pd.DataFrame(rows)
+    summary = summarize(per_seq)
+    if args.data is not None:
+        df = read_pickle(args.data)
+        if "family_size" in df.columns:
+            sizes = dict(zip(df["name"].astype(str) + "\t" + df["family"].astype(str), df["family_size"]))
+            keys = {k: f"{rec.name}\t{rec.family}" for k, rec in enumerate(records)}
+            summary = pd.concat([summary, family_size_summary(per_seq, {k: sizes.get(v) for k, v in keys.items()})],
+                                ignore_index=True)
+    methods = list(dict.fromkeys(per_seq["method"]))
+    write_csv(per_seq, args.out)
+    write_csv(summary, Path(f"{stem}_summary.csv"))
+    table = markdown_table(summary, methods)
+    with atomic_path(Path(f"{stem}_table.md")) as tmp:
+        tmp.write_text(table)
+    log.info("mean F1 on %d sequences:\n%s", len(records), table)
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -1,0 +1,187 @@
+"""Train the probabilistic S2 (stembb.s2.crf): the loop grammar over every canonical pair,
+S1's maps as evidence, by conditional log-likelihood of reference structures.
+
+Reads structure pickles (seq, one_idx; a ``split`` column, as make_structure_dataset.py
+writes, names the training and validation rows, and its test rows are never read;
+without it --training_proportion splits by sequence). The loop terms start from an
+energy-fitted S2 checkpoint (--init_terms, default the shipped models/stembb_s2.pth),
+divided by kT, and are pulled toward that start with strength --pull; --freeze_terms
+keeps them fixed and trains only the pair bias and the evidence weights. With --s1_model,
+each allowed pair gets S1's evidence (stembb.s2.crf.EVIDENCE) and its weights are
+learned; without it the model is the grammar alone.
+
+Each epoch records the training NLL and the validation F1 (MEA, gamma 1) in
+<out>.metrics.csv / .png; the epoch with the best validation F1 is kept. Then the decoder
+(MEA or threshold, and its gamma or cut) is chosen on the validation split and stored in
+the checkpoint (--out), which evaluation/predict_structure.py and run_end_to_end.py read
+as --s2_model.
+
+    python train_s2_crf.py --data ../data/real/rfam.pkl.gz --out result/s2_crf.pth --epochs 2 \\
+        --lr 0.001 --pull 0.1
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from stembb.checkpoint import load_checkpoint, save_checkpoint
+from stembb.cli import check_at_least_one, check_outputs, check_positive
+from stembb.data.splits import train_val_rows
+from stembb.distributed import pick_device
+from stembb.errors import InputError, run_main
+from stembb.io import read_pickle
+from stembb.metrics import pair_scores
+from stembb.pipeline import SHIPPED_S2, evidence_maps
+from stembb.runlog import start_run
+from stembb.s1.predict import load_s1_model
+from stembb.s2 import crf
+from stembb.s2.assemble import LoopTerms
+from stembb.s2.boxnet import KIND as BOX_KIND
+from stembb.structure import pairs_from_one_idx
+from stembb.train import record_epoch
+
+GAMMAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+CUTS = (0.2, 0.3, 0.4, 0.5)
+PANELS = [("nll", "NLL per reference pair"), ("f1", "F1 (MEA, gamma 1)")]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="structure pickles (.pkl.gz)")
+    p.add_argument("--out", type=Path, required=True, help="the S2 checkpoint to write (.pth)")
+    p.add_argument("--s1_model", type=Path, default=None, help="S1 checkpoint whose maps are the evidence")
+    p.add_argument("--init_terms", type=Path, default=SHIPPED_S2,
+                   help="S2 checkpoint with energy-fitted loop terms (box kind) or a grammar checkpoint to continue")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=0.001, help="Adam learning rate")
+    p.add_argument("--pull", type=float, default=0.1,
+                   help="strength of the L2 pull of the loop terms toward --init_terms (per squared nat)")
+    p.add_argument("--freeze_terms", action="store_true", help="train only the pair bias and evidence weights")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--training_proportion", type=float, default=0.9,
+                   help="share of sequences for training when the data has no split column")
+    p.add_argument("--threads", type=int, default=2, help="partition functions computed in parallel")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="device of the S1 forward passes")
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def read_splits(paths: list[Path], fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frames = [read_pickle(p) for p in paths]
+    df = pd.concat(frames, ignore_index=True)
+    train, val, _ = train_val_rows(df, 1 - fraction, seed)
+    return df.iloc[train].reset_index(drop=True), df.iloc[val].reset_index(drop=True)
+
+
+def initial_model(path: Path, n_evidence: int) -> tuple[crf.GrammarFold, dict]:
+    """A grammar model with the loop terms of ``path`` (energy-fitted box terms / kT, or a
+    grammar checkpoint's own), and those terms as the pull's anchor."""
+    state = load_checkpoint(path, (BOX_KIND, crf.KIND))
+    model = crf.GrammarFold(n_evidence)
+    if state["kind"] == crf.KIND:
+        terms = {k.removeprefix("terms."): v for k, v in state["model"].items() if k.startswith("terms.")}
+        model.terms.load_state_dict(terms)
+    else:
+        energy = LoopTerms()
+        energy.load_state_dict({k.removeprefix("terms."): v for k, v in state["model"].items()
+                                if k.startswith("terms.")})
+        crf.set_energy_terms(model, energy)
+    anchor = {n: p.detach().clone() for n, p in model.terms.named_parameters() if n != "pair_weight"}
+    return model, anchor
+
+
+def examples_of(model, df: pd.DataFrame, maps, train: bool, log) -> list:
+    out, skipped = [], 0
+    for k, (seq, one_idx) in enumerate(zip(df["seq"], df["one_idx"])):
+        ref = pairs_from_one_idx(one_idx)
+        if train:
+            ref = crf.trainable_reference(seq, ref)
+            if ref is None:
+                skipped += 1
+                continue
+        out.append(model.example(seq, None if maps is None else maps[k], ref))
+    if skipped:
+        log.info("%d training structures left out: an interior loop longer than the grammar's", skipped)
+    return out
+
+
+def decoded_f1(model, examples, method: str, value: float, ensembles) -> float:
+    kw = {"gamma": value} if method != "threshold" else {"cut": value}
+    return float(np.mean([pair_scores(crf.decode(model, e, method, ens=en, **kw), e.reference)["f1"]
+                          for e, en in zip(examples, ensembles)]))
+
+
+def choose_decoder(model, examples, ensembles) -> tuple[dict, dict]:
+    """The decoder of best validation F1 (MEA over GAMMAS, threshold over CUTS)."""
+    scores = {("mea", g): decoded_f1(model, examples, "mea", g, ensembles) for g in GAMMAS}
+    scores |= {("threshold", c): decoded_f1(model, examples, "threshold", c, ensembles) for c in CUTS}
+    method, value = max(scores, key=lambda k: (scores[k], k[0] == "mea"))
+    return {"method": method, "gamma": value if method == "mea" else 1.0,
+            "cut": value if method == "threshold" else 0.5}, {f"{m} {v}": f for (m, v), f in scores.items()}
+
+
+def main(args) -> None:
+    check_outputs([args.out], list(args.data) + [args.s1_model, args.init_terms])
+    check_at_least_one(args, "epochs", "batch_size", "threads")
+    check_positive(args, "lr")
+    if args.pull < 0:
+        raise InputError(f"--pull must be at least 0, got {args.pull}")
+    log = start_run("train_s2_crf", args.seed, args.out.with_suffix(".log"))
+    torch.manual_seed(args.seed)
+    train_df, val_df = read_splits(args.data, args.training_proportion, args.seed)
+    model, anchor = initial_model(args.init_terms, len(crf.EVIDENCE) if args.s1_model else 0)
+    maps = {"train": None, "val": None}
+    if args.s1_model is not None:
+        device = pick_device(args.device)
+        s1, _ = load_s1_model(args.s1_model, device)
+        for name, df in (("train", train_df), ("val", val_df)):
+            maps[name] = evidence_maps(s1, list(df["seq"]), device, show_progress=not args.no_progress)
+    train = examples_of(model, train_df, maps["train"], True, log)
+    val = examples_of(model, val_df, maps["val"], False, log)
+    log.info("%d training and %d validation structures", len(train), len(val))
+    params = [p for n, p in model.named_parameters()
+              if n != "terms.pair_weight" and (not args.freeze_terms or not n.startswith("terms.") or n == "terms.pair_bias")]
+    optimizer = torch.optim.Adam(params, args.lr)
+    rng = np.random.default_rng(args.seed)
+    history: list = []
+    best = (decoded_f1(model, val, "mea", 1.0, [model.ensemble(e) for e in val]), -1,
+            {k: v.clone() for k, v in model.state_dict().items()})
+    log.info("validation F1 before training (MEA, gamma 1): %.4f", best[0])
+    for epoch in range(args.epochs):
+        started, total = time.perf_counter(), 0.0
+        batches = np.array_split(rng.permutation(len(train)), max(len(train) // args.batch_size, 1))
+        for idx in tqdm(batches, desc=f"epoch {epoch}", disable=args.no_progress):
+            nll = crf.batch_nll(model, [train[k] for k in idx], args.threads)
+            loss = nll + args.pull * crf.pull(model, anchor) if not args.freeze_terms else nll
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += nll.item() * len(idx)
+        f1 = decoded_f1(model, val, "mea", 1.0, [model.ensemble(e) for e in val])
+        log.info("epoch %d: training NLL %.4f per reference pair, validation F1 %.4f (%.0f s)", epoch,
+                 total / len(train), f1, time.perf_counter() - started)
+        record_epoch(history, [{"epoch": epoch, "split": "train", "nll": total / len(train)},
+                               {"epoch": epoch, "split": "val", "f1": f1}], PANELS,
+                     args.out.with_suffix(".metrics.csv"), args.out.with_suffix(".metrics.png"), ncols=2)
+        if f1 > best[0]:
+            best = (f1, epoch, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    log.info("kept epoch %d (validation F1 %.4f; -1 = the starting terms)", best[1], best[0])
+    decoder, scores = choose_decoder(model, val, [model.ensemble(e) for e in val])
+    log.info("decoder chosen on validation: %s (F1 %.4f)", decoder,
+             max(scores.values()))
+    save_checkpoint({"kind": crf.KIND, "model": model.state_dict(), "config": model.config, "args": vars(args),
+                     "epoch": best[1], "history": history, "decode": decoder, "decode_scores": scores,
+                     "evidence": list(crf.EVIDENCE) if args.s1_model else []}, args.out)
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))

@@ -1,0 +1,135 @@
+"""The probabilistic S2: likelihood gradients, training steps, decoders, the scripts."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script
+from stembb.s2 import crf
+from stembb.structure import is_nested
+from test_s2 import random_terms
+
+
+def tiny_model(rng, n_evidence=2):
+    model = crf.GrammarFold(n_evidence)
+    model.terms.load_state_dict(random_terms(rng).state_dict())
+    with torch.no_grad():
+        for p in model.terms.parameters():
+            p.mul_(0.5)
+        if n_evidence:
+            model.evidence.weight.copy_(torch.as_tensor(rng.normal(size=(1, n_evidence))))
+    return model.double()
+
+
+def test_nll_gradient_equals_finite_differences():
+    rng = np.random.default_rng(0)
+    model = tiny_model(rng)
+    seq = "GGGACAUAGCUCAGGCUAGUCCCAAUGC"
+    p_on = rng.random((len(seq), len(seq)))
+    example = model.example(seq, p_on, [(0, 22), (1, 21), (2, 20), (8, 15)])
+    assert all(p in set(map(tuple, example.pairs.tolist())) for p in example.reference)
+    loss = model.nll(example)
+    loss.backward()
+    checks = [(model.evidence.weight, (0, 0)), (model.evidence.weight, (0, 1)), (model.terms.pair_bias, ()),
+              (model.terms.stack, (2, 3)), (model.terms.hairpin, (4,)), (model.terms.multi, (0,)),
+              (model.terms.end, (2,)), (model.terms.dangle, (2, 0, 1))]
+    for param, index in checks:
+        with torch.no_grad():
+            value = param[index].item()
+            param[index] = value + 1e-5
+            up = model.nll(example).item()
+            param[index] = value - 1e-5
+            down = model.nll(example).item()
+            param[index] = value
+        assert param.grad[index].item() == pytest.approx((up - down) / 2e-5, abs=1e-5)
+    assert loss.item() > 0  # the reference is one of many structures
+
+
+def test_training_steps_raise_the_likelihood_of_the_references():
+    rng = np.random.default_rng(1)
+    model = crf.GrammarFold(0)
+    seqs = ["".join(rng.choice(list("ACGU"), int(n))) for n in rng.integers(30, 60, 12)]
+    examples = []
+    for seq in seqs:
+        ex = model.example(seq)
+        pick = ex.pairs[rng.permutation(len(ex.pairs))[:6]]
+        ref = [tuple(p) for p in pick.tolist()]
+        kept = []
+        for p in ref:
+            if is_nested(kept + [p]) and not {*p} & {b for q in kept for b in q}:
+                kept.append(p)
+        examples.append(crf.Example(seq, ex.pairs, None, crf.trainable_reference(seq, kept)))
+    optimizer = torch.optim.Adam(model.parameters(), 0.05)
+    losses = []
+    for _ in range(15):
+        loss = crf.batch_nll(model, examples, threads=2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    assert model.terms.pair_weight.grad is None or model.terms.pair_weight.grad.abs().sum() == 0
+
+
+def test_trainable_reference_drops_what_the_grammar_cannot_make():
+    seq = "GGGGAAAACCCCAAAAGGGGAAAACCCC"
+    # a 4-pair stem 0-11, a 2-pair stem crossing it, a non-canonical pair and a too-short one
+    ref = [(0, 11), (1, 10), (2, 9), (3, 8), (5, 18), (6, 17), (12, 13), (16, 19)]
+    assert crf.trainable_reference(seq, ref) == [(0, 11), (1, 10), (2, 9), (3, 8)]
+    long_loop = "G" + "A" * 40 + "GAAAAC" + "A" * 3 + "C"
+    assert crf.trainable_reference(long_loop, [(0, len(long_loop) - 1), (41, 46)]) is None
+    assert crf.trainable_reference(long_loop, [(0, len(long_loop) - 1)]) == [(0, len(long_loop) - 1)]
+
+
+def test_threshold_decoder_takes_mutual_best_partners_nested():
+    pairs = np.array([[0, 10], [1, 9], [0, 9], [2, 14], [11, 20]])
+    ens = crf.Ensemble(pairs, np.array([0.6, 0.55, 0.3, 0.45, 0.42]), 0.0)
+    # (0, 9) is not the best partner of 0; (2, 14) crosses (0, 10) and loses to it
+    assert crf.threshold_structure(ens, 0.4) == [(0, 10), (1, 9), (11, 20)]
+    assert crf.threshold_structure(ens, 0.58) == [(0, 10)]
+
+
+def test_allowed_pairs_and_span():
+    seq = "GCAUGCAUGCAUGCAUGCAU"
+    pairs = crf.allowed_pairs(seq)
+    assert (pairs[:, 1] - pairs[:, 0] > 3).all()
+    assert all(seq[i] + seq[j] in ("AU", "UA", "GC", "CG", "GU", "UG") for i, j in pairs.tolist())
+    spanned = crf.allowed_pairs(seq, max_span=8)
+    assert (spanned[:, 1] - spanned[:, 0] <= 8).all()
+    assert {tuple(p) for p in spanned.tolist()} == {tuple(p) for p in pairs.tolist() if p[1] - p[0] <= 8}
+
+
+def test_train_predict_with_pair_probabilities_and_evaluate(s2_models, tiny_s1_data, tmp_path):
+    """train_s2_crf.py with S1 evidence on generator data -> predict_structure --bpp -> run_end_to_end."""
+    _, s1, box, _ = s2_models
+    out = tmp_path / "crf.pth"
+    proc = run_script("s2_training/train_s2_crf.py", "--data", tiny_s1_data, "--out", out, "--s1_model", s1,
+                      "--init_terms", box, "--epochs", 2, "--batch_size", 8, "--lr", 0.01, "--no_progress")
+    assert "decoder chosen on validation" in proc.stderr and out.is_file()
+    assert len(pd.read_csv(tmp_path / "crf.metrics.csv")) == 4 and (tmp_path / "crf.metrics.png").stat().st_size
+    state = torch.load(out, weights_only=True)
+    assert state["kind"] == crf.KIND and state["decode"]["method"] in crf.DECODERS
+    assert state["model"]["evidence.weight"].shape == (1, len(crf.EVIDENCE))
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">first one\nGGGGAAACCCCAUAUGGGCUUCGGCCCAUAU\n>two\nACGUACGUAGCUAGCUAGGCAUCGAUCGAUGCAUG\n")
+    bpp = tmp_path / "bpp"
+    proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", out, "--fasta", fasta,
+                      "--bpp", bpp)
+    assert proc.stdout.count(">") == 2
+    lines = (bpp / "1_first.bpp").read_text().splitlines()
+    triples = [(int(i), int(j), float(p)) for i, j, p in (line.split() for line in lines)]
+    assert triples and all(1 <= i < j <= 31 and 0 < p <= 1 for i, j, p in triples)
+    assert (bpp / "2_two.png").stat().st_size > 0
+    e2e = tmp_path / "e2e.csv"
+    run_script("evaluation/run_end_to_end.py", "--s1_model", s1, "--s2_model", out, "--data", tiny_s1_data,
+               "--num", 5, "--out", e2e)
+    assert len(pd.read_csv(e2e)) == 10
+
+
+def test_bpp_needs_a_grammar_model(s2_models, tmp_path):
+    _, s1, box, _ = s2_models
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nGGGGAAACCCC\n")
+    proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", box, "--fasta", fasta,
+                      "--bpp", tmp_path / "bpp", check=False)
+    assert proc.returncode == 2 and "--bpp needs a grammar S2 model" in proc.stderr.strip().splitlines()[-1]
