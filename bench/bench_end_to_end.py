@@ -5,7 +5,7 @@ predict_structure pipeline one sequence per call, with S1 forward, S1 decoding, 
 (examples + network) and structure decoding timed separately (and everything after the
 S1 forward as a share of it), and all of them in one call (batched), and of
 ViennaRNA's MFE fold on the same sequences; printed as a ratio. Models:
---s1_model/--s2_model checkpoints (README's demo writes them), or random small networks
+--s1_model/--s2_model checkpoints (scripts/demo.sh writes them), or random small networks
 (box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, at 200
 nt: the structure assembly alone, and the grammar's partition function (inside-outside,
 ``stembb.s2.partition``) over every canonical pair against one S1 forward pass (medians

@@ -6,7 +6,7 @@ decoded as its S2 checkpoint says or, for a grammar model, by METHOD (mea, thres
 max). Writes --out (one row per sequence and predictor), <out>_summary.csv (mean scores
 overall, per length bin, per family-size bin when the pickle has make_structure_dataset's
 family_size column, per family and clan, family-macro) and <out>_table.md (the table
-README reports).
+README and docs/RESULTS.md report).
 
     python evaluation/compare_predictors.py --data ../data/real/rfam.pkl.gz --split test \\
         --model shipped ../models/stembb_s1.pth ../models/stembb_s2.pth \\

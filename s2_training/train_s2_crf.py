@@ -5,7 +5,8 @@ Reads structure pickles (seq, one_idx; a ``split`` column, as make_structure_dat
 writes, names the training and validation rows, and its test rows are never read;
 without it --training_proportion splits by sequence). The loop terms start from an
 energy-fitted S2 checkpoint (--init_terms, default the shipped models/stembb_s2.pth),
-divided by kT, and are pulled toward that start with strength --pull; --freeze_terms
+divided by kT (from a grammar checkpoint: the fit it was trained from), and are pulled
+toward that start with strength --pull; --freeze_terms
 keeps them fixed and trains only the pair bias and the evidence weights. With --s1_model,
 each allowed pair gets S1's evidence (stembb.s2.crf.EVIDENCE) and its weights are
 learned; without it the model is the grammar alone.
@@ -52,11 +53,14 @@ PANELS = [("nll", "NLL per reference pair"), ("f1", "F1 (MEA, gamma 1)")]
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, nargs="+", required=True, help="structure pickles (.pkl.gz)")
+    p.add_argument("--extra_train", type=Path, nargs="+", default=[],
+                   help="structure pickles used whole for training, none of them for validation (e.g. ViennaRNA-"
+                        "labelled segments beside real structures)")
     p.add_argument("--out", type=Path, required=True, help="the S2 checkpoint to write (.pth)")
     p.add_argument("--s1_model", type=Path, default=None, help="S1 checkpoint whose maps are the evidence")
     p.add_argument("--init_terms", type=Path, default=SHIPPED_S2,
                    help="S2 checkpoint with energy-fitted loop terms (box kind) or a grammar checkpoint to continue")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=2, help="0 keeps the starting terms and only chooses the decoder")
     p.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=0.001, help="Adam learning rate")
     p.add_argument("--pull", type=float, default=0.1,
                    help="strength of the L2 pull of the loop terms toward --init_terms (per squared nat)")
@@ -71,21 +75,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_splits(paths: list[Path], fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    frames = [read_pickle(p) for p in paths]
-    df = pd.concat(frames, ignore_index=True)
-    train, val, _ = train_val_rows(df, 1 - fraction, seed)
-    return df.iloc[train].reset_index(drop=True), df.iloc[val].reset_index(drop=True)
+def read_splits(paths: list[Path], extra: list[Path], fraction: float, seed: int,
+                log) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows of ``paths`` (their split column, or by sequence),
+    then every row of ``extra`` added to the training rows."""
+    df = pd.concat([read_pickle(p) for p in paths], ignore_index=True)
+    train, val, how = train_val_rows(df, 1 - fraction, seed)
+    log.info("split: %s", how)
+    columns = ["seq", "one_idx"]
+    train = pd.concat([df.iloc[train][columns]] + [read_pickle(p)[columns] for p in extra], ignore_index=True)
+    return train, df.iloc[val].reset_index(drop=True)
 
 
 def initial_model(path: Path, n_evidence: int) -> tuple[crf.GrammarFold, dict]:
-    """A grammar model with the loop terms of ``path`` (energy-fitted box terms / kT, or a
-    grammar checkpoint's own), and those terms as the pull's anchor."""
+    """A grammar model whose loop terms and pair bias start from, and are pulled toward,
+    an energy fit in nats: a box checkpoint's energy-fitted terms divided by kT, or the
+    fit a grammar checkpoint was itself trained from (its ``anchor``), so training from
+    the shipped model repeats the training that made it."""
     state = load_checkpoint(path, (BOX_KIND, crf.KIND))
     model = crf.GrammarFold(n_evidence)
     if state["kind"] == crf.KIND:
-        terms = {k.removeprefix("terms."): v for k, v in state["model"].items() if k.startswith("terms.")}
-        model.terms.load_state_dict(terms)
+        with torch.no_grad():
+            for name, value in state["anchor"].items():
+                getattr(model.terms, name).copy_(value)
     else:
         energy = LoopTerms()
         energy.load_state_dict({k.removeprefix("terms."): v for k, v in state["model"].items()
@@ -126,14 +138,16 @@ def choose_decoder(model, examples, ensembles) -> tuple[dict, dict]:
 
 
 def main(args) -> None:
-    check_outputs([args.out], list(args.data) + [args.s1_model, args.init_terms])
-    check_at_least_one(args, "epochs", "batch_size", "threads")
+    check_outputs([args.out], list(args.data) + list(args.extra_train) + [args.s1_model, args.init_terms])
+    check_at_least_one(args, "batch_size", "threads")
+    if args.epochs < 0:
+        raise InputError(f"--epochs must be at least 0 (0: the starting terms, decoder chosen), got {args.epochs}")
     check_positive(args, "lr")
     if args.pull < 0:
         raise InputError(f"--pull must be at least 0, got {args.pull}")
     log = start_run("train_s2_crf", args.seed, args.out.with_suffix(".log"))
     torch.manual_seed(args.seed)
-    train_df, val_df = read_splits(args.data, args.training_proportion, args.seed)
+    train_df, val_df = read_splits(args.data, args.extra_train, args.training_proportion, args.seed, log)
     model, anchor = initial_model(args.init_terms, len(crf.EVIDENCE) if args.s1_model else 0)
     maps = {"train": None, "val": None}
     if args.s1_model is not None:
@@ -179,7 +193,7 @@ def main(args) -> None:
              max(scores.values()))
     save_checkpoint({"kind": crf.KIND, "model": model.state_dict(), "config": model.config, "args": vars(args),
                      "epoch": best[1], "history": history, "decode": decoder, "decode_scores": scores,
-                     "evidence": list(crf.EVIDENCE) if args.s1_model else []}, args.out)
+                     "evidence": list(crf.EVIDENCE) if args.s1_model else [], "anchor": anchor}, args.out)
     log.info("wrote %s", args.out)
 
 

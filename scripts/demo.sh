@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, small, on the embedded genome (chr3 + chr4 train, chr5 held out), on CPU:
 # data -> S1 training -> S1 evaluation -> S2 data -> S2 training -> end-to-end evaluation
-# against ViennaRNA on the held-out chromosome. Each stage is a command of README's notebook.
+# against ViennaRNA on the held-out chromosome. Each stage is a command of the lab notebook (docs/DATA.md, docs/TRAINING.md).
 # The sizes below are the main job's; scripts/quality_run.sh runs the same stages larger
 # under another TAG (outputs named after it, the test set shared). EXPORT_MODELS=1 ends by
 # exporting the run's models to models/ (scripts/export_models.py).
@@ -15,7 +15,7 @@ TAG=${TAG:-demo}
 RUN=s1_training/result/$TAG
 S1_SEQS=${S1_SEQS:-5000}
 S1_EPOCHS=${S1_EPOCHS:-5}
-S2_SEQS=${S2_SEQS:-4000}  # the loop terms gain most from more sequences (README, S2 section)
+S2_SEQS=${S2_SEQS:-4000}  # the loop terms gain most from more sequences (docs/TRAINING.md, S2 training)
 S2_EPOCHS=${S2_EPOCHS:-1}
 S1_MAX_PER_GENE=${S1_MAX_PER_GENE:-300}
 S2_MAX_PER_GENE=${S2_MAX_PER_GENE:-1000}

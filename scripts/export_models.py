@@ -9,20 +9,19 @@ from pathlib import Path
 
 from stembb.checkpoint import S1_KIND, export_weights, load_checkpoint
 from stembb.errors import run_main
-from stembb.pipeline import SHIPPED_S1, SHIPPED_S2
+from stembb.pipeline import S2_CHECKPOINT_KINDS, SHIPPED_S1, SHIPPED_S2
 from stembb.runlog import git_commit
-from stembb.s2.engine import S2_KINDS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("s1", type=Path, help="S1 checkpoint")
-    p.add_argument("s2", type=Path, help="S2 checkpoint (box or gnn)")
+    p.add_argument("s2", type=Path, help="S2 checkpoint (grammar, box or gnn)")
     return p
 
 
 def main(args) -> None:
-    pairs = ((args.s1, SHIPPED_S1, S1_KIND), (args.s2, SHIPPED_S2, tuple(S2_KINDS)))
+    pairs = ((args.s1, SHIPPED_S1, S1_KIND), (args.s2, SHIPPED_S2, S2_CHECKPOINT_KINDS))
     for src, _, kind in pairs:  # both readable and of their kind before models/ changes: never half a pair
         load_checkpoint(src, kind)
     for src, dst, kind in pairs:

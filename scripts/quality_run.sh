@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU quality run of README's S2 section: the main job's stages (scripts/demo.sh) with
+# The CPU quality run of docs/RESULTS.md: the main job's stages (scripts/demo.sh) with
 # four times the S1 segments, 6 S1 epochs, and 7,500 S2 sequences (most of what the
 # embedded genome's training chromosomes hold at MFE frequency 0.02), on the same
 # held-out test set. Outputs are named "quality" (s1_training/result/quality,

@@ -21,10 +21,13 @@ from stembb.s2.engine import S2_KINDS, S2_MODELS, S2Model, item_slices
 from stembb.s2.partition import Ensemble
 
 
+S2_CHECKPOINT_KINDS = tuple(S2_KINDS) + (crf.KIND,)
+
+
 def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2Model | None, dict]:
     """The model of an S2 checkpoint of any kind, in eval mode; its spec (None for the
     grammar model, ``stembb.s2.crf``, which runs on the CPU); the checkpoint."""
-    state = load_checkpoint(path, tuple(S2_KINDS) + (crf.KIND,), map_location=device)
+    state = load_checkpoint(path, S2_CHECKPOINT_KINDS, map_location=device)
     if state["kind"] == crf.KIND:
         model, spec = crf.build_grammar(state["config"]), None
     else:
@@ -85,9 +88,11 @@ class Predictor:
         return self.structures(seqs, self.proposals(seqs))
 
     @torch.no_grad()
-    def fold(self, seqs: Sequence[str]) -> tuple[list[list[tuple[int, int]]], list[Ensemble]]:
-        """Grammar model: one structure per sequence and its pair probabilities. S1 runs
-        only when its evidence has a weight other than 0."""
+    def fold(self, seqs: Sequence[str]) -> tuple[list[list[tuple[int, int]]], list[Ensemble], list[float]]:
+        """Grammar model: one structure per sequence, its pair probabilities, and the
+        structure's score as a pseudo free energy (``-KT * S``, kcal/mol when the loop
+        terms are ViennaRNA's energies, as they start). S1 runs only when its evidence
+        has a weight other than 0."""
         t = time.perf_counter()
         maps = (evidence_maps(self.s1_model, seqs, self.device, self.batch_size) if self.s2_model.uses_evidence
                 else [None] * len(seqs))
@@ -99,8 +104,9 @@ class Predictor:
         t = time.perf_counter()
         out = [crf.decode(self.s2_model, e, self.decoder["method"], self.gamma, self.decoder["cut"], ens)
                for e, ens in zip(examples, ensembles)]
+        energies = [-crf.KT * self.s2_model.score(e, y) for e, y in zip(examples, out)]
         self.timings["structure"] += time.perf_counter() - t
-        return out, ensembles
+        return out, ensembles, energies
 
     @torch.no_grad()
     def proposals(self, seqs: Sequence[str]) -> list:

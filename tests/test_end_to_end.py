@@ -1,9 +1,14 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from conftest import REPO, error_line, random_candidates, run_script
+from stembb.errors import InputError
 from stembb.s2.decode import decode_structure
 from stembb.data.folding import fold
 from stembb.data.formats import format_record, read_bpseq, read_ct, read_fasta, read_references
@@ -158,8 +163,25 @@ def test_shipped_model_predicts_with_no_model_flags(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0] == ">hairpin" and len(lines) == 6
     for seq, db in ((lines[1], lines[2]), (lines[4], lines[5])):
+        db = db.split()[0]  # a grammar model prints the structure's energy after it, as RNAfold does
         assert len(db) == len(seq) and db.count("(") == db.count(")") > 0
     assert "predicted 2 structures" in proc.stderr
+
+
+def test_python_api_and_console_command_fold_with_the_shipped_model():
+    import stembb
+
+    structure, energy = stembb.fold("gggGAAACCCCauauGGGCGAAAGCCCUU")
+    assert structure.startswith("((((") and len(structure) == 29 and energy < 0
+    predictor = stembb.load_predictor(device="cpu")
+    assert predictor.predict(["GGGGAAACCCC", "GGGGAAACCCC"]) == [predictor.predict(["GGGGAAACCCC"])[0]] * 2
+    with pytest.raises(InputError, match="letters outside ACGTUN: X"):
+        stembb.fold("GGGXAAACCC")
+    command = Path(sys.executable).parent / "stembb-fold"  # pyproject's console entry, installed by make
+    proc = subprocess.run([command], input=">a\nGGGGAAACCCCAUAUGGGCGAAAGCCCUU\n", capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[2].split()[0] == stembb.fold("GGGGAAACCCCAUAUGGGCGAAAGCCCUU")[0]
 
 
 def test_model_export_refuses_a_bad_pair_and_leaves_models_as_they_were(tmp_path):

@@ -206,3 +206,45 @@ def test_train_on_real_structures_and_evaluate_by_family(tmp_path):
     macro = summary[(summary["group"] == "family_macro") & (summary["method"] == "ViennaRNA")]
     assert macro["f1"].item() == pytest.approx(fam["f1"].mean())
     assert "family-macro F1" in proc.stderr
+
+
+def test_in_family_split_and_a_comparison_table(tmp_path):
+    """make_structure_dataset twice -> in_family_split -> train_s2_crf (no epoch: the energy
+    fit, decoder chosen) -> compare_predictors beside RNAfold, by length and family size."""
+    made = {}
+    for n in (2, 5):
+        made[n] = tmp_path / f"f{n}.pkl.gz"
+        run_script("s1_data_gen/make_structure_dataset.py", "--inputs", SAMPLE, "--out", made[n], "--max_per_family",
+                   n, "--val_families", 0.25, "--test_families", 0.25, "--len_min", 20, "--len_max", 120)
+    data, more = read_pickle(made[2]), read_pickle(made[5])
+    assert (data["family_size"] >= 1).all() and data.groupby("family")["family_size"].nunique().eq(1).all()
+    in_family = tmp_path / "in_family.pkl.gz"
+    run_script("s1_data_gen/in_family_split.py", "--data", made[2], "--more", made[5], "--out", in_family,
+               "--max_per_family", 2)
+    held = read_pickle(in_family)
+    assert (held["split"] == "test").all() and not set(held["seq"]) & set(data["seq"])
+    assert set(held["family"]) <= set(data.loc[data["split"] == "train", "family"])
+    assert held.groupby("family").size().max() <= 2 and set(held["seq"]) <= set(more["seq"])
+
+    grammar = tmp_path / "grammar.pth"
+    proc = run_script("s2_training/train_s2_crf.py", "--data", made[2], "--init_terms", REPO / "models" / "stembb_s2.pth",
+                      "--out", grammar, "--epochs", 0, "--no_progress")
+    assert "kept epoch -1" in proc.stderr
+    out = tmp_path / "compare.csv"
+    proc = run_script("evaluation/compare_predictors.py", "--data", in_family, "--split", "test",
+                      "--model", "grammar", "-", grammar, "--model", "grammar max", "-", grammar, "max",
+                      "--out", out, "--no_progress")
+    per_seq = pd.read_csv(out)
+    assert sorted(per_seq["method"].unique()) == ["RNAfold MEA", "RNAfold MFE", "grammar", "grammar max"]
+    assert per_seq.groupby("method").size().eq(len(held)).all()
+    table = (tmp_path / "compare_table.md").read_text()
+    assert "| grammar max |" in table and "family size" in table and "| grammar max |" in proc.stderr
+    summary = pd.read_csv(tmp_path / "compare_summary.csv")
+    assert {"all", "length", "family_size", "family_macro"} <= set(summary["group"])
+
+    proc = run_script("evaluation/compare_predictors.py", "--data", in_family, "--model", "x", "-", grammar, "best",
+                      "--out", tmp_path / "bad.csv", check=False)
+    assert "METHOD one of mea, threshold, max" in error_line(proc)
+    s1_needed = run_script("evaluation/compare_predictors.py", "--data", in_family, "--model", "box", "-",
+                           REPO / "models" / "stembb_s2_box.pth", "--out", tmp_path / "bad.csv", check=False)
+    assert "give an S1 checkpoint instead of -" in error_line(s1_needed)

@@ -6,6 +6,7 @@ Indices in files are 1-based; in memory pairs are 0-based ``(i, j)``, i < j.
 from __future__ import annotations
 
 import gzip
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,9 +96,10 @@ def read_ct(path: Path) -> Record:
 
 def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
     """FASTA records; with ``with_structure``, each sequence line is followed by a
-    dot-bracket line (an RNAfold-style trailing energy is ignored)."""
+    dot-bracket line (an RNAfold-style trailing energy is ignored). ``-`` reads standard
+    input; pipes and FIFOs (``/dev/stdin``) are read as files are."""
     path = Path(path)
-    if not path.is_file():
+    if str(path) != "-" and (not path.exists() or path.is_dir()):
         raise InputError(f"{path}: file not found")
     records: list[Record] = []
     body: list[str] = []
@@ -120,7 +122,8 @@ def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
         else:
             rec.seq = "".join(body).upper()
 
-    for line in read_text(path).splitlines():
+    text = sys.stdin.read() if str(path) == "-" else read_text(path)
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith(";"):
             continue

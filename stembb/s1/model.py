@@ -99,7 +99,7 @@ def build_model(config: dict) -> SimpleConvNet:
     return SimpleConvNet(**asdict(S1Config(**{k: config[k] for k in CONFIG_KEYS})))
 
 
-# The named networks README, scripts/demo.sh, scripts/gpu_check.sh and bench/ refer to:
+# The named networks docs/TRAINING.md, scripts/demo.sh, scripts/gpu_check.sh and bench/ refer to:
 # "small" is the main job's (CPU), run_25 and run_32 the notebook's GPU runs.
 NAMED_NETWORKS = {
     "tiny": S1Config([4, 4], [3, 3], [4], 4),

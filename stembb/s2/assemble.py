@@ -34,7 +34,7 @@ from its inner pair is the same loop, so 1 x 1 and 2 x 2 loops use the smaller o
 two readings and 1 x 2 loops the one with the single base on the left. They start at 0
 and correct what the size, asymmetry and mismatch terms miss; without them the least-
 squares fit of these terms to ViennaRNA's energies of sampled structures leaves an error
-of 0.43 kcal/mol on held-out sequences, with them 0.23 (README, S2 section). ``assemble`` finds the
+of 0.43 kcal/mol on held-out sequences, with them 0.23 (docs/TRAINING.md, S2 training). ``assemble`` finds the
 best structure by dynamic programming over spans, one anti-diagonal at a time (``V``:
 (i, j) paired; ``W1``: best non-empty exterior content; ``WM`` / ``M2``: multiloop
 content with at least one / two branches). The answer is empty when every non-empty

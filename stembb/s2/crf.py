@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stembb.s2.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, structure_score
+from stembb.s2.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, loop_counts, structure_score
 from stembb.s2.decode import decode_structure
 from stembb.s2.partition import Ensemble, ensemble
 from stembb.structure import canonical_pair_matrix, is_nested, stems
@@ -171,6 +171,16 @@ class GrammarFold(nn.Module):
     @torch.no_grad()
     def ensemble(self, example: Example) -> Ensemble:
         return ensemble(example.seq, example.pairs, self.unary(example).double().numpy(), self.terms.numpy())
+
+    @torch.no_grad()
+    def score(self, example: Example, structure) -> float:
+        """``S(structure)`` in nats (its log-weight; log P = S - log Z)."""
+        pairs, counts = loop_counts(example.seq, structure)
+        unary = self.unary(example).double().numpy()
+        rows = np.searchsorted(example.pairs[:, 0] * len(example.seq) + example.pairs[:, 1],
+                               pairs[:, 0] * len(example.seq) + pairs[:, 1])
+        terms = self.terms.numpy()
+        return float(unary[rows].sum() + sum(c @ terms[name].ravel() for name, c in counts.items()))
 
     @torch.no_grad()
     def max_structure(self, example: Example, bonus: float = 0.0) -> list[tuple[int, int]]:

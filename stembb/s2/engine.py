@@ -26,11 +26,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-import scipy.sparse
-import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from stembb.metrics import pair_scores
 from stembb.s1.predict import Proposals
@@ -203,6 +200,8 @@ def fit_terms_to_energies(terms, samples, damp: float = 0.01) -> float:
     one sparse linear least-squares problem (LSQR, ridge ``damp``: entries no structure
     uses stay 0). Returns the fit's root-mean-square error, kcal/mol."""
     names = list(TERM_SHAPES)
+    import scipy.sparse.linalg  # training only: prediction imports this module without it
+
     rows, cols, values, target = [], [], [], []
     for seq, structures, energies in samples:
         for y, energy in zip(structures, energies):
@@ -271,6 +270,8 @@ def size_batches(sizes, batch_size: int, rng: np.random.Generator | None) -> lis
 
 def item_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """auROC, auPRC and F1 at a few probability thresholds over scored items."""
+    from sklearn.metrics import average_precision_score, roc_auc_score  # training only, as scipy above
+
     both = 0 < labels.sum() < len(labels)
     out = {"auroc": float(roc_auc_score(labels, probs)) if both else float("nan"),
            "auprc": float(average_precision_score(labels, probs)) if both else float("nan")}

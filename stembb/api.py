@@ -1,0 +1,46 @@
+"""The Python interface, like ViennaRNA's ``RNA.fold``:
+
+    import stembb
+    structure, energy = stembb.fold("GGGGAAACCCC")      # the shipped model
+    predictor = stembb.load_predictor()                 # reusable, folds many in batches
+    structures = predictor.predict(["GGGGAAACCCC", "ACGUACGU"])
+
+``energy`` is the structure's score as a pseudo free energy in kcal/mol (``-kT * S``)
+for a grammar S2 model, ``None`` for the box and graph models.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from stembb.distributed import pick_device
+from stembb.errors import InputError
+from stembb.io import VALID_LETTERS
+from stembb.pipeline import SHIPPED_S1, SHIPPED_S2, Predictor
+from stembb.structure import db_from_pairs, normalize_seq
+
+
+def load_predictor(s1_model: Path | None = SHIPPED_S1, s2_model: Path = SHIPPED_S2,
+                   device: str | None = None) -> Predictor:
+    """A predictor of two checkpoints (default: the shipped model, ``models/``) on
+    ``device`` (default: CUDA when present)."""
+    return Predictor.from_checkpoints(s1_model, s2_model, pick_device(device))
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> Predictor:
+    return load_predictor()
+
+
+def fold(seq: str) -> tuple[str, float | None]:
+    """``(dot-bracket structure, energy)`` of one sequence with the shipped model.
+    One-line InputError for letters outside ACGTUN or an empty sequence."""
+    seq = normalize_seq(seq.strip())
+    bad = sorted(set(seq) - VALID_LETTERS)
+    if bad or not seq:
+        raise InputError(f"stembb.fold: {'letters outside ACGTUN: ' + ''.join(bad) if bad else 'empty sequence'}")
+    predictor = _shipped()
+    if predictor.is_grammar:
+        structures, _, energies = predictor.fold([seq])
+        return db_from_pairs(structures[0], len(seq)), energies[0]
+    return db_from_pairs(predictor.predict([seq])[0], len(seq)), None
