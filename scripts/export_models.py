@@ -1,6 +1,7 @@
-"""Export an S1 and an S2 checkpoint as the shipped model (models/stembb_s1.pth and
-models/stembb_s2.pth, the default of the end-to-end scripts): weights and configuration
-only, no optimizer state, with the exporting commit recorded.
+"""Export an S1 and an S2 checkpoint as the shipped model (models/stembb_s1.pth, and
+models/stembb_s2.pth for a grammar S2, the default of the end-to-end scripts, or
+models/stembb_s2_box.pth for a box or graph S2, the two-stage model kept for comparison):
+weights and configuration only, no optimizer state, with the exporting commit recorded.
 
     python scripts/export_models.py S1_CHECKPOINT S2_CHECKPOINT
 """
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from stembb.checkpoint import S1_KIND, export_weights, load_checkpoint
 from stembb.errors import run_main
-from stembb.pipeline import S2_CHECKPOINT_KINDS, SHIPPED_S1, SHIPPED_S2
+from stembb.pipeline import S2_CHECKPOINT_KINDS, SHIPPED_S1, SHIPPED_S2, SHIPPED_TWO_STAGE_S2
+from stembb.s2.crf import KIND as GRAMMAR_KIND
 from stembb.runlog import git_commit
 
 
@@ -21,12 +23,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> None:
-    pairs = ((args.s1, SHIPPED_S1, S1_KIND), (args.s2, SHIPPED_S2, S2_CHECKPOINT_KINDS))
-    for src, _, kind in pairs:  # both readable and of their kind before models/ changes: never half a pair
-        load_checkpoint(src, kind)
-    for src, dst, kind in pairs:
+    load_checkpoint(args.s1, S1_KIND)  # both readable and of their kind before models/ changes: never half a pair
+    s2_dst = SHIPPED_S2 if load_checkpoint(args.s2, S2_CHECKPOINT_KINDS)["kind"] == GRAMMAR_KIND else SHIPPED_TWO_STAGE_S2
+    for src, dst, kind in ((args.s1, SHIPPED_S1, S1_KIND), (args.s2, s2_dst, S2_CHECKPOINT_KINDS)):
         export_weights(src, dst, kind, exported_from_commit=git_commit())
-    print("wrote", SHIPPED_S1, SHIPPED_S2)
+    print("wrote", SHIPPED_S1, s2_dst)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -64,6 +65,7 @@ class Predictor:
     gamma: float = 1.0
     batch_size: int = 16
     decoder: dict = field(default_factory=lambda: {"method": "mea", "cut": 0.5})
+    threads: int = field(default_factory=torch.get_num_threads)  # grammar partition functions at once
     timings: dict = field(default_factory=lambda: {"s1_forward": 0.0, "s1_decode": 0.0, "s2": 0.0, "structure": 0.0})
 
     @classmethod
@@ -99,7 +101,8 @@ class Predictor:
         self.timings["s1_forward"] += time.perf_counter() - t
         t = time.perf_counter()
         examples = [self.s2_model.example(seq, p_on) for seq, p_on in zip(seqs, maps)]
-        ensembles = [self.s2_model.ensemble(e) for e in examples]
+        with ThreadPoolExecutor(self.threads) as pool:  # the compiled recursions release the GIL
+            ensembles = list(pool.map(self.s2_model.ensemble, examples))
         self.timings["s2"] += time.perf_counter() - t
         t = time.perf_counter()
         out = [crf.decode(self.s2_model, e, self.decoder["method"], self.gamma, self.decoder["cut"], ens)
@@ -145,6 +148,7 @@ class Predictor:
 # The shipped model (models/MODEL_CARD.md): what the end-to-end scripts use without flags.
 SHIPPED_S1 = REPO_ROOT / "models" / "stembb_s1.pth"
 SHIPPED_S2 = REPO_ROOT / "models" / "stembb_s2.pth"
+SHIPPED_TWO_STAGE_S2 = REPO_ROOT / "models" / "stembb_s2_box.pth"  # the S2 of S1 + S2 as a hard filter
 
 
 def add_predictor_args(p: argparse.ArgumentParser) -> None:

@@ -91,7 +91,7 @@ def test_scaled_sums_give_the_same_log_z():
     pairs = np.stack([i, j], axis=1)
     terms = random_terms(rng).numpy()
     cands, _ = candidates(seq, pairs, rng.normal(size=len(pairs)), terms)
-    log_z = [np.log(partition._inside(*cands, scale)[3][-1]) + scale * len(seq) for scale in (0.0, 0.7, -0.4)]
+    log_z = [partition.log_z(cands, scale) for scale in (0.0, 0.7, -0.4)]
     assert log_z == pytest.approx([log_z[0]] * 3, rel=1e-10)
 
 

@@ -25,12 +25,13 @@ candidates and three (L, L) tables, as ``assemble``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from stembb.s2.assemble import (HAIRPIN_EDGES, LOOP_EDGES, MAX_ASYMMETRY, MAX_INNER, MAX_LOOP, SMALL_LOOPS,
-                                TERM_SHAPES, _fill_and_trace, _neighbours, candidates, interior_loops,
+                                TERM_SHAPES, Candidates, _fill_and_trace, _neighbours, candidates, interior_loops,
                                 small_loop_slot, special_loop)
 from stembb.structure import base_codes
 
@@ -69,31 +70,63 @@ def ensemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     scale = 0.0
     if cands.length >= UNSCALED_LENGTH:
         scale = max(float(_fill_and_trace(*cands)[1]), 0.0) / cands.length
-    inside = _inside(*cands, scale)
+    weights = Weights.of(cands, scale)
+    inside = _inside(*_shape(cands), *weights)
     if not (np.isfinite(inside[3][-1]) and inside[3][-1] > 0):  # overflow or underflow: scale by the best
         scale = max(float(_fill_and_trace(*cands)[1]), 0.0) / cands.length
-        inside = _inside(*cands, scale)
+        weights = Weights.of(cands, scale)
+        inside = _inside(*_shape(cands), *weights)
     v, wm, m2, zp = inside
-    out = _outside(*cands, scale, v, wm, m2, zp, counts)
+    out = _outside(*_shape(cands), *weights, v, wm, m2, zp, counts)
     z = zp[-1]
     probs[keep] = v * out[0] / z
     expected = _loop_counts(seq, cands, out, z) if counts else None
     return Ensemble(pairs, probs, float(np.log(z) + scale * cands.length), expected)
 
 
+class Weights(NamedTuple):
+    """``Candidates``' scores as weights (exp), and ``s[d]`` = exp(-scale * d), the
+    divisor of a partial sum over d bases."""
+
+    s: np.ndarray
+    eu: np.ndarray
+    eh: np.ndarray
+    ecm: np.ndarray
+    eb: np.ndarray
+    ebm: np.ndarray
+    e_end: np.ndarray
+    e_mismatch: np.ndarray
+    e_interior: np.ndarray
+    e_asymmetry: np.ndarray
+    e_stack: np.ndarray
+    e_small: np.ndarray
+
+    @classmethod
+    def of(cls, c: Candidates, scale: float) -> "Weights":
+        return cls(np.exp(-scale * np.arange(c.length + 2)), np.exp(c.unary), np.exp(c.hairpin),
+                   np.exp(c.closing_multi), np.exp(c.branch), np.exp(c.branch + c.multi_branch), np.exp(c.end),
+                   np.exp(c.mismatch), np.exp(c.interior), np.exp(c.asymmetry), np.exp(c.stack), np.exp(c.small))
+
+
+def _shape(c: Candidates) -> tuple:
+    """What the sums read of ``Candidates`` besides the weights."""
+    return c.length, c.pi, c.pj, c.t, c.small_start, c.codes, c.index_of, c.starts
+
+
+def log_z(cands: Candidates, scale: float) -> float:
+    """log Z summed with partial sums scaled by ``exp(scale * d)`` (any scale that stays
+    in range gives the same value)."""
+    return float(np.log(_inside(*_shape(cands), *Weights.of(cands, scale))[3][-1]) + scale * cands.length)
+
+
 @numba.njit(cache=True, nogil=True)
-def _inside(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch, interior,
-            asymmetry, stack_table, small, small_start, codes, index_of, starts, scale):  # pragma: no cover
+def _inside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, ecm, eb, ebm, e_end, e_mismatch,
+            e_interior, e_asymmetry, e_stack, e_small):  # pragma: no cover (compiled)
     """Inside sums, each over a span of d bases divided by ``exp(scale * d)``: ``v[c]``
     over what candidate c = (i, j) closes (c included); ``wm`` / ``m2`` [i, j] over
     multiloop content of i..j with at least one / two branches; ``zp[j]`` over exterior
     content of bases 0..j-1 (``zp[0]`` = 1, ``zp[L]`` = Z)."""
     n_cands = len(pi)
-    s = np.exp(-scale * np.arange(length + 2))
-    eu, eh, ecm = np.exp(unary), np.exp(hairpin), np.exp(closing_multi)
-    eb, ebm = np.exp(branch), np.exp(branch + multi_branch)
-    e_end, e_mismatch, e_interior, e_asymmetry = np.exp(end), np.exp(mismatch), np.exp(interior), np.exp(asymmetry)
-    e_stack, e_small = np.exp(stack_table), np.exp(small)
     v = np.zeros(n_cands)
     wm = np.zeros((length, length))
     m2 = np.zeros((length, length))
@@ -148,9 +181,8 @@ def _inside(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, bra
 
 
 @numba.njit(cache=True, nogil=True)
-def _outside(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch, interior,
-             asymmetry, stack_table, small, small_start, codes, index_of, starts, scale, v, wm, m2, zp,
-             want_counts):  # pragma: no cover (compiled)
+def _outside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, ecm, eb, ebm, e_end, e_mismatch,
+             e_interior, e_asymmetry, e_stack, e_small, v, wm, m2, zp, want_counts):  # pragma: no cover (compiled)
     """Outside sums of ``v`` (``vo[c]``: over everything around candidate c, scaled by the
     bases outside it), spans from long to short, and, with ``want_counts``, the sums
     (times Z) of each use of a loop term: per candidate ``q`` rows [hairpin, closing a
@@ -159,11 +191,6 @@ def _outside(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, br
     seen from inside / from the loop], and the tables ``stack`` (7, 7), ``interior``
     [bulge or internal, size], ``asymmetry`` and ``small`` (flat)."""
     n_cands = len(pi)
-    s = np.exp(-scale * np.arange(length + 2))
-    eu, eh, ecm = np.exp(unary), np.exp(hairpin), np.exp(closing_multi)
-    eb, ebm = np.exp(branch), np.exp(branch + multi_branch)
-    e_end, e_mismatch, e_interior, e_asymmetry = np.exp(end), np.exp(mismatch), np.exp(interior), np.exp(asymmetry)
-    e_stack, e_small = np.exp(stack_table), np.exp(small)
     zs = np.zeros(length + 2)  # zs[i]: exterior content of bases i..L-1
     zs[length] = 1.0
     by_start = np.argsort(pi, kind="mergesort")
@@ -180,10 +207,10 @@ def _outside(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, br
     for c in range(n_cands):
         vo[c] = zp[pi[c]] * zs[pj[c] + 1] * eb[c]
         q[2, c] = vo[c] * v[c]
-    stack_count = np.zeros(stack_table.shape)
-    interior_count = np.zeros(interior.shape)
-    asym_count = np.zeros(len(asymmetry))
-    small_count = np.zeros(len(small))
+    stack_count = np.zeros(e_stack.shape)
+    interior_count = np.zeros(e_interior.shape)
+    asym_count = np.zeros(len(e_asymmetry))
+    small_count = np.zeros(len(e_small))
     wmo = np.zeros((length, length))
     m2o = np.zeros((length, length))
     loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
