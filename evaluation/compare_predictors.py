@@ -53,7 +53,8 @@ def parse_models(specs: list[list[str]]) -> list[tuple[str, Path | None, Path, s
     for spec in specs:
         if len(spec) not in (3, 4) or (len(spec) == 4 and spec[3] not in DECODERS):
             raise InputError(f"--model {' '.join(spec)}: give NAME S1 S2 [METHOD], METHOD one of {', '.join(DECODERS)}")
-        out.append((spec[0], None if spec[1] == "-" else Path(spec[1]), Path(spec[2]), spec[3] if len(spec) == 4 else None))
+        s1 = None if spec[1] == "-" else Path(spec[1])
+        out.append((spec[0], s1, Path(spec[2]), spec[3] if len(spec) == 4 else None))
     return out
 
 

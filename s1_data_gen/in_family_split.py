@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stembb.cli import check_at_least_one, check_outputs
+from stembb.cli import check_at_least_one, check_outputs, seed
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_pickle
 from stembb.runlog import start_run
@@ -26,7 +26,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--more", type=Path, required=True, help="a larger draw of the same families")
     p.add_argument("--out", type=Path, required=True, help="the in-family test pickle (.pkl.gz)")
     p.add_argument("--max_per_family", type=int, default=1, help="held-out sequences kept per family")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     return p
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stembb.cli import check_outputs
+from stembb.cli import check_outputs, seed
 from stembb.data.formats import clean_letters, read_structures
 from stembb.data.splits import SPLITS, group_split, parse_split_spec
 from stembb.errors import InputError, run_main
@@ -44,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_families", nargs="+", default=["0.1"],
                    help="fraction of groups (clans, or families without one), or a list of families/clans")
     p.add_argument("--test_families", nargs="+", default=["0.1"], help="as --val_families, for the test split")
-    p.add_argument("--seed", type=int, default=0, help="seed of the group order for fractional splits")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the group order for fractional splits")
     p.add_argument("--plot", type=Path, default=None, help="statistics PNG (default: next to --out)")
     return p
 

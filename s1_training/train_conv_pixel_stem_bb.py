@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from stembb.checkpoint import S1_KIND, init_weights, latest_checkpoint, save_checkpoint
-from stembb.cli import check_at_least_one, check_positive
+from stembb.cli import check_at_least_one, check_positive, seed
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
 from stembb.errors import InputError, run_main
@@ -52,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=10)
     p.add_argument("--max_length", type=int, default=200, help="drop longer sequences")
     p.add_argument("--cpu", type=int, default=2, help="data-loader worker processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--save_every", type=int, default=10, help="checkpoint every N epochs (and the last)")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint, or run folder (its latest checkpoint)")
     p.add_argument("--init", type=Path, default=None,

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from stembb.checkpoint import checkpoint_epoch, init_weights, latest_checkpoint, save_checkpoint
-from stembb.cli import check_at_least_one, check_positive
+from stembb.cli import check_at_least_one, check_positive, seed
 from stembb.distributed import pick_device, synchronized_time
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle
@@ -105,7 +105,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_boxes", type=int, default=box.max_boxes,
                    help="box: S1 boxes kept per sequence (most evidence first)")
     p.add_argument("--log", type=Path, required=True, help="log file; outputs are written next to it")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--save_every", type=int, default=10)
     p.add_argument("--resume", type=Path, default=None, help="S2 checkpoint, or the --log of a run, to continue")
     p.add_argument("--init", type=Path, default=None,

@@ -12,7 +12,8 @@ each allowed pair gets S1's evidence (stembb.s2.crf.EVIDENCE) and its weights ar
 learned; without it the model is the grammar alone.
 
 Each epoch records the training NLL and the validation F1 (MEA, gamma 1) in
-<out>.metrics.csv / .png; the epoch with the best validation F1 is kept. Then the decoder
+<out>.metrics.csv / .png; the epoch with the best validation F1 is kept (the start when
+none beats it), or the last with --keep_last. Then the decoder
 (MEA or threshold, and its gamma or cut) is chosen on the validation split and stored in
 the checkpoint (--out), which evaluation/predict_structure.py and run_end_to_end.py read
 as --s2_model.
@@ -30,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from stembb.checkpoint import load_checkpoint, save_checkpoint
-from stembb.cli import check_at_least_one, check_outputs, check_positive
+from stembb.cli import check_at_least_one, check_outputs, check_positive, seed
 from stembb.data.splits import train_val_rows
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
@@ -62,14 +63,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="S2 checkpoint with energy-fitted loop terms (box kind) or a grammar checkpoint to continue")
     p.add_argument("--epochs", type=int, default=2, help="0 keeps the starting terms and only chooses the decoder")
     p.add_argument("--lr", "--learning_rate", dest="lr", type=float, default=0.001, help="Adam learning rate")
+    p.add_argument("--evidence_lr", type=float, default=None, help="Adam learning rate of the S1 evidence weights "
+                   "(default: --lr)")
     p.add_argument("--pull", type=float, default=0.1,
                    help="strength of the L2 pull of the loop terms toward --init_terms (per squared nat)")
     p.add_argument("--freeze_terms", action="store_true", help="train only the pair bias and evidence weights")
+    p.add_argument("--keep_last", action="store_true",
+                   help="keep the last epoch, not the one of best validation F1 (to report what training reached)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--training_proportion", type=float, default=0.9,
                    help="share of sequences for training when the data has no split column")
     p.add_argument("--threads", type=int, default=2, help="partition functions computed in parallel")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default=None, help="device of the S1 forward passes")
     p.add_argument("--no_progress", action="store_true")
     return p
@@ -142,7 +147,7 @@ def main(args) -> None:
     check_at_least_one(args, "batch_size", "threads")
     if args.epochs < 0:
         raise InputError(f"--epochs must be at least 0 (0: the starting terms, decoder chosen), got {args.epochs}")
-    check_positive(args, "lr")
+    check_positive(args, "lr", "evidence_lr")
     if args.pull < 0:
         raise InputError(f"--pull must be at least 0, got {args.pull}")
     log = start_run("train_s2_crf", args.seed, args.out.with_suffix(".log"))
@@ -158,9 +163,12 @@ def main(args) -> None:
     train = examples_of(model, train_df, maps["train"], True, log)
     val = examples_of(model, val_df, maps["val"], False, log)
     log.info("%d training and %d validation structures", len(train), len(val))
-    params = [p for n, p in model.named_parameters()
-              if n != "terms.pair_weight" and (not args.freeze_terms or not n.startswith("terms.") or n == "terms.pair_bias")]
-    optimizer = torch.optim.Adam(params, args.lr)
+    terms = [p for n, p in model.terms.named_parameters()
+             if n != "pair_weight" and (not args.freeze_terms or n == "pair_bias")]
+    groups = [{"params": terms}]
+    if model.evidence is not None:
+        groups.append({"params": list(model.evidence.parameters()), "lr": args.evidence_lr or args.lr})
+    optimizer = torch.optim.Adam(groups, args.lr)
     rng = np.random.default_rng(args.seed)
     history: list = []
     best = (decoded_f1(model, val, "mea", 1.0, [model.ensemble(e) for e in val]), -1,
@@ -184,10 +192,11 @@ def main(args) -> None:
         record_epoch(history, [{"epoch": epoch, "split": "train", "nll": total / len(train)},
                                {"epoch": epoch, "split": "val", "f1": f1}], PANELS,
                      args.out.with_suffix(".metrics.csv"), args.out.with_suffix(".metrics.png"), ncols=2)
-        if f1 > best[0]:
+        if f1 > best[0] or args.keep_last:
             best = (f1, epoch, {k: v.clone() for k, v in model.state_dict().items()})
     model.load_state_dict(best[2])
-    log.info("kept epoch %d (validation F1 %.4f; -1 = the starting terms)", best[1], best[0])
+    log.info("kept epoch %d (validation F1 %.4f; -1 = the start)%s", best[1], best[0],
+             " as --keep_last asks" if args.keep_last else "")
     decoder, scores = choose_decoder(model, val, [model.ensemble(e) for e in val])
     log.info("decoder chosen on validation: %s (F1 %.4f)", decoder,
              max(scores.values()))

@@ -41,8 +41,8 @@ echo "== grammar S2 models"
 CRF="$PY s2_training/train_s2_crf.py --data $DATA --init_terms $INIT --no_progress"
 $CRF --out "$D/grammar_energy.pth" --epochs 0                          # the energy fit alone, decoder chosen
 $CRF --out "$D/grammar_crf.pth" --epochs 3 --lr 0.001 --pull 0.1       # trained on real structures: shipped
-$CRF --out "$D/grammar_s1ev.pth" --epochs 1 --lr 0.01 --freeze_terms --s1_model "$S1V"
-$CRF --out "$D/grammar_crf_s1ft.pth" --epochs 1 --lr 0.001 --pull 0.1 --s1_model "$S1FT"
+$CRF --out "$D/grammar_s1ev.pth" --epochs 1 --lr 0.01 --freeze_terms --s1_model "$S1V" --keep_last
+$CRF --out "$D/grammar_crf_s1ft.pth" --epochs 1 --lr 0.001 --evidence_lr 0.01 --pull 0.1 --s1_model "$S1FT" --keep_last
 
 echo "== every predictor on the validation, test and in-family sequences"
 MODELS=(--model "stembb (grammar, real structures)" - "$D/grammar_crf.pth"

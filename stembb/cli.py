@@ -2,6 +2,7 @@
 ``InputError`` line naming the flag (or file)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Iterable
 
@@ -22,11 +23,22 @@ def check_at_least_one(args, *names: str) -> None:
 
 
 def check_positive(args, *names: str) -> None:
-    """Number flags (attribute names of ``args``) that must be above 0 when given."""
+    """Number flags (attribute names of ``args``) that must be above 0 and finite when given."""
     for name in names:
         value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise InputError(f"--{name} must be positive, got {value}")
+        if value is not None and not 0 < value < float("inf"):
+            raise InputError(f"--{name} must be a positive finite number, got {value}")
+
+
+def seed(text: str) -> int:
+    """``--seed``'s type: a whole number from 0 to 2**32 - 1, as numpy and torch take."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 2**32 - 1, got {value}")
+    return value
 
 
 def check_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path | None]) -> None:

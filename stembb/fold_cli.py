@@ -65,13 +65,14 @@ def main(args) -> None:
     predictor = make_predictor(args)
     if args.bpp is not None:
         if not predictor.is_grammar:
-            raise InputError(f"--bpp needs a grammar S2 model (s2_training/train_s2_crf.py); {args.s2_model} is not one")
+            raise InputError(f"--bpp needs a grammar S2 model (s2_training/train_s2_crf.py); "
+                             f"{args.s2_model} is not one")
         args.bpp.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if predictor.is_grammar:
         structures, ensembles, energies = predictor.fold([r.seq for r in records])
     else:
-        structures, ensembles, energies = predictor.predict([r.seq for r in records]), None, [None] * len(records)
+        structures, ensembles, energies = predictor.predict([r.seq for r in records]), [], [None] * len(records)
     seconds = time.perf_counter() - started
     log.info("predicted %d structures in %.2f s (%.1f sequences/s, %s)", len(records), seconds,
              len(records) / max(seconds, 1e-9), predictor.device)

@@ -18,6 +18,7 @@ from stembb.errors import InputError
 from stembb.io import REPO_ROOT, VALID_LETTERS
 from stembb.s1.predict import decode_proposals, iter_maps, load_s1_model, predict_maps
 from stembb.s2 import crf
+from stembb.s2.assemble import MIN_LOOP
 from stembb.s2.engine import S2_KINDS, S2_MODELS, S2Model, item_slices
 from stembb.s2.partition import Ensemble
 
@@ -162,6 +163,8 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
                    help="structure decoding: a pair is taken when p > 1/(gamma+1); larger favours recall "
                         "(default: the value calibrated on S2's validation split, stored in the S2 checkpoint)")
     p.add_argument("--batch_size", type=int, default=16, help="sequences per S1 and S2 forward pass")
+    p.add_argument("--max_span", type=int, default=None,
+                   help="grammar S2 models: pair only bases at most N apart (like RNAfold's --maxBPspan)")
     p.add_argument("--device", default=None)
 
 
@@ -174,9 +177,17 @@ def make_predictor(args) -> "Predictor":
         if path == shipped and not path.is_file():
             raise InputError(f"{path}: the shipped model is missing from this checkout; pass {flag} "
                              "or restore models/ (git checkout models/)")
+    if args.max_span is not None and args.max_span <= MIN_LOOP:
+        raise InputError(f"--max_span must be above {MIN_LOOP} (a hairpin encloses at least {MIN_LOOP} bases), "
+                         f"got {args.max_span}")
     device = pick_device(args.device)
-    return Predictor.from_checkpoints(args.s1_model, args.s2_model, device, gamma=args.gamma,
-                                      threshold=args.threshold_p, batch_size=args.batch_size)
+    predictor = Predictor.from_checkpoints(args.s1_model, args.s2_model, device, gamma=args.gamma,
+                                           threshold=args.threshold_p, batch_size=args.batch_size)
+    if args.max_span is not None:
+        if not predictor.is_grammar:
+            raise InputError(f"--max_span is for grammar S2 models; {args.s2_model} is not one")
+        predictor.s2_model.max_span = args.max_span
+    return predictor
 
 
 def check_sequences(path: Path, records, max_length: int, skip_long: bool = False) -> list:

@@ -104,12 +104,15 @@ def test_train_predict_with_pair_probabilities_and_evaluate(s2_models, tiny_s1_d
     _, s1, box, _ = s2_models
     out = tmp_path / "crf.pth"
     proc = run_script("s2_training/train_s2_crf.py", "--data", tiny_s1_data, "--out", out, "--s1_model", s1,
-                      "--init_terms", box, "--epochs", 2, "--batch_size", 8, "--lr", 0.01, "--no_progress")
+                      "--init_terms", box, "--epochs", 2, "--batch_size", 8, "--lr", 0.01, "--evidence_lr", 0.05,
+                      "--keep_last", "--no_progress")
     assert "decoder chosen on validation" in proc.stderr and out.is_file()
+    assert "kept epoch 1 " in proc.stderr and "as --keep_last asks" in proc.stderr
     assert len(pd.read_csv(tmp_path / "crf.metrics.csv")) == 4 and (tmp_path / "crf.metrics.png").stat().st_size
     state = torch.load(out, weights_only=True)
     assert state["kind"] == crf.KIND and state["decode"]["method"] in crf.DECODERS
-    assert state["model"]["evidence.weight"].shape == (1, len(crf.EVIDENCE))
+    assert state["model"]["evidence.weight"].shape == (1, len(crf.EVIDENCE)) and state["epoch"] == 1
+    assert state["model"]["evidence.weight"].abs().sum() > 0  # learned, and S1 runs at prediction
     fasta = tmp_path / "in.fa"
     fasta.write_text(">first one\nGGGGAAACCCCAUAUGGGCUUCGGCCCAUAU\n>two\nACGUACGUAGCUAGCUAGGCAUCGAUCGAUGCAUG\n")
     bpp = tmp_path / "bpp"
@@ -133,3 +136,23 @@ def test_bpp_needs_a_grammar_model(s2_models, tmp_path):
     proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", box, "--fasta", fasta,
                       "--bpp", tmp_path / "bpp", check=False)
     assert proc.returncode == 2 and "--bpp needs a grammar S2 model" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_max_span_never_pairs_farther_and_the_whole_span_changes_nothing(tmp_path):
+    rng = np.random.default_rng(4)
+    seq = "GGGGGAAAACCCCC" + "".join(rng.choice(list("ACGU"), 60)) + "GGGGCGAAAGCCCC"
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(f">s\n{seq}\n")
+
+    def fold(*extra):
+        proc = run_script("evaluation/predict_structure.py", "--fasta", fasta, "--format", "bpseq", *extra)
+        rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+        return {(int(i), int(j)) for i, _, j in rows if int(j) > int(i)}
+
+    whole = fold()
+    assert any(j - i > 20 for i, j in whole)  # the outer helices pair across the sequence
+    assert fold("--max_span", len(seq)) == whole
+    spanned = fold("--max_span", 20)
+    assert spanned and all(j - i <= 20 for i, j in spanned)
+    proc = run_script("evaluation/predict_structure.py", "--fasta", fasta, "--max_span", 3, check=False)
+    assert "--max_span must be above 3" in proc.stderr.strip().splitlines()[-1]

@@ -62,9 +62,11 @@ def test_failed_run_log_ends_with_the_error(tiny_s1_data, tmp_path):
     proc = run_script("s2_training/s2_train_gnn.py", "--input_data", tiny_s1_data, "--log", log, check=False)
     line = error_line(proc)
     assert "missing column" in line and log.read_text().strip().splitlines()[-1] == line
-    for flags, message in ((["--learning_rate", "-1"], "--learning_rate must be positive"),
+    for flags, message in ((["--learning_rate", "-1"], "--learning_rate must be a positive finite number"),
                            (["--dropout", "2"], "--dropout must be in [0, 1)"),
-                           (["--model", "gnn", "--terms_epochs", "3"], "--model gnn has none")):
+                           (["--model", "gnn", "--terms_epochs", "3"], "--model gnn has none"),
+                           (["--seed", "-1"], "argument --seed: must be from 0 to 2**32 - 1, got -1"),
+                           (["--seed", "x"], "argument --seed: 'x' is not a whole number")):
         proc = run_script("s2_training/s2_train_gnn.py", "--input_data", tiny_s1_data, "--log", log, *flags,
                           check=False)
         assert message in error_line(proc)
@@ -155,3 +157,10 @@ def test_a_killed_folding_worker_stops_the_generator_with_one_line(tmp_path):
     assert proc.returncode == 1, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("error: a folding worker process died")
     assert not out.exists()
+
+
+def test_infinite_gamma_is_refused_before_any_work(tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nGGGGAAACCCC\n")
+    proc = run_script("evaluation/predict_structure.py", "--fasta", fasta, "--gamma", "inf", check=False)
+    assert "--gamma must be a positive finite number, got inf" in error_line(proc)

@@ -229,7 +229,7 @@ def test_in_family_split_and_a_comparison_table(tmp_path):
     grammar = tmp_path / "grammar.pth"
     proc = run_script("s2_training/train_s2_crf.py", "--data", made[2], "--init_terms", REPO / "models" / "stembb_s2.pth",
                       "--out", grammar, "--epochs", 0, "--no_progress")
-    assert "kept epoch -1" in proc.stderr
+    assert "kept epoch -1 (validation F1" in proc.stderr
     out = tmp_path / "compare.csv"
     proc = run_script("evaluation/compare_predictors.py", "--data", in_family, "--split", "test",
                       "--model", "grammar", "-", grammar, "--model", "grammar max", "-", grammar, "max",

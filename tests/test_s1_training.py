@@ -217,7 +217,7 @@ def test_torchrun_two_gloo_processes_write_one_set_of_outputs(tiny_s1_data, tmp_
 @pytest.mark.parametrize("extra, message", [
     (["--num_filters", "4", "4", "4"], "--num_filters has 3 values but --filter_width has 2"),
     (["--max_length", "10"], "no rows left after filtering"),
-    (["--lr", "-0.1"], "--lr must be positive, got -0.1"),
+    (["--lr", "-0.1"], "--lr must be a positive finite number, got -0.1"),
     (["--dropout", "2"], "--dropout must be in [0, 1), got 2.0"),
     (["--device", "cuda"], "--device cuda: CUDA is not available on this machine"),
 ])

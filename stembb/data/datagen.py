@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 from tqdm import tqdm
 
-from stembb.cli import check_outputs
+from stembb.cli import check_outputs, seed
 from stembb.errors import InputError, RunFailed
 from stembb.data.dot_brackets import structure_columns_of
 from stembb.data.folding import WORKER_DIED, fold, sampling_seed
@@ -60,7 +60,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="keep genes whose gene_type/gene_biotype is one of these")
     parser.add_argument("--max_per_gene", type=int, default=20,
                         help="at most this many segments from one gene (default 20)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--workers", type=int, default=1, help="folding processes (default 1)")
     parser.add_argument("--dask", default=None, metavar="ADDRESS|local:N",
                         help="fold on a dask.distributed cluster: a running scheduler's address, or local:N for a "
