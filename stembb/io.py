@@ -23,6 +23,7 @@ n_samples,          (merged rows) unique samples merged, and stem boxes dropped 
 n_conflicts         they claimed pixels of a box seen in more samples
 family, clan,       (real structures, s1_data_gen/make_structure_dataset.py) Rfam accession
 family_name         or folder, clan ('' if none), family name
+family_size         (real structures) the family's number of sequences in the inputs
 source, name        the input file and the record's name
 pseudoknotted       (real structures) whether the structure has crossing pairs
 split               train / val / test, by clan or family; trainers never use test rows
@@ -30,16 +31,26 @@ split               train / val / test, by clan or family; trainers never use te
 
 S2 feature pickles (``s2_data_gen/s1_pred_stem_processing.py``) add ``stem_bb_bps``,
 ``target_bps`` and ``stem_bb_bps_features``; see stembb.s2.candidates.
+
+A pickle can run any code while it is read. ``read_pickle`` therefore unpickles with an
+allowlist (``SAFE_GLOBALS``): the pandas, numpy and builtin types a DataFrame of this
+schema is made of, and ``stembb.structure.Box``; anything else is refused with one line
+naming it, before it is called.
 """
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
+import lzma
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+from pandas.compat.pickle_compat import _class_locations_map
 
 from stembb.errors import InputError
 from stembb.structure import StructureError, normalize_box, pairs_from_one_idx
@@ -101,6 +112,60 @@ def _check_row(path: Path, idx, row, columns: Iterable[str], check_letters: bool
             raise InputError(f"{path}: row {idx}: column 'one_idx' has a pair with i >= j or out of range")
 
 
+# (module, names) a DataFrame of the schema above may name, after pandas' renames of old
+# locations; functions here only rebuild arrays, blocks and indexes
+SAFE_GLOBALS = {
+    "builtins": {"slice", "set", "frozenset", "complex", "bytearray", "range", "object"},
+    "copyreg": {"_reconstructor"},
+    "collections": {"OrderedDict"},
+    "_codecs": {"encode"},
+    "numpy": {"ndarray", "dtype"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.numeric": {"_frombuffer"},
+    "numpy.core.numeric": {"_frombuffer"},
+    "pandas": {"DataFrame", "Series", "Index", "RangeIndex", "StringDtype"},
+    "pandas.core.frame": {"DataFrame"},
+    "pandas.core.series": {"Series"},
+    "pandas.core.indexes.base": {"_new_Index", "Index"},
+    "pandas.core.indexes.range": {"RangeIndex"},
+    "pandas.core.internals.managers": {"BlockManager", "SingleBlockManager"},
+    "pandas.core.internals.blocks": {"new_block", "Block", "NumpyBlock", "ObjectBlock"},
+    "pandas._libs.internals": {"_unpickle_block"},
+    "pandas._libs.arrays": {"__pyx_unpickle_NDArrayBacked"},
+    "pandas.arrays": {"StringArray"},
+    "pandas.core.arrays.string_": {"StringArray", "StringDtype"},
+    "stembb.structure": {"Box"},
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: Path):
+        super().__init__(file)
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        mapped = _class_locations_map.get((module, name), (module, name))
+        if mapped[1] not in SAFE_GLOBALS.get(mapped[0], ()) and not (
+                mapped[0] == "numpy.dtypes" and name.endswith("DType")):
+            raise InputError(f"{self.path}: refused to unpickle {module}.{name}: data pickles are read with an "
+                             "allowlist of pandas, numpy and builtin types, since a pickle can run code")
+        return super().find_class(*mapped)
+
+
+def _open_compressed(path: Path):
+    """``path`` opened for reading, gzip, bz2 or xz by its first bytes, else as it is."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic[:3] == b"BZh":
+        return bz2.open(path, "rb")
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
 def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS, check_letters: bool = True,
                 first: int | None = None) -> pd.DataFrame:
     """Read a gzipped DataFrame pickle and validate the ``required`` columns.
@@ -116,7 +181,10 @@ def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS, check_l
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
-        df = pd.read_pickle(path, compression="infer")
+        with _open_compressed(path) as f:
+            df = _SafeUnpickler(f, path).load()
+    except InputError:
+        raise
     except Exception as exc:  # pickle/gzip raise many types for a bad file
         raise InputError(f"{path}: not a readable pandas pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(df, pd.DataFrame):

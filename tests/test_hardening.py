@@ -8,9 +8,11 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from conftest import REPO, error_line, run_script, train_s1
 from stembb.checkpoint import run_ids
+from stembb.errors import InputError
 
 
 def test_output_equal_to_an_input_is_refused_and_the_input_kept(tiny_s1_data, s2_models, tmp_path):
@@ -164,3 +166,33 @@ def test_infinite_gamma_is_refused_before_any_work(tmp_path):
     fasta.write_text(">a\nGGGGAAACCCC\n")
     proc = run_script("evaluation/predict_structure.py", "--fasta", fasta, "--gamma", "inf", check=False)
     assert "--gamma must be a positive finite number, got inf" in error_line(proc)
+
+
+class _RunsCode:
+    """Unpickles to a call of os.system: what a hostile data pickle does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_data_pickle_that_would_run_code_is_refused_before_the_call(tmp_path):
+    import pickle
+
+    from stembb.io import read_pickle
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl.gz"
+    frame = pd.DataFrame({"seq": ["GGGGAAACCCC"], "one_idx": [([0], [10])], "payload": [_RunsCode(marker)]})
+    with gzip.open(evil, "wb") as f:
+        pickle.dump(frame, f)
+    with pytest.raises(InputError, match=r"evil.pkl.gz: refused to unpickle (posix|os)\.system"):
+        read_pickle(evil, required=("seq",))
+    proc = run_script("evaluation/run_end_to_end.py", "--data", evil, "--out", tmp_path / "e2e.csv", check=False)
+    assert "refused to unpickle" in error_line(proc) and not marker.exists()
+    plain = tmp_path / "plain.pkl"
+    frame.drop(columns="payload").to_pickle(plain)  # uncompressed, and what pandas itself writes, reads back
+    pd.testing.assert_frame_equal(read_pickle(plain, required=("seq",)), frame.drop(columns="payload"))
