@@ -45,6 +45,8 @@ import gzip
 import lzma
 import os
 import pickle
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -62,14 +64,44 @@ VALID_LETTERS = frozenset("ACGTUN")
 STRUCTURE_COLUMNS = ("seq", "one_idx", "bounding_boxes")
 
 
+def streams(path: Path) -> bool:
+    """Whether writing ``path`` streams instead of renaming a finished file onto it: ``-``
+    (standard output) or something that exists and is not a regular file (a FIFO, a
+    device such as /dev/null), which a rename would replace."""
+    path = Path(path)
+    return str(path) == "-" or (path.exists() and not path.is_file())
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+    """Yield a temporary path; on success its content becomes ``path``.
 
-    A crash, Ctrl-C or SIGTERM (``stembb.errors.run_main``) leaves ``path`` as it was
-    (absent or the previous complete file). The file gets the usual permissions (umask).
+    For a regular file (or a new one) the temporary file sits beside it and is renamed
+    onto it, so a crash, Ctrl-C or SIGTERM (``stembb.errors.run_main``) leaves ``path``
+    as it was (absent or the previous complete file); through a symbolic link it is the
+    link's target that is replaced, the link stays. ``-``, FIFOs and devices
+    (``streams``) get the finished content written into them, nothing on failure. The
+    file gets the usual permissions (umask).
     """
     path = Path(path)
+    if streams(path):
+        fd, tmp = tempfile.mkstemp(prefix="stembb.", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            with open(tmp, "rb") as src:
+                if str(path) == "-":
+                    shutil.copyfileobj(src, sys.stdout.buffer)
+                    sys.stdout.buffer.flush()
+                else:
+                    with open(path, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are shared like any file

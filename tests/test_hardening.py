@@ -196,3 +196,36 @@ def test_a_data_pickle_that_would_run_code_is_refused_before_the_call(tmp_path):
     plain = tmp_path / "plain.pkl"
     frame.drop(columns="payload").to_pickle(plain)  # uncompressed, and what pandas itself writes, reads back
     pd.testing.assert_frame_equal(read_pickle(plain, required=("seq",)), frame.drop(columns="payload"))
+
+
+def test_outputs_through_links_fifos_devices_and_standard_output(tmp_path):
+    import stat
+    import threading
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nGGGGAAACCCC\n")
+    expected = run_script("evaluation/predict_structure.py", "--fasta", fasta).stdout
+    assert run_script("evaluation/predict_structure.py", "--fasta", fasta, "--out", "-").stdout == expected
+
+    target, link = tmp_path / "target.db", tmp_path / "link.db"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    run_script("evaluation/predict_structure.py", "--fasta", fasta, "--out", link)
+    assert link.is_symlink() and target.read_text() == expected  # the link stays, its target is written
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    run_script("evaluation/predict_structure.py", "--fasta", fasta, "--out", fifo)
+    reader.join(timeout=60)
+    assert received == [expected] and stat.S_ISFIFO(fifo.stat().st_mode)
+
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a copy of /dev/null
+    except PermissionError:
+        pytest.skip("this machine does not allow making a device node")
+    run_script("evaluation/predict_structure.py", "--fasta", fasta, "--out", device)
+    assert stat.S_ISCHR(device.stat().st_mode)  # still a device, not replaced by a regular file
