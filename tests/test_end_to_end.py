@@ -57,7 +57,7 @@ def test_formats_round_trip_with_pseudoknot(tmp_path):
     for fmt, reader in (("bpseq", read_bpseq), ("ct", read_ct)):
         path = tmp_path / f"x.{fmt}"
         path.write_text(format_record("x", seq, pairs, fmt))
-        rec = reader(path)
+        [rec] = reader(path)
         assert rec.seq == seq and rec.pairs == pairs
     path = tmp_path / "x.fa"
     path.write_text(format_record("x", seq, pairs, "dot-bracket", energy=-3.2))
@@ -145,6 +145,7 @@ def test_predict_structure_formats_and_errors(tiny_models, tmp_path):
         run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", s2, "--fasta", fasta,
                    "--format", fmt, "--out", out)
         assert out.read_text().count("\n") == 28 + 19 + 2
+        assert [(r.name, len(r.seq)) for r in reader(out)] == [("a", 28), ("b", 19)]  # every record reads back
     for text, message in ((">x\n", "record 'x' is empty"), ("", "no FASTA record"),
                           (">x\nACGUXX\n", "record 'x' has letters outside ACGTUN: X"),
                           (">long\n" + "A" * 30 + "\n", "record 'long' is 30 nt, longer than --max_length 20")):
@@ -191,3 +192,34 @@ def test_model_export_refuses_a_bad_pair_and_leaves_models_as_they_were(tmp_path
     assert "missing_s2.pth: checkpoint not found" in error_line(proc)
     proc = run_script("scripts/export_models.py", shipped[1], shipped[1], check=False)  # an S2 file as the S1
     assert proc.returncode == 2 and [p.read_bytes() for p in shipped] == before
+
+
+def test_structure_files_with_several_records_and_malformed_columns(tmp_path):
+    seqs = {"one": ("GGGGAAACCCC", [(0, 10), (1, 9)]), "two": ("ACGUAGCUAGCUAGC", [(2, 12)]),
+            "three": ("GGGAAAUCC", [])}
+    for fmt, reader in (("bpseq", read_bpseq), ("ct", read_ct)):
+        path = tmp_path / f"many.{fmt}"
+        path.write_text("".join(format_record(name, seq, pairs, fmt) for name, (seq, pairs) in seqs.items()))
+        assert [(r.name, r.seq, r.pairs) for r in reader(path)] == [(n, s, p) for n, (s, p) in seqs.items()]
+        refs = read_references(path)  # one file as --refs: every record, not the first
+        assert [r.name for r in refs] == list(seqs)
+
+    def refused(name, text, reader):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(InputError) as err:
+            reader(path)
+        return str(err.value)
+
+    bpseq = "".join(f"{k} {b} 0\n" for k, b in enumerate("GGGGAAACCCC", 1))
+    assert "base column 'AG' is not one letter" in refused("a.bpseq", bpseq.replace("5 A 0", "5 AG 0"), read_bpseq)
+    assert "base 5 pairs with itself" in refused("b.bpseq", bpseq.replace("5 A 0", "5 A 5"), read_bpseq)
+    assert "pair (5, 6) closes a hairpin of no base" in refused(
+        "c.bpseq", bpseq.replace("5 A 0", "5 A 6").replace("6 A 0", "6 A 5"), read_bpseq)
+    ct = format_record("x", "GGGGAAACCCC", [(0, 10)], "ct")
+    rows = ct.splitlines()
+    assert "index column says 4, expected 3" in refused(
+        "a.ct", "\n".join([rows[0], rows[1], rows[2], rows[4], rows[3]] + rows[5:]) + "\n", read_ct)
+    assert "header says 9 bases, but row 10 follows" in refused("b.ct", ct.replace("11 x", "9 x", 1), read_ct)
+    assert "header says 12 bases, found 11" in refused("c.ct", ct.replace("11 x", "12 x", 1), read_ct)
+    assert "closes a hairpin of no base" in refused("d.fa", ">x\nGGAC\n.().\n", lambda p: read_fasta(p, True))

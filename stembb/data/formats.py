@@ -51,47 +51,100 @@ def read_text(path: Path) -> str:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
 
 
-def _pairs_from_partners(path: Path, partners: list[int]) -> list[tuple[int, int]]:
+def _pairs_from_partners(path: Path, partners: list[int], where: str = "") -> list[tuple[int, int]]:
     pairs = set()
     for i, j in enumerate(partners, 1):
         if j == 0:
             continue
-        if j > len(partners) or partners[j - 1] != i:
-            raise InputError(f"{path}: base {i} pairs with {j}, which does not pair back")
+        if j == i:
+            raise InputError(f"{path}{where}: base {i} pairs with itself")
+        if j > len(partners) or j < 0 or partners[j - 1] != i:
+            raise InputError(f"{path}{where}: base {i} pairs with {j}, which does not pair back")
         pairs.add((min(i, j) - 1, max(i, j) - 1))
-    return sorted(pairs)
+    return _check_hairpins(path, where, sorted(pairs))
 
 
-def read_bpseq(path: Path) -> Record:
-    """BPSEQ: lines ``index base partner`` (partner 0 = unpaired); other lines are skipped."""
-    seq, partners = [], []
+def _check_hairpins(path: Path, where: str, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``pairs``, after refusing a pair of neighbouring bases: a hairpin with no base."""
+    for i, j in pairs:
+        if j == i + 1:
+            raise InputError(f"{path}{where}: pair ({i + 1}, {j + 1}) closes a hairpin of no base")
+    return pairs
+
+
+def read_bpseq(path: Path) -> list[Record]:
+    """BPSEQ records: lines ``index base partner`` (partner 0 = unpaired), each record
+    starting again at index 1; a ``# name`` line before a record names it (else the file
+    name, numbered from the second record), other lines are skipped."""
+    records: list[Record] = []
+    seq, partners, name, pending = [], [], "", ""
+    stem = Path(path).stem
+
+    def flush():
+        if seq:
+            label = name or (stem if not records else f"{stem}_{len(records) + 1}")
+            records.append(Record(label, "".join(seq).upper(),
+                                  _pairs_from_partners(path, partners, f" (record {label!r})")))
+
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         cols = line.split()
         if len(cols) != 3 or not cols[0].isdigit():
+            if line.startswith("#") and len(cols) > 1:
+                pending = cols[1] if cols[0] == "#" else cols[0][1:]
             continue
+        if cols[0] == "1" and seq:
+            flush()
+            seq, partners = [], []
+        if not seq:
+            name, pending = pending, ""
         if int(cols[0]) != len(seq) + 1 or not cols[2].lstrip("-").isdigit():
             raise InputError(f"{path}:{lineno}: expected 'index base partner' with index {len(seq) + 1}")
+        if len(cols[1]) != 1 or not cols[1].isalpha():
+            raise InputError(f"{path}:{lineno}: base column {cols[1]!r} is not one letter")
         seq.append(cols[1])
         partners.append(int(cols[2]))
-    if not seq:
+    flush()
+    if not records:
         raise InputError(f"{path}: no BPSEQ lines")
-    return Record(Path(path).stem, "".join(seq).upper(), _pairs_from_partners(path, partners))
+    return records
 
 
-def read_ct(path: Path) -> Record:
-    """CT: a header ``N title`` then N lines ``index base prev next partner index``."""
-    lines = [line for line in read_text(path).splitlines() if line.strip()]
-    try:
-        n = int(lines[0].split()[0])
-        rows = [line.split() for line in lines[1:n + 1]]
-        seq = "".join(r[1] for r in rows).upper()
-        partners = [int(r[4]) for r in rows]
-    except (IndexError, ValueError):
-        raise InputError(f"{path}: not a CT file (header 'N title' then N rows of 6 columns)") from None
-    if len(rows) != n:
-        raise InputError(f"{path}: header says {n} bases, found {len(rows)}")
-    title = lines[0].split(maxsplit=1)[1] if len(lines[0].split()) > 1 else Path(path).stem
-    return Record(title.split()[0] if title else Path(path).stem, seq, _pairs_from_partners(path, partners))
+def _is_ct_row(cols: list[str]) -> bool:
+    return len(cols) >= 6 and all(c.lstrip("-").isdigit() for c in (cols[0], *cols[2:6]))
+
+
+def read_ct(path: Path) -> list[Record]:
+    """CT records: each a header ``N title`` then N lines ``index base prev next partner
+    index``, indices 1..N in order."""
+    lines = [(k, line.split()) for k, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
+    records: list[Record] = []
+    at = 0
+    while at < len(lines):
+        lineno, header = lines[at]
+        if not header[0].isdigit():
+            raise InputError(f"{path}:{lineno}: not a CT header ('N title')")
+        n = int(header[0])
+        rows = lines[at + 1:at + 1 + n]
+        for k, (row_line, cols) in enumerate(rows, 1):
+            if not _is_ct_row(cols):
+                if k == 1:
+                    raise InputError(f"{path}: not a CT file (header 'N title' then N rows of 6 columns)")
+                raise InputError(f"{path}:{lineno}: header says {n} bases, found {k - 1}")
+            if int(cols[0]) != k:
+                raise InputError(f"{path}:{row_line}: index column says {cols[0]}, expected {k}")
+        if len(rows) < n:
+            raise InputError(f"{path}:{lineno}: header says {n} bases, found {len(rows)}")
+        after = lines[at + 1 + n] if at + 1 + n < len(lines) else None
+        if after is not None and _is_ct_row(after[1]) and after[1][0] == str(n + 1):
+            raise InputError(f"{path}:{lineno}: header says {n} bases, but row {n + 1} follows")
+        label = header[1] if len(header) > 1 else Path(path).stem + (f"_{len(records) + 1}" if records else "")
+        partners = [int(cols[4]) for _, cols in rows]
+        records.append(Record(label, "".join(cols[1] for _, cols in rows).upper(),
+                              _pairs_from_partners(path, partners, f" (record {label!r})")))
+        at += 1 + n
+    if not records:
+        raise InputError(f"{path}: not a CT file (header 'N title' then N rows of 6 columns)")
+    return records
 
 
 def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
@@ -117,6 +170,7 @@ def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
                 rec.pairs = validate_pairs(pairs_from_db(db), len(rec.seq))
             except StructureError as exc:
                 raise InputError(f"{path}: record {rec.name!r}: {exc}") from None
+            _check_hairpins(path, f" (record {rec.name!r})", rec.pairs)
             if len(db) != len(rec.seq):
                 raise InputError(f"{path}: record {rec.name!r}: structure length {len(db)} != sequence length {len(rec.seq)}")
         else:
@@ -143,18 +197,23 @@ def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
 
 def read_references(path: Path) -> list[Record]:
     """Reference structures: a folder of .bpseq/.ct files (subfolders name the family),
-    or a FASTA file with a dot-bracket line after each sequence."""
+    one such file (one or more records), or a FASTA file with a dot-bracket line after
+    each sequence. Pairs are kept as the file gives them, non-canonical ones too (unlike
+    Stockholm consensus projections, which drop them): they are scored as references."""
     path = Path(path)
+    if path.suffix.lower() in STRUCTURE_SUFFIXES and path.is_file():
+        return read_bpseq(path) if path.suffix.lower() == ".bpseq" else read_ct(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in STRUCTURE_SUFFIXES)
         if not files:
             raise InputError(f"{path}: no .bpseq or .ct files in this folder")
         records = []
         for f in files:
-            rec = read_bpseq(f) if f.suffix.lower() == ".bpseq" else read_ct(f)
-            rec.name = f.stem
-            rec.family = str(f.parent.relative_to(path)) if f.parent != path else ""
-            records.append(rec)
+            recs = read_bpseq(f) if f.suffix.lower() == ".bpseq" else read_ct(f)
+            for k, rec in enumerate(recs):
+                rec.name = f.stem if len(recs) == 1 else f"{f.stem}:{rec.name}" if rec.name else f"{f.stem}:{k + 1}"
+                rec.family = str(f.parent.relative_to(path)) if f.parent != path else ""
+            records += recs
         return records
     return read_fasta(path, with_structure=True)
 
