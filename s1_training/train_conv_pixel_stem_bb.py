@@ -24,7 +24,7 @@ from stembb.errors import InputError, run_main
 from stembb.io import read_pickle
 from stembb.s1.model import CONFIG_KEYS, S1Config, build_model
 from stembb.runlog import start_run
-from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch
+from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch, refuse_mixed_runs
 from stembb.data.splits import train_val_rows
 from stembb.s1.dataset import LengthBatchSampler, StemBoxDataset, collate, filter_rows
 
@@ -136,6 +136,8 @@ def main(args) -> None:
 
 def train(args, dist_info, device):
     is_main = dist_info.is_main
+    resume = latest_checkpoint(args.resume) if args.resume and args.resume.is_dir() else args.resume
+    refuse_mixed_runs(args.result.glob("model_ckpt_ep_*.pth"), resume, args.result)
     if is_main:
         args.result.mkdir(parents=True, exist_ok=True)
     log = start_run(f"s1_train_rank{dist_info.rank}", args.seed, args.result / "run.log" if is_main else None)

@@ -43,7 +43,7 @@ from stembb.distributed import pick_device, synchronized_time
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle
 from stembb.runlog import start_run
-from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch
+from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch, refuse_mixed_runs
 from stembb.data.splits import train_val_rows
 from stembb.s2.boxnet import BoxNetConfig
 from stembb.s2.engine import (F1_THRESHOLDS, S2_MODELS, calibrate_gamma, calibrate_pair_weight, decoded_f1, fit_terms,
@@ -189,9 +189,10 @@ def main(args) -> None:
     if args.resume:
         args.resume = resume_checkpoint(args.resume)
         state = load_resume(args.resume, spec.kind, args, TRAIN_KEYS + config_keys, args.epochs, "--epochs")
+    prefix = output_prefix(args.log)
+    refuse_mixed_runs(prefix.parent.glob(f"{prefix.name}.model_ckpt_ep_*.pth"), args.resume, prefix.parent)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     log = start_run("s2_train", args.seed, args.log)
-    prefix = output_prefix(args.log)
     torch.manual_seed(args.seed)
     df = pd.concat([read_pickle(p, required=spec.columns) for p in args.input_data], ignore_index=True)
     n_items = df[spec.columns[-1]].map(len)

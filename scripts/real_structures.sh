@@ -33,6 +33,7 @@ done
 $PY s1_data_gen/in_family_split.py --data "$DATA" --more "$D/rfam_len20_200_f6.pkl.gz" --out "$D/rfam_in_family.pkl.gz"
 
 echo "== S1 fine-tuned on the real training families (for the S1-evidence row)"
+rm -rf "$D/s1_ft"  # a new run refuses a folder holding another run's checkpoints
 $PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_ft" $($PY -m stembb.s1.model small) \
   --mask 0 --local_unmask_offset 2 --batch_size 10 --max_length 200 --cpu 1 --no_progress --lr 0.0005 --epoch 2 \
   --init "$S1V"

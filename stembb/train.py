@@ -24,6 +24,17 @@ def load_resume(path: Path, kind: str, args, keys, epochs: int, epochs_flag: str
     return state
 
 
+def refuse_mixed_runs(existing, resume: Path | None, place: Path) -> None:
+    """A run writing checkpoints where ``existing`` ones lie must be continuing one of
+    them (``resume``, a checkpoint path); otherwise the two runs' epochs would mix (an
+    old ``ep_5`` beside a new ``ep_1``, picked by ``--resume`` and by evaluation)."""
+    existing = sorted(existing)
+    if existing and (resume is None or Path(resume).resolve() not in {p.resolve() for p in existing}):
+        raise InputError(f"{place}: already holds another run's checkpoints ({', '.join(p.name for p in existing[:3])}"
+                         f"{', ...' if len(existing) > 3 else ''}); continue that run with --resume, or write this one "
+                         "elsewhere (or move them aside)")
+
+
 def record_epoch(history: list[dict], rows: list[dict], panels, csv_path: Path, png_path: Path,
                  ncols: int = 4) -> None:
     """Append an epoch's rows (one per split) to ``history``; rewrite the CSV and the PNG."""

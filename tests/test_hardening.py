@@ -82,6 +82,10 @@ def test_s2_resume_takes_the_run_log_and_refuses_a_finished_run(s2_models, tmp_p
                       "--dim", 16, "--layers", 1, "--heads", 2, "--terms_epochs", 3, "--log", root / "result" / "box.log",
                       "--resume", root / "result" / "box.log", check=False)
     assert "box.model_ckpt_ep_1.pth: the run already has 2 epochs (--epochs 2)" in error_line(proc)
+    proc = run_script("s2_training/s2_train_gnn.py", "--input_data", data, "--epochs", 1, "--no_progress",
+                      "--log", root / "result" / "box.log", check=False)  # a new run over it
+    line = error_line(proc)
+    assert "already holds another run's checkpoints (box.model_ckpt_ep_0.pth, box.model_ckpt_ep_1.pth)" in line
 
 
 def test_truncated_annotation_and_gzipped_fasta(tmp_path, s2_models):
@@ -229,3 +233,14 @@ def test_outputs_through_links_fifos_devices_and_standard_output(tmp_path):
         pytest.skip("this machine does not allow making a device node")
     run_script("evaluation/predict_structure.py", "--fasta", fasta, "--out", device)
     assert stat.S_ISCHR(device.stat().st_mode)  # still a device, not replaced by a regular file
+
+
+def test_a_new_run_refuses_a_folder_holding_another_runs_checkpoints(tiny_s1_data, tmp_path):
+    run = tmp_path / "run_x"
+    train_s1(tiny_s1_data, run, "--epoch", 1)
+    before = sorted(p.name for p in run.glob("*.pth"))
+    proc = train_s1(tiny_s1_data, run, "--epoch", 1, check=False)
+    assert "already holds another run's checkpoints (model_ckpt_ep_0.pth)" in error_line(proc)
+    assert sorted(p.name for p in run.glob("*.pth")) == before
+    train_s1(tiny_s1_data, run, "--epoch", 2, "--resume", run)  # continuing it is fine
+    assert sorted(p.name for p in run.glob("*.pth")) == ["model_ckpt_ep_0.pth", "model_ckpt_ep_1.pth"]
