@@ -244,3 +244,23 @@ def test_a_new_run_refuses_a_folder_holding_another_runs_checkpoints(tiny_s1_dat
     assert sorted(p.name for p in run.glob("*.pth")) == before
     train_s1(tiny_s1_data, run, "--epoch", 2, "--resume", run)  # continuing it is fine
     assert sorted(p.name for p in run.glob("*.pth")) == ["model_ckpt_ep_0.pth", "model_ckpt_ep_1.pth"]
+
+
+def test_dask_addresses_that_are_not_a_scheduler_stop_with_one_line(tmp_path):
+    import socket
+    import threading
+
+    script = "s1_data_gen/generate_human_transcriptome_segment_high_mfe_freq_multi_struct.py"
+    common = ["--len", 40, "--num_data", 10, "--num_sample", 2, "--out", tmp_path / "never.pkl.gz"]
+    proc = run_script(script, *common, "--dask", "foo", check=False)
+    assert "--dask 'foo': expected a scheduler address" in error_line(proc)
+    silent = socket.socket()  # a service that accepts and never answers, on this machine only
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held = []
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    started = time.monotonic()
+    proc = run_script(script, *common, "--dask", f"tcp://127.0.0.1:{silent.getsockname()[1]}", check=False)
+    assert "no Dask scheduler answered within 15 s" in error_line(proc) and time.monotonic() - started < 90
+    silent.close()
+    assert not (tmp_path / "never.pkl.gz").exists()

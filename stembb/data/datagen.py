@@ -17,6 +17,8 @@ import argparse
 import gc
 import math
 import multiprocessing
+import re
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections import Counter, deque
@@ -46,6 +48,8 @@ SKIP_UNSTRUCTURED = "no base pair"
 SHARD_BLOCK = 256  # tasks per shard block, at most (smaller for small runs: see shard_block)
 SHARD_SLACK = 0.1  # a shard folds this share more than its part, so merged shards cover --num_data
 FOLD_CHUNK = 8  # segments per pool or Dask task (amortizes the per-task cost)
+DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx)://)?[\w.-]+:\d+")  # a scheduler: [protocol://]host:port
+DASK_CONNECT_SECONDS = 15
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +150,28 @@ def fold_batch(job: FoldJob, tasks: list[tuple[int, str]]) -> list[tuple[list[di
     return [rows_for_segment(job, t) for t in tasks]
 
 
+def _connect(client_class, address: str):
+    """A Dask client of the scheduler at ``address``, or a one-line InputError when none
+    answers within ``DASK_CONNECT_SECONDS``: refused, unreachable, or a service that
+    accepts and never speaks Dask (the client's own timeout does not cover that one, so
+    the connection is made on a daemon thread that the run does not wait for)."""
+    outcome: list = []
+
+    def connect():
+        try:
+            outcome.append(client_class(address, timeout=DASK_CONNECT_SECONDS))
+        except Exception as exc:  # whatever the connection raised is reported below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(DASK_CONNECT_SECONDS + 5)
+    if not outcome or isinstance(outcome[0], Exception):
+        why = type(outcome[0]).__name__ if outcome else "no answer"
+        raise InputError(f"--dask {address}: no Dask scheduler answered within {DASK_CONNECT_SECONDS} s ({why})")
+    return outcome[0]
+
+
 class Folder:
     """Where segments are folded: this process, a local process pool, or a Dask cluster.
     ``submit(tasks)`` returns a handle, ``results(handle)`` the rows in task order.
@@ -164,7 +190,7 @@ class Folder:
                                             dashboard_address=None)
                 self.client = Client(self.cluster)
             else:
-                self.client = Client(dask)
+                self.client = _connect(Client, dask)
             self.workers = max(len(self.client.scheduler_info()["workers"]), 1)
         elif workers > 1:
             # workers fork lazily, inside cyclic_gc_paused: they collect as usual, only the
@@ -334,6 +360,8 @@ def run_generator(args: argparse.Namespace, job: FoldJob, num_wanted: int, desc:
     n_local = args.dask[len("local:"):] if args.dask and args.dask.startswith("local:") else None
     if n_local is not None and not (n_local.isdigit() and int(n_local) >= 1):
         raise InputError(f"--dask local:N needs a number of processes N >= 1, got {args.dask!r}")
+    if args.dask and n_local is None and not DASK_ADDRESS.fullmatch(args.dask):
+        raise InputError(f"--dask {args.dask!r}: expected a scheduler address such as tcp://host:8786, or local:N")
     if args.dask:
         log.info("folding on Dask: %s", args.dask)
     segments = iter_segments(genes, args.seed, args.max_per_gene, **segment_shape)
