@@ -1,5 +1,9 @@
 """Dataset statistics as one PNG: stem size distribution, sequence lengths, boxes per kind,
-and for merged multi-struct data the conflicts per segment."""
+and for merged multi-struct data the conflicts per segment.
+
+    python evaluation/plot_dataset_statistics.py --data data/s1_train.pkl.gz data/test.pkl.gz \\
+        --out plot/stem_size_distribution.png
+"""
 import argparse
 from collections import Counter
 from pathlib import Path

@@ -10,7 +10,9 @@ Rows (one S1 checkpoint, one test set, one run):
 - one row per ``--s2_models`` checkpoint (box transformer or graph network), decoded at
   the gamma calibrated on its validation split (or ``--gamma``).
 
-Every row is decoded by the same structure DP. Writes --out (the table: precision,
+The oracle and S1 rows are decoded by the MEA DP (``stembb.s2.decode``); each S2 row by
+its own decoder (the box transformer: the structure assembly with its loop terms; the
+graph network: the MEA DP). Writes --out (the table: precision,
 recall, F1 exact and with slip, F1 per length bin, seconds per sequence), <out>_per_seq.csv
 and <out>.png.
 

@@ -1,5 +1,9 @@
 """S1 data: gene segments of one length with their MFE structure, kept when the MFE
-structure's ensemble frequency reaches ``--threshold_mfe_freq``."""
+structure's ensemble frequency reaches ``--threshold_mfe_freq``.
+
+    python generate_human_transcriptome_segment_high_mfe_freq.py --len 40 --num_seq 1000 \\
+        --threshold_mfe_freq 0.02 --chromosomes chr3 --out ../data/s1_train_mfe_len40_1000.pkl.gz
+"""
 import argparse
 
 from stembb.cli import check_at_least_one

@@ -3,6 +3,9 @@
 One row per unique sample (``sample_id``), or with ``--merge`` one row per segment whose
 target is the union of the samples' stem boxes (conflicts resolved as in stembb.data.merge).
 ``--num_data`` counts segments.
+
+    python generate_human_transcriptome_segment_high_mfe_freq_multi_struct.py \\
+        --len 40 --num_data 100 --num_sample 10 --chromosomes chr1 --out ../data/s1_train_debug.pkl.gz
 """
 import argparse
 

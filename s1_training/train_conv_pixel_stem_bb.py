@@ -1,7 +1,10 @@
 """Train the S1 conv-pixel stem-box network.
 
 Single process (CPU, or the GPU CUDA_VISIBLE_DEVICES shows):
-    python train_conv_pixel_stem_bb.py --data ../data/train.pkl.gz --result result/run_1 ...
+    python train_conv_pixel_stem_bb.py --data ../data/s1_train_multi_structs_len40_20000.pkl.gz \\
+        --result result/run_25 --num_filters 128 128 --filter_width 9 9 --hid_shared 50 50 50 \\
+        --hid_output 20 --lr 0.0005 --epoch 50 --mask 0 --local_unmask_offset 4 --batch_size 10 \\
+        --max_length 200 --cpu 4
 Several processes (DistributedDataParallel; NCCL on GPUs, gloo on CPU):
     torchrun --nproc_per_node 2 train_conv_pixel_stem_bb.py <same flags>
 

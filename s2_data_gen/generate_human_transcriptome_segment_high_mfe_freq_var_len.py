@@ -1,6 +1,11 @@
 """Variable-length gene segments (lengths uniform in [len_min, len_max], non-overlapping)
 with their MFE structure, ``fe``, ``mfe_freq`` and ``ens_div``; kept when ``mfe_freq``
-reaches ``--threshold_mfe_freq``. Also the test-set generator (held-out chromosome)."""
+reaches ``--threshold_mfe_freq``. Also the test-set generator (held-out chromosome).
+
+    python generate_human_transcriptome_segment_high_mfe_freq_var_len.py \\
+        --len_min 20 --len_max 200 --num_seq 1000 --threshold_mfe_freq 0.02 \\
+        --chromosomes chr2 chr3 --out ../data/human_transcriptome_segment_high_mfe_freq_training_len20_200_1000.pkl.gz
+"""
 import argparse
 
 from stembb.cli import check_at_least_one

@@ -9,7 +9,8 @@ structure and up to 20 Boltzmann samples of every training sequence (training ti
 only: prediction never calls ViennaRNA), and then they stay fixed; with
 --terms_from_energies 0 by --terms_epochs of the structured margin loss (X.terms.csv /
 .png), and they learn on through --struct_weight. Then --epochs train the network, whose
-logits enter the pair scores with a learned weight.
+logits enter the pair scores with a weight: learned with --struct_weight, or, with frozen
+terms, chosen from a grid on the validation split after training.
 --model gnn: the notebook's graph network over bases and candidate pairs, kept as the
 baseline (stembb.s2.gnn; flags --hid --kmer --embed_dim).
 
@@ -23,7 +24,9 @@ result/s2_gnn_run_20.model_ckpt_ep_{epoch}.pth (epochs from 0), every --save_eve
 and at the last.
 
     python s2_train_gnn.py --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
-        --learning_rate 0.002 --struct_weight 1 --epochs 5 --batch_size 16 --log result/s2_box_run_1.log
+        --learning_rate 0.002 --epochs 1 --batch_size 16 --log result/s2_box_run_1.log
+    python s2_train_gnn.py --input_data ../data/s2_train.pkl.gz --terms_from_energies 0 --struct_weight 1 \\
+        --learning_rate 0.002 --epochs 5 --batch_size 16 --log result/s2_box_run_2.log
     python s2_train_gnn.py --model gnn --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
         --learning_rate 0.001 --epochs 50 --batch_size 10 --hid 32 32 32 --log result/s2_gnn_run_1.log \\
         --kmer 3 --embed_dim 16

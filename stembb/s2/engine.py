@@ -15,9 +15,11 @@ maximum-expected-accuracy DP on probabilities (``stembb.s2.decode``; gain
 ``gamma`` is chosen on the validation split as the value with the best mean base-pair F1
 of the decoded structures (``calibrate_gamma``).
 
-Training is binary cross-entropy over items, plus, for the box transformer, a
-structured margin loss on the assembled structure (``structured_hinge``), the only way
-its loop terms learn.
+Training is binary cross-entropy over items, plus, for the box transformer, optionally a
+structured margin loss on the assembled structure (``structured_hinge``). The box
+transformer's loop terms are by default fitted to ViennaRNA energies by least squares
+(``fit_terms_to_energies``) and then fixed; the margin loss (``fit_terms`` and
+``--struct_weight``) is how they learn from structures alone.
 """
 from __future__ import annotations
 
