@@ -94,8 +94,12 @@ def markdown_table(summary: pd.DataFrame, methods: list[str]) -> str:
     lengths = [v for v in LENGTH_COLUMNS if (summary["value"] == v).any()]
     sizes = sorted(summary.loc[summary["group"] == "family_size", "value"].unique(),
                    key=lambda v: float(v.split(",")[0].strip("(")))
+    def size_label(v):
+        low, high = (int(float(x)) for x in v.strip("(]").split(","))
+        return f"> {low}" if high >= FAMILY_SIZE_BINS[-1] else f"{low + 1}-{high}"
+
     head = ["predictor", "F1", "family-macro", "P", "R"] + [f"{v} nt" for v in lengths] + [
-        f"family size {v}" for v in sizes] + ["s/seq"]
+        f"family size {size_label(v)}" for v in sizes] + ["s/seq"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         cells = [m, get("all", m), get("family_macro", m), get("all", m, column="precision"),

@@ -59,6 +59,11 @@ for set in "val $DATA" "test $DATA" "test $D/rfam_in_family.pkl.gz"; do
     --no_progress
 done
 
+CHR5=data/human_transcriptome_segment_high_mfe_freq_test_len20_200_150.pkl.gz  # made by scripts/demo.sh
+if [ -f "$CHR5" ]; then  # agreement with ViennaRNA's MFE on the held-out chromosome
+  $PY evaluation/compare_predictors.py --data "$CHR5" "${MODELS[@]}" --out "$D/compare_chr5.csv" --no_progress
+fi
+
 if [ "$SHIP" = 1 ]; then
   echo "== export the grammar model as models/stembb_s2.pth (no optimizer state)"
   $PY scripts/export_models.py "$S1V" "$D/grammar_crf.pth"
