@@ -42,7 +42,8 @@ def threshold_value(text: str) -> float:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="test pickle (seq, one_idx, bounding_boxes)")
-    p.add_argument("--threshold", type=threshold_value, nargs="+", default=[0.1], help="p_on thresholds in (0, 1)")
+    p.add_argument("--threshold_p", "--threshold", dest="threshold", type=threshold_value, nargs="+", default=[0.1],
+                   help="p_on thresholds in (0, 1)")
     p.add_argument("--out", type=Path, required=True, help="summary CSV")
     p.add_argument("--models", type=Path, nargs="+", default=None,
                    help=f"checkpoints or run folders (default: latest checkpoint of every run under {DEFAULT_RESULTS})")

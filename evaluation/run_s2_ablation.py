@@ -48,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--s2_models", type=Path, nargs="+", required=True, help="S2 checkpoints (box or gnn)")
     add_reference_args(p)
     p.add_argument("--out", type=Path, required=True, help="summary CSV")
-    p.add_argument("--threshold_p", type=float, default=0.1, help="S1 p_on threshold in (0, 1)")
+    p.add_argument("--threshold_p", "--threshold", dest="threshold_p", type=float, default=0.1,
+                   help="S1 p_on threshold in (0, 1)")
     p.add_argument("--gamma", type=float, default=None, help="decode every S2 model at this gamma instead of its own")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--device", default=None)

@@ -32,7 +32,7 @@ from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--inputs", type=Path, nargs="+", required=True,
+    p.add_argument("--data", "--inputs", dest="inputs", type=Path, nargs="+", required=True,
                    help="Stockholm files (.sto, .sto.gz), folders of .bpseq/.ct files, dot-bracket FASTA files")
     p.add_argument("--out", type=Path, required=True, help="output pickle (.pkl.gz)")
     p.add_argument("--len_min", type=int, default=10, help="drop shorter sequences")

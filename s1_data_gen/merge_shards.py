@@ -21,7 +21,7 @@ from stembb.runlog import start_run
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--inputs", type=Path, nargs="+", required=True, help="the shard pickles")
+    p.add_argument("--data", "--inputs", dest="inputs", type=Path, nargs="+", required=True, help="the shard pickles")
     p.add_argument("--out", type=Path, required=True, help="merged .pkl.gz")
     p.add_argument("--num", type=int, default=None,
                    help="keep the first N segments (default: the shards' --num_data/--num_seq)")

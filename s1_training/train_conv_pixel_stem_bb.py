@@ -50,11 +50,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="on/off loss weight outside the unmasked region (0 = ignore)")
     p.add_argument("--local_unmask_offset", type=int, default=4,
                    help="grow every local-structure box by this many pixels per side for the unmasked region")
-    p.add_argument("--epoch", type=int, default=10, help="number of epochs")
+    p.add_argument("--epochs", "--epoch", dest="epoch", type=int, default=10, help="number of epochs")
     p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--batch_size", type=int, default=10)
     p.add_argument("--max_length", type=int, default=200, help="drop longer sequences")
-    p.add_argument("--cpu", type=int, default=2, help="data-loader worker processes")
+    p.add_argument("--workers", "--cpu", dest="cpu", type=int, default=2, help="data-loader worker processes")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--save_every", type=int, default=10, help="checkpoint every N epochs (and the last)")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint, or run folder (its latest checkpoint)")

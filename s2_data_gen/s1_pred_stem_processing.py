@@ -28,9 +28,10 @@ from stembb.structure import STEM
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--threshold_p", type=float, required=True, help="p_on threshold in (0, 1)")
-    p.add_argument("--model", type=Path, required=True, help="S1 checkpoint")
-    p.add_argument("--out_file", type=Path, required=True)
+    p.add_argument("--threshold_p", "--threshold", dest="threshold_p", type=float, required=True,
+                   help="p_on threshold in (0, 1)")
+    p.add_argument("--s1_model", "--model", dest="model", type=Path, required=True, help="S1 checkpoint")
+    p.add_argument("--out", "--out_file", dest="out_file", type=Path, required=True, help="output pickle (.pkl.gz)")
     p.add_argument("--features", action="store_true", help="add stem_bb_bps_features")
     p.add_argument("--include_all", action="store_true",
                    help="keep sequences with unrecoverable target stems (target restricted to recoverable ones)")

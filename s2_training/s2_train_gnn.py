@@ -72,10 +72,10 @@ DECODED_F1_GAMMAS = (1.0, 4.0)
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input_data", nargs="+", required=True, help="S2 feature pickles")
+    p.add_argument("--data", "--input_data", dest="input_data", nargs="+", required=True, help="S2 feature pickles")
     p.add_argument("--model", choices=sorted(S2_MODELS), default="box", help="S2 network (default: box)")
     p.add_argument("--training_proportion", type=float, default=0.9, help="share of sequences for training")
-    p.add_argument("--learning_rate", type=float, default=0.001)
+    p.add_argument("--lr", "--learning_rate", dest="learning_rate", type=float, default=0.001)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=10)
     p.add_argument("--pos_weight", type=float, default=1.0,

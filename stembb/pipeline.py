@@ -158,7 +158,8 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
                    help="S1 checkpoint (default: the shipped models/stembb_s1.pth, see models/MODEL_CARD.md)")
     p.add_argument("--s2_model", type=Path, default=SHIPPED_S2,
                    help="S2 checkpoint (default: the shipped models/stembb_s2.pth)")
-    p.add_argument("--threshold_p", type=float, default=0.1, help="S1 p_on threshold in (0, 1)")
+    p.add_argument("--threshold_p", "--threshold", dest="threshold_p", type=float, default=0.1,
+                   help="S1 p_on threshold in (0, 1)")
     p.add_argument("--gamma", type=float, default=None,
                    help="structure decoding: a pair is taken when p > 1/(gamma+1); larger favours recall "
                         "(default: the value calibrated on S2's validation split, stored in the S2 checkpoint)")

@@ -39,3 +39,26 @@ def test_docstring_usage_examples_parse(script):
         args = parser.parse_args(argv)
         if "check_args" in module:  # the script's own checks of flag combinations
             module["check_args"](args)
+
+
+# one spelling per concept: the canonical flag first, the notebook's (or an older script's) as an alias
+ALIASES = {
+    "s1_data_gen/make_structure_dataset.py": [("--data", "--inputs")],
+    "s1_data_gen/merge_shards.py": [("--data", "--inputs")],
+    "s1_training/train_conv_pixel_stem_bb.py": [("--epochs", "--epoch"), ("--workers", "--cpu")],
+    "s2_data_gen/s1_pred_stem_processing.py": [("--threshold_p", "--threshold"), ("--s1_model", "--model"),
+                                               ("--out", "--out_file")],
+    "s2_training/s2_train_gnn.py": [("--data", "--input_data"), ("--lr", "--learning_rate")],
+    "s2_training/train_s2_crf.py": [("--lr", "--learning_rate")],
+    "evaluation/run_s1_inference.py": [("--threshold_p", "--threshold")],
+    "evaluation/run_s2_ablation.py": [("--threshold_p", "--threshold")],
+    "evaluation/run_end_to_end.py": [("--threshold_p", "--threshold")],
+}
+
+
+@pytest.mark.parametrize("script", sorted(ALIASES))
+def test_each_concept_has_one_flag_and_its_aliases(script):
+    parser = runpy.run_path(str(REPO / script))["get_args_parser"]()
+    for canonical, alias in ALIASES[script]:
+        action = parser._option_string_actions[canonical]
+        assert parser._option_string_actions[alias] is action and action.option_strings[0] == canonical
