@@ -86,9 +86,12 @@ def main():
         predictor.predict(seqs)
         batched = time.perf_counter() - t
         parts = ", ".join(f"{k} {1000 * v / args.num:.1f}" for k, v in timings.items())
-        after = (timings["s1_decode"] + timings["s2"] + timings["structure"]) / max(timings["s1_forward"], 1e-9)
-        print(f"L={length:3d}: stembb {args.num / ours:6.1f} seq/s (ms per seq: {parts}; after the S1 forward: "
-              f"{100 * after:.0f}% of it; structure {100 * timings['structure'] / max(timings['s1_forward'], 1e-9):.0f}%); "
+        after = ""
+        if not predictor.is_grammar or predictor.s2_model.uses_evidence:  # else S1 does not run
+            share = (timings["s1_decode"] + timings["s2"] + timings["structure"]) / timings["s1_forward"]
+            after = (f"; after the S1 forward: {100 * share:.0f}% of it; structure "
+                     f"{100 * timings['structure'] / timings['s1_forward']:.0f}%")
+        print(f"L={length:3d}: stembb {args.num / ours:6.1f} seq/s (ms per seq: {parts}{after}); "
               f"batches of {predictor.batch_size}: {args.num / batched:6.1f} seq/s | "
               f"RNAfold {args.num / vienna:7.1f} seq/s, {batched / vienna:5.1f}x the batched rate")
     length = 200
