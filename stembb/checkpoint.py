@@ -18,11 +18,6 @@ S1_KIND = "s1_stem_bb"
 _EPOCH = re.compile(r"model_ckpt_ep_(\d+)\.pth$")
 
 
-# Checkpoints written before histories were stored as plain floats hold numpy scalars.
-_LEGACY_NUMPY = [np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType,
-                 getattr(np, "_core", np.core).multiarray.scalar]
-
-
 def plain(value):
     """``value`` with numpy scalars and arrays turned into Python numbers and lists,
     recursively through dicts, lists and tuples (tensors left as they are)."""
@@ -35,11 +30,6 @@ def plain(value):
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-# checkpoint kinds this code no longer runs -> why, and what to do
-RETIRED_KINDS = {"s2_box": "a box-transformer S2 checkpoint from before the Turner-shaped loop terms "
-                           "(stembb.s2.assemble, Nov 2026); retrain it with s2_training/s2_train_gnn.py"}
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -56,13 +46,10 @@ def load_checkpoint(path: Path, kind: str | tuple[str, ...], map_location="cpu")
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        with torch.serialization.safe_globals(_LEGACY_NUMPY):
-            state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types for a bad file
         raise InputError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
     kinds = (kind,) if isinstance(kind, str) else tuple(kind)
-    if isinstance(state, dict) and state.get("kind") in RETIRED_KINDS:
-        raise InputError(f"{path}: {RETIRED_KINDS[state['kind']]}")
     if not isinstance(state, dict) or state.get("kind") not in kinds:
         found = state.get("kind") if isinstance(state, dict) else type(state).__name__
         raise InputError(f"{path}: not an {' or '.join(kinds)} checkpoint (found {found!r})")

@@ -340,9 +340,9 @@ def test_s2_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(s
     assert proc.returncode == 2 and "another architecture: dim 16 there vs 32 here" in proc.stderr.splitlines()[-1]
 
 
-def test_a_retired_s2_checkpoint_kind_says_what_to_do(tmp_path):
+def test_an_unknown_s2_checkpoint_kind_is_named(tmp_path):
     save_checkpoint({"kind": "s2_box", "model": {}}, tmp_path / "old.pth")
-    with pytest.raises(InputError, match=r"old.pth: a box-transformer S2 checkpoint from before .* retrain it"):
+    with pytest.raises(InputError, match=r"old.pth: not an s2_box2 or s2_gnn or s2_grammar checkpoint \(found 's2_box'\)"):
         load_s2_model(tmp_path / "old.pth", torch.device("cpu"))
 
 

@@ -34,10 +34,8 @@ def load_s1_model(path: Path, device: torch.device):
     return load_model(path, S1_KIND, build_model, device)
 
 
-# on CPU a batch holds at most this many pixels (L^2 per sequence): larger ones ran slower
-# per sequence, their activations falling out of cache (main job's network, 2 threads:
-# 30 ms per 200-mer in batches of 1-4, 67-77 ms in batches of 8-16; 100-mers 9 ms in
-# batches of up to 8, 14 ms in 16)
+# on CPU a batch holds at most this many pixels (L^2 per sequence): beyond it the
+# activations fall out of cache and each sequence takes longer (bench/README.md)
 CPU_BATCH_PIXELS = 100_000
 
 

@@ -103,12 +103,6 @@ class LoopTerms(nn.Module):
     def numpy(self) -> dict[str, np.ndarray]:
         return {name: p.detach().cpu().double().numpy() for name, p in self.named_parameters()}
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints from before the small-loop tables had none: theirs are all zero
-        for name in SMALL_LOOPS:
-            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
 
 @numba.njit(cache=True, nogil=True)
 def small_loop_slot(codes, t_outer, t_inner, i, j, k, l):  # pragma: no cover (compiled)

@@ -38,7 +38,7 @@ from stembb.s2.assemble import N_PAIR_TYPES, PAIR_TYPE, LoopTerms, base_at
 from stembb.s2.candidates import BOX_COLUMNS
 from stembb.structure import base_codes
 
-KIND = "s2_box2"  # "s2_box" checkpoints had the first loop terms (stembb.checkpoint.RETIRED_KINDS)
+KIND = "s2_box2"
 N_RELATIONS = 17
 LOOP_BUCKETS = np.array([1, 3, 6, 11, 21])  # enclosed unpaired bases: 0 | 1-2 | 3-5 | 6-10 | 11-20 | 21+
 STACK_PAD = N_PAIR_TYPES * N_PAIR_TYPES
@@ -76,7 +76,7 @@ def relations(bx: np.ndarray, by: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _relations(bx, by, w, buckets):
-    # compiled: numpy needed a dozen (n, n) temporaries, about 5 ms for 256 boxes
+    # compiled: in numpy this takes a dozen (n, n) temporaries
     n = len(bx)
     rel = np.zeros((n, n), dtype=np.uint8)
     for a in range(n):
@@ -178,7 +178,7 @@ class RelationAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         # only its weight is used, by BoxTransformer.forward, which builds every layer's bias
-        # at once; a Linear keeps the checkpoint key (relation_bias.weight) of earlier runs
+        # at once (the shipped box checkpoint stores it as relation_bias.weight)
         self.relation_bias = nn.Linear(N_RELATIONS, heads, bias=False)
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
         self.dropout = nn.Dropout(dropout)
