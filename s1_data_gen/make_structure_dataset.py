@@ -126,7 +126,7 @@ def main(args) -> None:
     test = parse_split_spec("--test_families", args.test_families)
     if isinstance(val, float) and isinstance(test, float) and val + test >= 1:
         raise InputError(f"--val_families {val} + --test_families {test} leave no training groups")
-    plot = args.plot or args.out.with_name(args.out.name.split(".")[0] + "_statistics.png")
+    plot = args.plot or args.out.with_name(args.out.name.removesuffix(".gz").removesuffix(".pkl") + "_statistics.png")
     check_outputs([args.out, plot], args.inputs)
     log = start_run("make_structure_dataset", args.seed)
     records, counts = read_inputs(args.inputs, args.iupac, log)

@@ -33,6 +33,8 @@ def pick_device(flag: str | None, local_rank: int = 0) -> torch.device:
             device = torch.device(flag)
         except RuntimeError:
             raise InputError(f"--device {flag!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+        if device.type not in ("cpu", "cuda"):
+            raise InputError(f"--device {flag}: stembb runs on cpu or cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"--device {flag}: CUDA is not available on this machine")
         return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device

@@ -28,13 +28,17 @@ from stembb.pipeline import add_predictor_args, check_sequences, make_predictor
 from stembb.runlog import start_run
 
 
+TRAINED_LENGTH = 200  # the shipped model's longest training sequences (models/MODEL_CARD.md)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_predictor_args(p)
     p.add_argument("--fasta", type=Path, default=Path("-"), help="FASTA file; - (default) reads standard input")
     p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
     p.add_argument("--format", choices=("dot-bracket", "bpseq", "ct"), default="dot-bracket")
-    p.add_argument("--max_length", type=int, default=500)
+    p.add_argument("--max_length", type=int, default=500,
+                   help="a longer record is an error (time grows with L^3, memory with L^2)")
     p.add_argument("--bpp", type=Path, default=None,
                    help="folder for base-pair probabilities and dot plots (grammar S2 models)")
     return p
@@ -62,6 +66,10 @@ def main(args) -> None:
     log = start_run("predict_structure")
     records = read_fasta(args.fasta)
     check_sequences(args.fasta, records, args.max_length)
+    longer = sum(len(r.seq) > TRAINED_LENGTH for r in records)
+    if longer:
+        log.info("note: %d of %d sequences are longer than %d nt, the longest of the shipped model's training and "
+                 "validation sequences", longer, len(records), TRAINED_LENGTH)
     predictor = make_predictor(args)
     if args.bpp is not None:
         if not predictor.is_grammar:

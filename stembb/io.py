@@ -232,10 +232,16 @@ def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS, check_l
             _check_row(path, idx, row, required, check_letters)
     if "bounding_boxes" in df.columns:
         normalized = []
+        lengths = df["seq"].str.len() if "seq" in df.columns else None
         for idx, boxes in zip(df.index, df["bounding_boxes"]):
             try:
                 normalized.append([normalize_box(b) for b in boxes])
             except (StructureError, TypeError, ValueError) as exc:
                 raise InputError(f"{path}: row {idx}: column 'bounding_boxes' is malformed ({exc})") from None
+            outside = [b for b in normalized[-1] if lengths is not None and (
+                min(b.corner) < 0 or b.corner[0] + b.size[0] > lengths[idx] or b.corner[1] + b.size[1] > lengths[idx])]
+            if outside:
+                raise InputError(f"{path}: row {idx}: bounding box {tuple(outside[0])} lies outside its "
+                                 f"{lengths[idx]}-nt sequence")
         df["bounding_boxes"] = normalized
     return df

@@ -264,3 +264,29 @@ def test_dask_addresses_that_are_not_a_scheduler_stop_with_one_line(tmp_path):
     assert "no Dask scheduler answered within 15 s" in error_line(proc) and time.monotonic() - started < 90
     silent.close()
     assert not (tmp_path / "never.pkl.gz").exists()
+
+
+def test_small_input_checks(tiny_s1_data, tmp_path):
+    import pickle
+
+    from stembb.io import read_pickle
+
+    frame = pd.DataFrame({"seq": ["GGGGAAACCCC"], "one_idx": [([0], [10])],
+                          "bounding_boxes": [[((0, 10), (1, 1), "stem"), ((5, 9), (4, 4), "stem")]]})
+    bad = tmp_path / "box.pkl.gz"
+    with gzip.open(bad, "wb") as f:
+        pickle.dump(frame, f)
+    with pytest.raises(InputError, match=r"row 0: bounding box \(\(5, 9\), \(4, 4\), 'stem'\) lies outside its 11-nt"):
+        read_pickle(bad)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">long\n" + "GGGGAAACCCCAUAU" * 14 + "\n")
+    for device in ("meta", "mps"):
+        proc = run_script("evaluation/predict_structure.py", "--fasta", fasta, "--device", device, check=False)
+        assert f"--device {device}: stembb runs on cpu or cuda" in error_line(proc)
+    proc = run_script("evaluation/predict_structure.py", "--fasta", fasta)
+    assert "note: 1 of 1 sequences are longer than 200 nt" in proc.stderr
+    for version in ("v1", "v2"):  # two datasets that differ after the first dot keep their own plots
+        out = tmp_path / f"rfam.{version}.pkl.gz"
+        run_script("s1_data_gen/make_structure_dataset.py", "--data", REPO / "tests" / "data" / "rfam_sample.sto",
+                   "--out", out, "--val_families", 0.2, "--test_families", 0.2)
+        assert (tmp_path / f"rfam.{version}_statistics.png").is_file()
