@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Iterable
 
 from stembb.errors import InputError
+from stembb.io import streams
 
 
 def check_threshold(flag: str, value: float) -> None:
@@ -42,8 +44,9 @@ def seed(text: str) -> int:
 
 
 def check_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path | None]) -> None:
-    """Refuse, before any work, an output that is an existing folder or the same file as
-    one of the inputs (writing it would destroy that input)."""
+    """Refuse, before any work, an output that is an existing folder, the same file as
+    one of the inputs (writing it would destroy that input), or a file in a folder this
+    user cannot write (it would fail only after the work)."""
     sources = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
     for out in outputs:
         if out is None:
@@ -54,6 +57,12 @@ def check_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path | None])
         if out.resolve() in sources:
             raise InputError(f"{out}: output path is also an input ({sources[out.resolve()]}); "
                              "choose another output name")
+        if streams(out):  # written into as it is, not created beside it
+            continue
+        folder = next(p for p in (out.resolve().parent, *out.resolve().parents) if p.exists())
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"{out}: cannot write in {folder} (no permission or a read-only file system); "
+                             "choose another output path")
 
 
 def check_num(num: int | None) -> None:

@@ -290,3 +290,21 @@ def test_small_input_checks(tiny_s1_data, tmp_path):
         run_script("s1_data_gen/make_structure_dataset.py", "--data", REPO / "tests" / "data" / "rfam_sample.sto",
                    "--out", out, "--val_families", 0.2, "--test_families", 0.2)
         assert (tmp_path / f"rfam.{version}_statistics.png").is_file()
+
+
+def test_an_output_in_an_unwritable_folder_is_refused_before_any_work(tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nGGGGAAACCCC\n")
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)],
+                      capture_output=True).returncode:
+        pytest.skip("no read-only file system can be mounted here (mount needs root)")
+    try:
+        proc = run_script("evaluation/predict_structure.py", "--fasta", fasta, "--out", read_only / "sub" / "x.db",
+                          check=False)
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+    line = error_line(proc)
+    assert "x.db: cannot write in" in line and "read-only file system" in line
+    assert "predicted" not in proc.stderr  # refused before the prediction
