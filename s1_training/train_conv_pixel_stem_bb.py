@@ -23,13 +23,15 @@ from stembb.checkpoint import S1_KIND, init_weights, latest_checkpoint, save_che
 from stembb.cli import check_at_least_one, check_positive, seed
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
-from stembb.errors import InputError, run_main
+from stembb.errors import InputError, ignore_sigterm, run_main
 from stembb.io import read_pickle
 from stembb.s1.model import CONFIG_KEYS, S1Config, build_model
 from stembb.runlog import start_run
 from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch, refuse_mixed_runs
 from stembb.data.splits import train_val_rows
 from stembb.s1.dataset import LengthBatchSampler, StemBoxDataset, collate, filter_rows
+
+DIVERGED_LOSS = 1000.0  # the five losses of an untrained network sum to about 10
 
 # Flags a resumed run must share with its checkpoint: they define the network, the data,
 # the split and the loss. The rest (epochs, workers, device, saving) may change.
@@ -110,6 +112,7 @@ def make_loader(df, idx, args, shuffle, dist_info, device):
     sampler = LengthBatchSampler(sub["seq"].str.len().to_numpy(), args.batch_size, shuffle, args.seed,
                                  dist_info.world_size, dist_info.rank)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=args.cpu,
+                        worker_init_fn=ignore_sigterm,
                         pin_memory=device.type == "cuda", persistent_workers=args.cpu > 0)
     return loader, sampler
 
@@ -196,6 +199,9 @@ def train(args, dist_info, device):
                 + (f" ({r['examples_per_s']:.1f} examples/s per process after warm-up)" if "examples_per_s" in r else "")
                 for r in rows))
             record_epoch(history, rows, S1_PANELS, args.result / "metrics.csv", args.result / "metrics.png")
+            if rows[0]["loss"] > DIVERGED_LOSS:
+                log.warning("warning: training loss %.3g (an untrained network's is about 10): the run is diverging; "
+                            "--lr %g is likely too high", rows[0]["loss"], args.lr)
             if is_save_epoch(epoch, args.save_every, args.epoch):
                 path = args.result / f"model_ckpt_ep_{epoch}.pth"
                 save_checkpoint(checkpoint_state(S1_KIND, model, optimizer, args, config, epoch, history, scaler),

@@ -35,6 +35,14 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way
 
 
+def ignore_sigterm(_worker_id=None) -> None:
+    """A data-loader worker's ``worker_init_fn``: SIGTERM is left to the main process,
+    which stops its workers as it unwinds. Workers fork with ``run_main``'s handler, and a
+    scheduler's SIGTERM to the whole process group would otherwise end each with a
+    traceback, and the main process with another for the dead worker."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's ``main``: bad input exits 2, a non-finite loss or ``RunFailed`` 1, each with a
     one-line message (also at the end of the run's log file); Ctrl-C and SIGTERM exit 130

@@ -308,3 +308,22 @@ def test_an_output_in_an_unwritable_folder_is_refused_before_any_work(tmp_path):
     line = error_line(proc)
     assert "x.db: cannot write in" in line and "read-only file system" in line
     assert "predicted" not in proc.stderr  # refused before the prediction
+
+
+def test_sigterm_to_a_training_run_and_its_loader_workers_prints_one_line(tiny_s1_data, tmp_path):
+    script = REPO / "s1_training" / "train_conv_pixel_stem_bb.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--data", str(tiny_s1_data), "--result", str(tmp_path / "run"),
+                             "--num_filters", "8", "--filter_width", "3", "--hid_shared", "8", "--hid_output", "4",
+                             "--epochs", "1000", "--batch_size", "2", "--workers", "2", "--device", "cpu",
+                             "--no_progress"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            start_new_session=True)  # its own process group, as a scheduler's job
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list((tmp_path / "run").glob("model_ckpt_ep_*.pth")):
+            time.sleep(0.5)  # training (and its loader workers) under way
+        os.killpg(proc.pid, signal.SIGTERM)  # the whole group, workers too
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted:")

@@ -257,3 +257,8 @@ def test_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(InputError, match="would put every rank on one GPU"):
         init_distributed("cuda:0")
+
+
+def test_a_diverging_training_loss_is_reported(tiny_s1_data, tmp_path):
+    proc = train_s1(tiny_s1_data, tmp_path / "run", "--epochs", 3, "--lr", "1e6")
+    assert "the run is diverging; --lr 1e+06 is likely too high" in proc.stderr
