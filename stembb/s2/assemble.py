@@ -242,12 +242,6 @@ def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     return sorted(map(tuple, out.tolist()))
 
 
-def best_score(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> float:
-    """``S(y)`` of ``assemble``'s structure (0 for the empty one)."""
-    cands, _ = candidates(seq, pairs, unary, terms)
-    return 0.0 if cands is None else float(_fill_and_trace(*cands)[1])
-
-
 def _starts_by_end(pairs: np.ndarray, length: int) -> np.ndarray:
     """``(L, K)``: for each 3' base j, the candidates (k, j) ending there (-1 padding)."""
     order = np.argsort(pairs[:, 1], kind="stable")

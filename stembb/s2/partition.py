@@ -18,7 +18,7 @@ first (``stembb.s2.crf``). What comes out:
 Numbers stay in range by scaling, as ViennaRNA does: every partial sum over a span of d
 bases is stored divided by ``exp(scale * d)``. Sequences under ``UNSCALED_LENGTH`` bases
 are summed unscaled; longer ones, or any that overflow, with ``scale`` = the best
-structure's score per base (``assemble.best_score``), so the sum over the whole sequence
+structure's score per base (``assemble``'s recursions), so the sum over the whole sequence
 is about 1 times the number of structures near the best. Memory: a few arrays over the
 candidates and three (L, L) tables, as ``assemble``.
 """
@@ -67,13 +67,12 @@ def ensemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     if cands is None:
         empty = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()} if counts else None
         return Ensemble(pairs, probs, 0.0, empty)
-    scale = 0.0
-    if cands.length >= UNSCALED_LENGTH:
-        scale = max(float(_fill_and_trace(*cands)[1]), 0.0) / cands.length
+    scaled = cands.length >= UNSCALED_LENGTH
+    scale = _best_score_per_base(cands) if scaled else 0.0
     weights = Weights.of(cands, scale)
     inside = _inside(*_shape(cands), *weights)
-    if not (np.isfinite(inside[3][-1]) and inside[3][-1] > 0):  # overflow or underflow: scale by the best
-        scale = max(float(_fill_and_trace(*cands)[1]), 0.0) / cands.length
+    if not scaled and not (np.isfinite(inside[3][-1]) and inside[3][-1] > 0):  # overflow or underflow
+        scale = _best_score_per_base(cands)
         weights = Weights.of(cands, scale)
         inside = _inside(*_shape(cands), *weights)
     v, wm, m2, zp = inside
@@ -82,6 +81,11 @@ def ensemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     probs[keep] = v * out[0] / z
     expected = _loop_counts(seq, cands, out, z) if counts else None
     return Ensemble(pairs, probs, float(np.log(z) + scale * cands.length), expected)
+
+
+def _best_score_per_base(cands: Candidates) -> float:
+    """The best structure's score (0 for the empty one) per base: the scale of the sums."""
+    return max(float(_fill_and_trace(*cands)[1]), 0.0) / cands.length
 
 
 class Weights(NamedTuple):
