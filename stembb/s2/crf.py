@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stembb.s2.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, loop_counts, structure_score
+from stembb.s2.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, structure_score
 from stembb.s2.decode import decode_structure
 from stembb.s2.partition import Ensemble, ensemble
 from stembb.structure import canonical_pair_matrix, is_nested, stems
@@ -165,8 +165,11 @@ class GrammarFold(nn.Module):
         unary = self.unary(example)
         params = [getattr(self.terms, name) for name in TERM_SHAPES]
         log_z = _LogPartition.apply(example.seq, example.pairs, unary, *params)
+        return log_z - self._score(example, example.reference, unary)
+
+    def _score(self, example: Example, structure, unary: torch.Tensor) -> torch.Tensor:
         index = {p: k for k, p in enumerate(map(tuple, example.pairs.tolist()))}
-        return log_z - structure_score(example.seq, example.reference, index, unary, self.terms)
+        return structure_score(example.seq, structure, index, unary, self.terms)
 
     @torch.no_grad()
     def ensemble(self, example: Example) -> Ensemble:
@@ -175,12 +178,7 @@ class GrammarFold(nn.Module):
     @torch.no_grad()
     def score(self, example: Example, structure) -> float:
         """``S(structure)`` in nats (its log-weight; log P = S - log Z)."""
-        pairs, counts = loop_counts(example.seq, structure)
-        unary = self.unary(example).double().numpy()
-        rows = np.searchsorted(example.pairs[:, 0] * len(example.seq) + example.pairs[:, 1],
-                               pairs[:, 0] * len(example.seq) + pairs[:, 1])
-        terms = self.terms.numpy()
-        return float(unary[rows].sum() + sum(c @ terms[name].ravel() for name, c in counts.items()))
+        return float(self._score(example, structure, self.unary(example)))
 
     @torch.no_grad()
     def max_structure(self, example: Example, bonus: float = 0.0) -> list[tuple[int, int]]:
