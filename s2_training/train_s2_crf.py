@@ -171,8 +171,9 @@ def main(args) -> None:
     optimizer = torch.optim.Adam(groups, args.lr)
     rng = np.random.default_rng(args.seed)
     history: list = []
-    best = (decoded_f1(model, val, "mea", 1.0, [model.ensemble(e) for e in val]), -1,
-            {k: v.clone() for k, v in model.state_dict().items()})
+    val_ens = crf.ensembles(model, val, args.threads)
+    best = (decoded_f1(model, val, "mea", 1.0, val_ens), -1, {k: v.clone() for k, v in model.state_dict().items()},
+            val_ens)
     log.info("validation F1 before training (MEA, gamma 1): %.4f", best[0])
     for epoch in range(args.epochs):
         started, total = time.perf_counter(), 0.0
@@ -186,18 +187,19 @@ def main(args) -> None:
             loss.backward()
             optimizer.step()
             total += nll.item() * len(idx)
-        f1 = decoded_f1(model, val, "mea", 1.0, [model.ensemble(e) for e in val])
+        val_ens = crf.ensembles(model, val, args.threads)
+        f1 = decoded_f1(model, val, "mea", 1.0, val_ens)
         log.info("epoch %d: training NLL %.4f per reference pair, validation F1 %.4f (%.0f s)", epoch,
                  total / len(train), f1, time.perf_counter() - started)
         record_epoch(history, [{"epoch": epoch, "split": "train", "nll": total / len(train)},
                                {"epoch": epoch, "split": "val", "f1": f1}], PANELS,
                      args.out.with_suffix(".metrics.csv"), args.out.with_suffix(".metrics.png"), ncols=2)
         if f1 > best[0] or args.keep_last:
-            best = (f1, epoch, {k: v.clone() for k, v in model.state_dict().items()})
+            best = (f1, epoch, {k: v.clone() for k, v in model.state_dict().items()}, val_ens)
     model.load_state_dict(best[2])
     log.info("kept epoch %d (validation F1 %.4f; -1 = the start)%s", best[1], best[0],
              " as --keep_last asks" if args.keep_last else "")
-    decoder, scores = choose_decoder(model, val, [model.ensemble(e) for e in val])
+    decoder, scores = choose_decoder(model, val, best[3])  # the kept state's validation probabilities
     log.info("decoder chosen on validation: %s (F1 %.4f)", decoder,
              max(scores.values()))
     save_checkpoint({"kind": crf.KIND, "model": model.state_dict(), "config": model.config, "args": vars(args),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -102,8 +101,7 @@ class Predictor:
         self.timings["s1_forward"] += time.perf_counter() - t
         t = time.perf_counter()
         examples = [self.s2_model.example(seq, p_on) for seq, p_on in zip(seqs, maps)]
-        with ThreadPoolExecutor(self.threads) as pool:  # the compiled recursions release the GIL
-            ensembles = list(pool.map(self.s2_model.ensemble, examples))
+        ensembles = crf.ensembles(self.s2_model, examples, self.threads)
         self.timings["s2"] += time.perf_counter() - t
         t = time.perf_counter()
         out = [crf.decode(self.s2_model, e, self.decoder["method"], self.gamma, self.decoder["cut"], ens)

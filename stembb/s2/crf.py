@@ -237,6 +237,13 @@ def pull(model: GrammarFold, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(((getattr(model.terms, name) - value) ** 2).sum() for name, value in anchor.items())
 
 
+def ensembles(model: GrammarFold, examples: list[Example], threads: int = 1) -> list[Ensemble]:
+    """Each example's pair probabilities, ``threads`` partition functions at a time (the
+    compiled recursions release the GIL)."""
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        return list(pool.map(model.ensemble, examples))
+
+
 def batch_nll(model: GrammarFold, examples: list[Example], threads: int = 1) -> torch.Tensor:
     """Mean ``nll`` per reference pair over ``examples``. With ``threads`` > 1 the
     partition functions run on a thread pool (the compiled recursions release the GIL)."""
