@@ -24,7 +24,7 @@ from stembb.cli import check_num, check_outputs
 from stembb.data.folding import fold, mea_structure
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
-from stembb.io import atomic_path, read_pickle, write_csv
+from stembb.io import atomic_path, write_csv
 from stembb.pipeline import Predictor
 from stembb.report import add_reference_args, reference_records, score_row, summarize
 from stembb.runlog import start_run
@@ -80,8 +80,8 @@ def vienna_rows(records, show_progress: bool) -> list[dict]:
     return rows
 
 
-def family_size_summary(per_seq: pd.DataFrame, sizes) -> pd.DataFrame:
-    bins = pd.cut(per_seq["index"].map(sizes), FAMILY_SIZE_BINS).astype(str)
+def family_size_summary(per_seq: pd.DataFrame, records) -> pd.DataFrame:
+    bins = pd.cut(per_seq["index"].map(lambda k: records[k].family_size), FAMILY_SIZE_BINS).astype(str)
     return (per_seq.assign(group="family_size", value=bins).groupby(["group", "value", "method"], sort=False)
             .agg(n=("f1", "size"), f1=("f1", "mean")).reset_index())
 
@@ -133,13 +133,8 @@ def main(args) -> None:
         log.info("%s: %.3f s per sequence", name, seconds)
     per_seq = pd.DataFrame(rows)
     summary = summarize(per_seq)
-    if args.data is not None:
-        df = read_pickle(args.data)
-        if "family_size" in df.columns:
-            sizes = dict(zip(df["name"].astype(str) + "\t" + df["family"].astype(str), df["family_size"]))
-            keys = {k: f"{rec.name}\t{rec.family}" for k, rec in enumerate(records)}
-            summary = pd.concat([summary, family_size_summary(per_seq, {k: sizes.get(v) for k, v in keys.items()})],
-                                ignore_index=True)
+    if all(rec.family_size for rec in records):  # make_structure_dataset.py's pickles know them
+        summary = pd.concat([summary, family_size_summary(per_seq, records)], ignore_index=True)
     methods = list(dict.fromkeys(per_seq["method"]))
     write_csv(per_seq, args.out)
     write_csv(summary, Path(f"{stem}_summary.csv"))

@@ -35,9 +35,12 @@ def load_records(data: Path | None, refs: Path | None, num: int | None = None,
         def column(name, default):
             return df[name].astype(str).tolist() if name in df.columns else [default(k) for k in range(len(df))]
 
-        records = [Record(name, seq.upper(), pairs_from_one_idx(idx), fam, clan)
-                   for seq, idx, name, fam, clan in zip(df["seq"], df["one_idx"], column("name", lambda k: f"row{k}"),
-                                                        column("family", lambda k: ""), column("clan", lambda k: ""))]
+        sizes = df["family_size"].tolist() if "family_size" in df.columns else [0] * len(df)
+        records = [Record(name, seq.upper(), pairs_from_one_idx(idx), fam, clan, family_size=int(size))
+                   for seq, idx, name, fam, clan, size in zip(df["seq"], df["one_idx"],
+                                                              column("name", lambda k: f"row{k}"),
+                                                              column("family", lambda k: ""),
+                                                              column("clan", lambda k: ""), sizes)]
     else:
         records = read_references(refs)
     return records[:num] if num else records

@@ -34,6 +34,7 @@ class Record:
     clan: str = ""
     family_name: str = ""
     source: str = ""
+    family_size: int = 0  # the family's sequences in the source (make_structure_dataset.py); 0: unknown
 
 
 def read_text(path: Path) -> str:
