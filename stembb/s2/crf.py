@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stembb.s2.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, structure_score
+from stembb.s2.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, loop_counts, structure_score
 from stembb.s2.decode import decode_structure
 from stembb.s2.partition import Ensemble, ensemble
 from stembb.structure import canonical_pair_matrix, is_nested, stems
@@ -177,8 +177,15 @@ class GrammarFold(nn.Module):
 
     @torch.no_grad()
     def score(self, example: Example, structure) -> float:
-        """``S(structure)`` in nats (its log-weight; log P = S - log Z)."""
-        return float(self._score(example, structure, self.unary(example)))
+        """``S(structure)`` in nats (its log-weight; log P = S - log Z). A numpy sum, not
+        ``structure_score``'s torch expression: at prediction no gradient is needed, and
+        building that expression took ten times the rest of decoding at 200 nt."""
+        pairs, counts = loop_counts(example.seq, structure)
+        unary = self.unary(example).double().numpy()
+        rows = np.searchsorted(example.pairs[:, 0] * len(example.seq) + example.pairs[:, 1],
+                               pairs[:, 0] * len(example.seq) + pairs[:, 1])
+        terms = self.terms.numpy()
+        return float(unary[rows].sum() + sum(c @ terms[name].ravel() for name, c in counts.items()))
 
     @torch.no_grad()
     def max_structure(self, example: Example, bonus: float = 0.0) -> list[tuple[int, int]]:
