@@ -4,6 +4,7 @@
     structure, energy = stembb.fold("GGGGAAACCCC")      # the shipped model
     predictor = stembb.load_predictor()                 # reusable, folds many in batches
     structures = predictor.predict(["GGGGAAACCCC", "ACGUACGU"])
+    long_rna = stembb.load_predictor(max_span=300)      # pairs at most 300 apart: memory linear in length
 
 ``energy`` is the structure's score as a pseudo free energy in kcal/mol (``-kT * S``)
 for a grammar S2 model, ``None`` for the box and graph models.
@@ -16,15 +17,19 @@ from pathlib import Path
 from stembb.distributed import pick_device
 from stembb.errors import InputError
 from stembb.io import VALID_LETTERS
-from stembb.pipeline import SHIPPED_S1, SHIPPED_S2, Predictor
+from stembb.pipeline import SHIPPED_S1, SHIPPED_S2, Predictor, set_max_span
 from stembb.structure import db_from_pairs, normalize_seq
 
 
 def load_predictor(s1_model: Path | None = SHIPPED_S1, s2_model: Path = SHIPPED_S2,
-                   device: str | None = None) -> Predictor:
+                   device: str | None = None, max_span: int | None = None) -> Predictor:
     """A predictor of two checkpoints (default: the shipped model, ``models/``) on
-    ``device`` (default: CUDA when present)."""
-    return Predictor.from_checkpoints(s1_model, s2_model, pick_device(device))
+    ``device`` (default: CUDA when present); with ``max_span`` (grammar S2 models), bases
+    pair at most that far apart."""
+    predictor = Predictor.from_checkpoints(s1_model, s2_model, pick_device(device))
+    if max_span is not None:
+        set_max_span(predictor, max_span, "max_span", s2_model)
+    return predictor
 
 
 @lru_cache(maxsize=1)

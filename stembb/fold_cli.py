@@ -29,6 +29,7 @@ from stembb.runlog import start_run
 
 
 TRAINED_LENGTH = 200  # the shipped model's longest training sequences (models/MODEL_CARD.md)
+BOX_MAX_LENGTH = 500
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,8 +38,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fasta", type=Path, default=Path("-"), help="FASTA file; - (default) reads standard input")
     p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
     p.add_argument("--format", choices=("dot-bracket", "bpseq", "ct"), default="dot-bracket")
-    p.add_argument("--max_length", type=int, default=500,
-                   help="a longer record is an error (time grows with L^3, memory with L^2)")
+    p.add_argument("--max_length", type=int, default=None,
+                   help="a longer record is an error (default: no limit for grammar S2 models, whose memory need is "
+                        f"checked before folding, with or without --max_span; {BOX_MAX_LENGTH} nt for the box "
+                        "model, whose S1 image grows with L^2)")
     p.add_argument("--bpp", type=Path, default=None,
                    help="folder for base-pair probabilities and dot plots (grammar S2 models)")
     return p
@@ -65,12 +68,13 @@ def main(args) -> None:
     check_outputs([args.out], [None if str(args.fasta) == "-" else args.fasta, args.s1_model, args.s2_model])
     log = start_run("predict_structure")
     records = read_fasta(args.fasta)
-    check_sequences(args.fasta, records, args.max_length)
+    predictor = make_predictor(args)
+    max_length = args.max_length or (float("inf") if predictor.is_grammar else BOX_MAX_LENGTH)
+    check_sequences(args.fasta, records, max_length)
     longer = sum(len(r.seq) > TRAINED_LENGTH for r in records)
     if longer:
         log.info("note: %d of %d sequences are longer than %d nt, the longest of the shipped model's training and "
                  "validation sequences", longer, len(records), TRAINED_LENGTH)
-    predictor = make_predictor(args)
     if args.bpp is not None:
         if not predictor.is_grammar:
             raise InputError(f"--bpp needs a grammar S2 model (s2_training/train_s2_crf.py); "
@@ -78,7 +82,7 @@ def main(args) -> None:
         args.bpp.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if predictor.is_grammar:
-        structures, ensembles, energies = predictor.fold([r.seq for r in records])
+        structures, ensembles, energies = predictor.fold([r.seq for r in records], [r.name for r in records])
     else:
         structures, ensembles, energies = predictor.predict([r.seq for r in records]), [], [None] * len(records)
     seconds = time.perf_counter() - started

@@ -90,11 +90,15 @@ class Predictor:
         return self.structures(seqs, self.proposals(seqs))
 
     @torch.no_grad()
-    def fold(self, seqs: Sequence[str]) -> tuple[list[list[tuple[int, int]]], list[Ensemble], list[float]]:
+    def fold(self, seqs: Sequence[str], names: Sequence[str] | None = None
+             ) -> tuple[list[list[tuple[int, int]]], list[Ensemble], list[float]]:
         """Grammar model: one structure per sequence, its pair probabilities, and the
         structure's score as a pseudo free energy (``-KT * S``, kcal/mol when the loop
         terms are ViennaRNA's energies, as they start). S1 runs only when its evidence
-        has a weight other than 0."""
+        has a weight other than 0. A sequence whose folding would not fit in the memory
+        available is a one-line InputError naming it (``names``, default "sequence k")
+        before any work."""
+        self.check_memory(seqs, names)
         t = time.perf_counter()
         maps = (evidence_maps(self.s1_model, seqs, self.device, self.batch_size) if self.s2_model.uses_evidence
                 else [None] * len(seqs))
@@ -109,6 +113,22 @@ class Predictor:
         energies = [-crf.KT * self.s2_model.score(e, y) for e, y in zip(examples, out)]
         self.timings["structure"] += time.perf_counter() - t
         return out, ensembles, energies
+
+    def check_memory(self, seqs: Sequence[str], names: Sequence[str] | None = None) -> None:
+        """InputError for the first sequence whose fold needs more memory than is
+        available (``crf.fold_memory``; not checked where the system does not say)."""
+        available = available_memory()
+        if available is None:
+            return
+        span = self.s2_model.max_span
+        for k, seq in enumerate(seqs):
+            need = crf.fold_memory(seq, span, self.decoder["method"])
+            if need > available:
+                name = f"sequence {k + 1}" if names is None else f"record {names[k]!r}"
+                how = "whole" if span is None else f"with --max_span {span}"
+                raise InputError(f"{name} ({len(seq)} nt): folding it {how} needs about {need / 1e9:.1f} GB of "
+                                 f"memory, {available / 1e9:.1f} GB available; pass a smaller --max_span "
+                                 "(RNAfold's --maxBPspan; e.g. 300)")
 
     @torch.no_grad()
     def proposals(self, seqs: Sequence[str]) -> list:
@@ -144,6 +164,18 @@ class Predictor:
         return out
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 # The shipped model (models/MODEL_CARD.md): what the end-to-end scripts use without flags.
 SHIPPED_S1 = REPO_ROOT / "models" / "stembb_s1.pth"
 SHIPPED_S2 = REPO_ROOT / "models" / "stembb_s2.pth"
@@ -176,17 +208,22 @@ def make_predictor(args) -> "Predictor":
         if path == shipped and not path.is_file():
             raise InputError(f"{path}: the shipped model is missing from this checkout; pass {flag} "
                              "or restore models/ (git checkout models/)")
-    if args.max_span is not None and args.max_span <= MIN_LOOP:
-        raise InputError(f"--max_span must be above {MIN_LOOP} (a hairpin encloses at least {MIN_LOOP} bases), "
-                         f"got {args.max_span}")
     device = pick_device(args.device)
     predictor = Predictor.from_checkpoints(args.s1_model, args.s2_model, device, gamma=args.gamma,
                                            threshold=args.threshold_p, batch_size=args.batch_size)
     if args.max_span is not None:
-        if not predictor.is_grammar:
-            raise InputError(f"--max_span is for grammar S2 models; {args.s2_model} is not one")
-        predictor.s2_model.max_span = args.max_span
+        set_max_span(predictor, args.max_span, "--max_span", args.s2_model)
     return predictor
+
+
+def set_max_span(predictor: Predictor, span: int, flag: str, s2_path: Path) -> None:
+    """Pairs of the predictor's grammar model at most ``span`` bases apart; InputError
+    naming ``flag`` for a box model (``s2_path``) or a span no hairpin fits."""
+    if not predictor.is_grammar:
+        raise InputError(f"{flag} is for grammar S2 models; {s2_path} is not one")
+    if span <= MIN_LOOP:
+        raise InputError(f"{flag} must be above {MIN_LOOP} (a hairpin encloses at least {MIN_LOOP} bases), got {span}")
+    predictor.s2_model.max_span = span
 
 
 def check_sequences(path: Path, records, max_length: int, skip_long: bool = False) -> list:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import random_candidates
-from stembb.s2 import partition
+from stembb.s2 import crf, partition
 from stembb.s2.assemble import TERM_SHAPES, LoopTerms, candidates, loop_counts
 from stembb.s2.partition import ensemble
 from stembb.structure import canonical_pair_matrix, is_nested
@@ -45,11 +45,16 @@ def brute_force(seq, pairs, unary, terms):
     return log_z, probs, expected
 
 
-def test_probabilities_log_z_and_expected_counts_equal_brute_force():
+@pytest.mark.parametrize("max_span", [None, 9])
+def test_probabilities_log_z_and_expected_counts_equal_brute_force(max_span):
+    """Over every candidate span, and banded: candidates at most ``max_span`` apart, so the
+    recursions' tables are narrower than the sequence."""
     rng = np.random.default_rng(3)
     checked = 0
     for _ in range(60):
         seq, pairs = random_candidates(rng, 9, 26, 4, 0.3)
+        if max_span is not None:
+            pairs = pairs[pairs[:, 1] - pairs[:, 0] <= max_span]
         pairs = pairs[rng.permutation(len(pairs))[:11]]
         unary = rng.normal(size=len(pairs))
         terms = random_terms(rng).numpy()
@@ -105,3 +110,19 @@ def test_long_sequences_are_scaled_not_overflowed():
     got = ensemble(seq, pairs, np.zeros(len(pairs)), terms)
     assert np.isfinite(got.log_z) and got.log_z > 1000
     assert np.isfinite(got.probs).all() and got.probs.max() > 0.5
+
+
+def test_a_long_sequence_with_short_pairs_sums_its_exterior_in_logs():
+    """3,000 nt of pairs at most 30 apart: Z is far beyond float range while every span's
+    sum is not, and the unscaled sums (exterior in logs) agree with scaled ones."""
+    rng = np.random.default_rng(11)
+    seq = "".join(rng.choice(list("ACGU"), 3000))
+    pairs = crf.allowed_pairs(seq, max_span=30)
+    terms = random_terms(rng).numpy()
+    cands, _ = candidates(seq, pairs, rng.normal(size=len(pairs)), terms)
+    assert cands.index_of.shape == (3000, 31)
+    log_z = [partition.log_z(cands, scale) for scale in (0.0, 0.3)]
+    assert log_z[0] > 800 and log_z[1] == pytest.approx(log_z[0], rel=1e-10)
+    got = ensemble(seq, pairs, np.zeros(len(pairs)), terms)
+    per_base = np.bincount(pairs.ravel(), weights=np.repeat(got.probs, 2), minlength=len(seq))
+    assert np.isfinite(got.probs).all() and per_base.max() <= 1 + 1e-9 and got.probs.max() > 0.5

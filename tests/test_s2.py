@@ -16,7 +16,7 @@ from stembb.pipeline import Predictor, add_predictor_args, load_s2_model, make_p
 from stembb.s2 import boxnet
 from stembb.s2.candidates import BOX_COLUMNS
 from stembb.s2.decode import decode_structure
-from stembb.s2.assemble import (SMALL_LOOPS, TERM_SHAPES, LoopTerms, assemble, loop_counts, pair_types,
+from stembb.s2.assemble import (SMALL_LOOPS, TERM_SHAPES, LoopTerms, assemble, loop_counts, pair_type,
                                 small_loop_slot, structure_score)
 from stembb.s2.decode import decode_gains
 from stembb.s2.engine import (S2_MODELS, _terms_hinge, calibrate_gamma, fit_terms, fit_terms_to_energies, pair_max,
@@ -92,8 +92,8 @@ def test_a_small_internal_loop_has_one_slot_whichever_pair_it_is_read_from():
     for seq, outer, inner, expect in (("GACGAAACUC", (0, 9), (3, 7), (1, (3, 3, 3, 0, 1))),
                                       ("CUCAAAGACG", (0, 9), (2, 6), (1, (3, 3, 3, 0, 1))),
                                       ("GACAAAGUC", (0, 8), (2, 6), (0, (2, 3, 0, 3)))):
-        types = pair_types(seq)
-        table, slot = small_loop_slot(base_codes(seq), types[outer], types[inner], *outer, *inner)
+        codes = base_codes(seq)
+        table, slot = small_loop_slot(codes, pair_type(codes, *outer), pair_type(codes, *inner), *outer, *inner)
         assert (table, np.unravel_index(slot, TERM_SHAPES[SMALL_LOOPS[table]])) == expect
     # the 1 x 1 loop above read from its inner pair is G-C, U | A, C-G: slot (2, 3, 3, 0), the larger
     assert loop_counts("GACAAAGUC", [(0, 8), (2, 6)])[1]["int11"].nonzero()[0].tolist() == [

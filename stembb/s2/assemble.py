@@ -72,10 +72,10 @@ def base_at(codes: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return np.where(inside, codes[np.where(inside, pos, 0)], 4)
 
 
-def pair_types(seq: str) -> np.ndarray:
-    """``(L, L)`` pair type of bases i and j (``PAIR_TYPE``)."""
-    c = base_codes(seq)
-    return PAIR_TYPE[c[:, None], c[None, :]]
+def pair_type(codes: np.ndarray, i, j):
+    """Pair type (``PAIR_TYPE``) of bases i and j (ints or arrays of positions) of a
+    sequence with base ``codes``."""
+    return PAIR_TYPE[codes[i], codes[j]]
 
 
 class LoopTerms(nn.Module):
@@ -167,8 +167,10 @@ class Candidates(NamedTuple):
     it and from its enclosing loop, ``closing_multi`` / ``branch`` its score closing a
     multiloop / as a branch; ``interior`` [bulge or internal, size], ``asymmetry`` by
     |left - right|, the ``stack`` table, the ``small`` loop tables flat with their
-    ``small_start``; the sequence's base ``codes``; ``index_of`` (L, L) the candidate at
-    (i, j) or -1; ``starts`` (``_starts_by_end``). Scores are log-weights (nats) or
+    ``small_start``; the sequence's base ``codes``; ``index_of`` (L, D) the candidate at
+    (i, i + d) in row i, column d, or -1, where D - 1 is the longest candidate's span
+    (every table of the recursions is banded the same way, so memory is linear in L for a
+    bounded span); ``starts`` (``_starts_by_end``). Scores are log-weights (nats) or
     minus kcal/mol alike: nothing here depends on their unit."""
 
     length: int
@@ -205,15 +207,15 @@ def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, 
     if length < MIN_LOOP + 2 or not len(pairs):
         return None, keep
     i, j = pairs[:, 0], pairs[:, 1]
-    t = pair_types(seq)[i, j]
+    codes = base_codes(seq)
+    t = pair_type(codes, i, j)
     end = terms["end"]
     near = _neighbours(seq, pairs)
-    index_of = np.full((length, length), -1, dtype=np.int64)
-    index_of[i, j] = np.arange(len(pairs))
+    index_of = np.full((length, int((j - i).max()) + 1), -1, dtype=np.int64)
+    index_of[i, j - i] = np.arange(len(pairs))
     n = j - i - 1
     hairpin = terms["hairpin"][np.digitize(n, HAIRPIN_EDGES)] + end[t]
     hairpin[n > 3] += terms["hairpin_mismatch"][near["inside"]][n > 3]
-    codes = base_codes(seq)
     for size, name in ((3, "triloop"), (4, "tetraloop")):
         hairpin[n == size] += terms[name][special_loop(codes, i[n == size], size)]
     closing_multi = terms["multi"][0] + end[t] + terms["dangle"][near["closing"]]
@@ -243,13 +245,29 @@ def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
 
 
 def _starts_by_end(pairs: np.ndarray, length: int) -> np.ndarray:
-    """``(L, K)``: for each 3' base j, the candidates (k, j) ending there (-1 padding)."""
-    order = np.argsort(pairs[:, 1], kind="stable")
+    """``(L, K)``: for each 3' base j, the candidates (k, j) ending there by growing k
+    (-1 padding)."""
+    order = np.lexsort((pairs[:, 0], pairs[:, 1]))
     counts = np.bincount(pairs[:, 1], minlength=length)
     slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
     out = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
     out[pairs[order, 1], slot] = order
     return out
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def first_start(starts, pi, j, i):  # pragma: no cover (compiled)
+    """The first slot of ``starts[j]`` whose candidate starts at or after base i (a
+    binary search: the multiloop sums read only branches inside their span)."""
+    lo, hi = 0, starts.shape[1]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        c = starts[j, mid]
+        if c >= 0 and pi[c] < i:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 # the most inner pairs one closing pair can have in interior loops of at most MAX_LOOP bases
@@ -277,7 +295,7 @@ def interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table
             left, right = k - i - 1, j - l - 1
             if left + right > MAX_LOOP:
                 break
-            inside = index_of[k, l]
+            inside = index_of[k, l - k]
             if left + right == 0 or inside < 0:
                 continue
             if left == 0 or right == 0:
@@ -311,32 +329,34 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
 
     Per candidate c = (i, j): ``v[c]`` its best score closing what lies inside, and the
     choice made (0 hairpin, 1 stacked on (i+1, j-1), 2 interior loop on ``inner[c]``,
-    3 multiloop). Per span [i, j]: ``w1`` best non-empty exterior content, ``wm`` / ``m2``
-    multiloop content with at least one / two branches (-inf when there is none), each with
-    the candidate of the branch ending at j (``*_arg``; -1: the best leaves j unpaired).
-    Ties keep the earlier option. Returns the chosen pairs, (n, 2), and their score."""
+    3 multiloop). Per span [i, i + d], banded as ``index_of`` (row i, column d; only
+    spans inside the longest candidate are ever read): ``wm`` / ``m2`` multiloop content
+    with at least one / two branches (-inf when there is none), each with the candidate of
+    the branch ending at i + d (``*_arg``; -1: the best leaves that base unpaired). Per
+    3' base j: ``w1[j]`` the best non-empty exterior content of bases 0..j, and its
+    ``w1_arg``. Ties keep the earlier option. Returns the chosen pairs, (n, 2), and their
+    score."""
     n_cands = len(pi)
+    width = index_of.shape[1]
     neg = -np.inf
     v = np.full(n_cands, neg)
     choice = np.zeros(n_cands, dtype=np.int64)
     inner = np.full(n_cands, -1, dtype=np.int64)
     loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
     loop_value = np.zeros(MAX_INNER)
-    w1 = np.full((length, length), neg)
-    wm = np.full((length, length), neg)
-    m2 = np.full((length, length), neg)
-    w1_arg = np.full((length, length), -1, dtype=np.int64)
-    wm_arg = np.full((length, length), -1, dtype=np.int64)
-    m2_arg = np.full((length, length), -1, dtype=np.int64)
+    wm = np.full((length, width), neg)
+    m2 = np.full((length, width), neg)
+    wm_arg = np.full((length, width), -1, dtype=np.int64)
+    m2_arg = np.full((length, width), -1, dtype=np.int64)
     order = np.argsort(pj - pi, kind="mergesort")
     ptr = 0
-    for d in range(1, length):
+    for d in range(1, width):
         while ptr < n_cands and pj[order[ptr]] - pi[order[ptr]] == d:
             c = order[ptr]
             ptr += 1
             i, j = pi[c], pj[c]
             best, pick = hairpin[c], 0
-            s = index_of[i + 1, j - 1]
+            s = index_of[i + 1, d - 2]
             if s >= 0 and v[s] + stack_table[t[c], t[s]] > best:
                 best, pick = v[s] + stack_table[t[c], t[s]], 1
             loop_best, best_inner = neg, -1
@@ -348,40 +368,52 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
             if loop_best > best:
                 best, pick = loop_best, 2
                 inner[c] = best_inner
-            if i + 1 < j - 1 and m2[i + 1, j - 1] + closing_multi[c] > best:
-                best, pick = m2[i + 1, j - 1] + closing_multi[c], 3
+            if d > 2 and m2[i + 1, d - 2] + closing_multi[c] > best:
+                best, pick = m2[i + 1, d - 2] + closing_multi[c], 3
             v[c] = unary[c] + best
             choice[c] = pick
         for i in range(0, length - d):
             j = i + d
-            b1, bm, b2 = w1[i, j - 1], wm[i, j - 1], m2[i, j - 1]
-            a1, am, a2 = -1, -1, -1
-            for slot in range(starts.shape[1]):
+            bm, b2 = wm[i, d - 1], m2[i, d - 1]
+            am, a2 = -1, -1
+            for slot in range(first_start(starts, pi, j, i), starts.shape[1]):
                 c = starts[j, slot]
                 if c < 0:
                     break
-                k = pi[c]
-                if k < i or v[c] == neg:
+                if v[c] == neg:
                     continue
+                k = pi[c]
                 stem = v[c] + branch[c]
-                ext_left, multi_left, multi_left2 = 0.0, 0.0, neg
+                multi_left, multi_left2 = 0.0, neg
                 if k > i:
-                    ext_left = max(w1[i, k - 1], 0.0)
-                    multi_left = max(wm[i, k - 1], 0.0)
-                    multi_left2 = wm[i, k - 1]
-                if ext_left + stem > b1:
-                    b1, a1 = ext_left + stem, c
+                    multi_left = max(wm[i, k - 1 - i], 0.0)
+                    multi_left2 = wm[i, k - 1 - i]
                 if multi_left + stem + multi_branch > bm:
                     bm, am = multi_left + stem + multi_branch, c
                 if multi_left2 + stem + multi_branch > b2:
                     b2, a2 = multi_left2 + stem + multi_branch, c
-            w1[i, j], wm[i, j], m2[i, j] = b1, bm, b2
-            w1_arg[i, j], wm_arg[i, j], m2_arg[i, j] = a1, am, a2
+            wm[i, d], m2[i, d] = bm, b2
+            wm_arg[i, d], m2_arg[i, d] = am, a2
+    w1 = np.full(length, neg)
+    w1_arg = np.full(length, -1, dtype=np.int64)
+    for j in range(length):
+        b1, a1 = (w1[j - 1] if j > 0 else neg), -1
+        for slot in range(starts.shape[1]):
+            c = starts[j, slot]
+            if c < 0:
+                break
+            if v[c] == neg:
+                continue
+            stem = v[c] + branch[c]
+            left = max(w1[pi[c] - 1], 0.0) if pi[c] > 0 else 0.0
+            if left + stem > b1:
+                b1, a1 = left + stem, c
+        w1[j], w1_arg[j] = b1, a1
     out = np.zeros((n_cands, 2), dtype=np.int64)
     n_out = 0
-    if not w1[0, length - 1] > 0:
+    if not w1[length - 1] > 0:
         return out[:0], 0.0
-    # traceback: rows (table, i, j), table 0 = W, 1 = WM, 2 = M2, 3 = V (i = the candidate)
+    # traceback: rows (table, i, j), table 0 = W1 (i = 0), 1 = WM, 2 = M2, 3 = V (i = the candidate)
     todo = np.zeros((4 * (length + n_cands) + 4, 3), dtype=np.int64)
     todo[0, 2] = length - 1
     top = 1
@@ -392,7 +424,7 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
             out[n_out, 0], out[n_out, 1] = pi[i], pj[i]
             n_out += 1
             if choice[i] == 1:
-                todo[top, 0], todo[top, 1] = 3, index_of[pi[i] + 1, pj[i] - 1]
+                todo[top, 0], todo[top, 1] = 3, index_of[pi[i] + 1, pj[i] - pi[i] - 2]
                 top += 1
             elif choice[i] == 2:
                 todo[top, 0], todo[top, 1] = 3, inner[i]
@@ -402,22 +434,22 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
                 top += 1
             continue
         if table == 0:
-            arg = w1_arg[i, j]
+            arg = w1_arg[j]
         elif table == 1:
-            arg = wm_arg[i, j]
+            arg = wm_arg[i, j - i]
         else:
-            arg = m2_arg[i, j]
+            arg = m2_arg[i, j - i]
         if arg < 0:
             todo[top, 2] = j - 1
             top += 1
             continue
         k = pi[arg]
-        if k > i and (table == 2 or (w1[i, k - 1] > 0 if table == 0 else wm[i, k - 1] > 0)):
+        if k > i and (table == 2 or (w1[k - 1] > 0 if table == 0 else wm[i, k - 1 - i] > 0)):
             todo[top, 0], todo[top, 1], todo[top, 2] = (0 if table == 0 else 1), i, k - 1
             top += 1
         todo[top, 0], todo[top, 1] = 3, arg
         top += 1
-    return out[:n_out], w1[0, length - 1]
+    return out[:n_out], w1[length - 1]
 
 
 # shape of each loop-term table (the pair score's weight and bias are not loop terms)
@@ -432,7 +464,6 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
     slots, ``end`` pair types, ``triloop`` / ``tetraloop`` slots, and (type, base, base)
     rows of ``hairpin_mismatch``, ``loop_mismatch``, ``mismatch_1x1`` and ``dangle``."""
     pairs = np.asarray(sorted(structure), dtype=np.int64).reshape(-1, 2)
-    types = pair_types(seq)
     codes = base_codes(seq)
     near = {name: np.stack(v, axis=1) for name, v in _neighbours(seq, pairs).items()} if len(pairs) else {}
     row = {p: k for k, p in enumerate(map(tuple, pairs.tolist()))}
@@ -453,30 +484,30 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
         elif not inside:
             n = j - i - 1
             out["hairpin"].append(np.digitize(n, HAIRPIN_EDGES))
-            out["end"].append(types[i, j])
+            out["end"].append(pair_type(codes, i, j))
             if n > 3:
                 out["hairpin_mismatch"].append(near["inside"][row[(i, j)]])
             if n in (3, 4):
                 out["triloop" if n == 3 else "tetraloop"].append(special_loop(codes, np.array([i]), n)[0])
             branches = []
         elif len(inside) == 1 and inside[0] == (i + 1, j - 1):
-            out["stack"].append((types[i, j], types[i + 1, j - 1]))
+            out["stack"].append((pair_type(codes, i, j), pair_type(codes, i + 1, j - 1)))
             branches = []
         elif len(inside) == 1:
             k, l = inside[0]
             left, right = k - i - 1, j - l - 1
             out["interior"].append((int(min(left, right) > 0), np.digitize(left + right, LOOP_EDGES)))
             if min(left, right) == 0 and left + right == 1:
-                out["stack"].append((types[i, j], types[k, l]))
+                out["stack"].append((pair_type(codes, i, j), pair_type(codes, k, l)))
             else:
-                out["end"] += [types[i, j], types[k, l]]
+                out["end"] += [pair_type(codes, i, j), pair_type(codes, k, l)]
             if min(left, right) > 0:
                 out["asymmetry"].append(min(abs(left - right), MAX_ASYMMETRY))
             if left == right == 1:
                 out["mismatch_1x1"] += [near["inside"][row[(i, j)]], near["from_loop"][row[(k, l)]]]
             elif min(left, right) > 1:
                 out["loop_mismatch"] += [near["inside"][row[(i, j)]], near["from_loop"][row[(k, l)]]]
-            table, slot = small_loop_slot(codes, types[i, j], types[k, l], i, j, k, l)
+            table, slot = small_loop_slot(codes, pair_type(codes, i, j), pair_type(codes, k, l), i, j, k, l)
             if table >= 0:
                 name = SMALL_LOOPS[table]
                 out[name].append(np.unravel_index(slot, TERM_SHAPES[name]))
@@ -484,10 +515,10 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
         else:
             multi[0] += 1
             multi[1] += len(inside)
-            out["end"].append(types[i, j])
+            out["end"].append(pair_type(codes, i, j))
             out["dangle"].append(near["closing"][row[(i, j)]])
         for k, l in branches:  # exterior or multiloop branches
-            out["end"].append(types[k, l])
+            out["end"].append(pair_type(codes, k, l))
             out["dangle"].append(near["outside"][row[(k, l)]])
     feats = {name: np.array(v, dtype=np.int64).reshape(-1, len(TERM_SHAPES[name])) for name, v in out.items()}
     return feats | {"pairs": pairs, "multi": np.array(multi, float)}

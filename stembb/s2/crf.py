@@ -34,7 +34,7 @@ from torch import nn
 from stembb.s2.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, loop_counts, structure_score
 from stembb.s2.decode import decode_structure
 from stembb.s2.partition import Ensemble, ensemble
-from stembb.structure import canonical_pair_matrix, is_nested, stems
+from stembb.structure import CANONICAL_TABLE, base_codes, canonical_pair_matrix, is_nested, stems
 
 KIND = "s2_grammar"
 KT = 0.61632  # RT at 37 C in kcal/mol: a score in minus kcal/mol over KT is a log-weight
@@ -45,11 +45,34 @@ DECODERS = ("mea", "threshold", "max")
 
 def allowed_pairs(seq: str, max_span: int | None = None) -> np.ndarray:
     """``(P, 2)`` the pairs the grammar may use: canonical (AU, GC, GU), enclosing at
-    least ``MIN_LOOP`` bases, and at most ``max_span`` apart when given; sorted."""
-    ok = np.triu(canonical_pair_matrix(seq), MIN_LOOP + 1)
-    if max_span is not None:
-        ok &= ~np.triu(np.ones_like(ok), max_span + 1)
-    return np.argwhere(ok)
+    least ``MIN_LOOP`` bases, and at most ``max_span`` apart when given; sorted. Built
+    over (base, span), so memory is linear in L for a bounded span."""
+    codes = base_codes(seq)
+    length = len(codes)
+    spans = np.arange(MIN_LOOP + 1, length if max_span is None else min(max_span + 1, length))
+    partner = np.append(codes, 4)[np.minimum(np.arange(length)[:, None] + spans, length)]  # 4: past the end
+    i, k = np.nonzero(CANONICAL_TABLE[codes[:, None], partner])
+    return np.stack([i, i + spans[k]], axis=1)
+
+
+# Memory of folding, measured (ru_maxrss over the loaded model, 1,000-5,000 nt, docs/RESULTS.md):
+# the recursions' arrays over the candidate pairs, and their five banded (L, D) tables.
+BYTES_PER_PAIR = 400
+BYTES_PER_CELL = 40
+
+
+def fold_memory(seq: str, max_span: int | None = None, method: str = "threshold") -> int:
+    """Bytes that folding ``seq`` needs, about: the candidate pairs are estimated from
+    its base composition, and the ``mea`` decoder adds its (L, L) tables."""
+    codes = base_codes(seq)
+    length = len(codes)
+    width = length if max_span is None else min(max_span + 1, length)
+    freq = np.bincount(codes, minlength=5)[:4] / max(length, 1)
+    spans = max(width - MIN_LOOP - 1, 0)  # spans MIN_LOOP + 1 .. width - 1, each at length - span bases
+    cells = spans * length - spans * (MIN_LOOP + width) / 2
+    pairs = float(freq @ CANONICAL_TABLE[:4, :4] @ freq) * cells
+    need = BYTES_PER_PAIR * pairs + BYTES_PER_CELL * length * width
+    return int(need + (BYTES_PER_CELL * length ** 2 if method == "mea" else 0))
 
 
 def evidence_features(p_on: np.ndarray, pairs: np.ndarray) -> np.ndarray:

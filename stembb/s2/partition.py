@@ -15,12 +15,14 @@ first (``stembb.s2.crf``). What comes out:
   ``LoopTerms`` table (the shapes of ``assemble.loop_counts``), which is the gradient of
   ``log_z`` in the terms, as ``probs`` is its gradient in the pair scores.
 
-Numbers stay in range by scaling, as ViennaRNA does: every partial sum over a span of d
-bases is stored divided by ``exp(scale * d)``. Sequences under ``UNSCALED_LENGTH`` bases
-are summed unscaled; longer ones, or any that overflow, with ``scale`` = the best
-structure's score per base (``assemble``'s recursions), so the sum over the whole sequence
-is about 1 times the number of structures near the best. Memory: a few arrays over the
-candidates and three (L, L) tables, as ``assemble``.
+Numbers stay in range two ways. The exterior sums (over bases 0..j and j..L-1, which
+grow with L) are kept as logarithms. Every other partial sum covers at most the longest
+candidate's span: under ``UNSCALED_SPAN`` bases it is stored as it is; beyond, or when it
+overflows, it is scaled as ViennaRNA does, divided by ``exp(scale * d)`` over a span of d
+bases, with ``scale`` = the best structure's score per base (``assemble``'s recursions, one
+more pass), so a long span's sum is about the number of structures near the best. Memory: a few arrays over the
+candidates and a few (L, D) tables, banded as ``assemble``'s (D - 1 the longest
+candidate's span): linear in L for a bounded span.
 """
 from __future__ import annotations
 
@@ -31,11 +33,11 @@ import numba
 import numpy as np
 
 from stembb.s2.assemble import (HAIRPIN_EDGES, LOOP_EDGES, MAX_ASYMMETRY, MAX_INNER, MAX_LOOP, SMALL_LOOPS,
-                                TERM_SHAPES, Candidates, _fill_and_trace, _neighbours, candidates, interior_loops,
+                                TERM_SHAPES, Candidates, _fill_and_trace, _neighbours, candidates, first_start, interior_loops,
                                 small_loop_slot, special_loop)
 from stembb.structure import base_codes
 
-UNSCALED_LENGTH = 400
+UNSCALED_SPAN = 400
 
 
 @dataclass
@@ -67,20 +69,18 @@ def ensemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     if cands is None:
         empty = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()} if counts else None
         return Ensemble(pairs, probs, 0.0, empty)
-    scaled = cands.length >= UNSCALED_LENGTH
+    scaled = cands.index_of.shape[1] > UNSCALED_SPAN
     scale = _best_score_per_base(cands) if scaled else 0.0
     weights = Weights.of(cands, scale)
     inside = _inside(*_shape(cands), *weights)
-    if not scaled and not (np.isfinite(inside[3][-1]) and inside[3][-1] > 0):  # overflow or underflow
+    if not scaled and not np.isfinite(inside[3][-1]):  # overflow
         scale = _best_score_per_base(cands)
         weights = Weights.of(cands, scale)
         inside = _inside(*_shape(cands), *weights)
-    v, wm, m2, zp = inside
-    out = _outside(*_shape(cands), *weights, v, wm, m2, zp, counts)
-    z = zp[-1]
-    probs[keep] = v * out[0] / z
-    expected = _loop_counts(seq, cands, out, z) if counts else None
-    return Ensemble(pairs, probs, float(np.log(z) + scale * cands.length), expected)
+    out = _outside(*_shape(cands), *weights, *inside, counts)
+    probs[keep] = inside[0] * out[0]
+    expected = _loop_counts(seq, cands, out) if counts else None
+    return Ensemble(pairs, probs, float(inside[3][-1] + scale * cands.length), expected)
 
 
 def _best_score_per_base(cands: Candidates) -> float:
@@ -120,125 +120,123 @@ def _shape(c: Candidates) -> tuple:
 def log_z(cands: Candidates, scale: float) -> float:
     """log Z summed with partial sums scaled by ``exp(scale * d)`` (any scale that stays
     in range gives the same value)."""
-    return float(np.log(_inside(*_shape(cands), *Weights.of(cands, scale))[3][-1]) + scale * cands.length)
+    return float(_inside(*_shape(cands), *Weights.of(cands, scale))[3][-1] + scale * cands.length)
 
 
 @numba.njit(cache=True, nogil=True)
 def _inside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, ecm, eb, ebm, e_end, e_mismatch,
             e_interior, e_asymmetry, e_stack, e_small):  # pragma: no cover (compiled)
     """Inside sums, each over a span of d bases divided by ``exp(scale * d)``: ``v[c]``
-    over what candidate c = (i, j) closes (c included); ``wm`` / ``m2`` [i, j] over
-    multiloop content of i..j with at least one / two branches; ``zp[j]`` over exterior
-    content of bases 0..j-1 (``zp[0]`` = 1, ``zp[L]`` = Z)."""
+    over what candidate c = (i, j) closes (c included); ``wm`` / ``m2`` [i, d] over
+    multiloop content of i..i+d with at least one / two branches (banded as ``index_of``);
+    ``log_zp[j]``: the log of the sum over exterior content of bases 0..j-1
+    (``log_zp[0]`` = 0, ``log_zp[L]`` = log Z - scale * L)."""
     n_cands = len(pi)
+    width = index_of.shape[1]
     v = np.zeros(n_cands)
-    wm = np.zeros((length, length))
-    m2 = np.zeros((length, length))
+    wm = np.zeros((length, width))
+    m2 = np.zeros((length, width))
     loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
     loop_value = np.zeros(MAX_INNER)
     order = np.argsort(pj - pi, kind="mergesort")
     ptr = 0
-    for d in range(1, length):
+    for d in range(1, width):
         while ptr < n_cands and pj[order[ptr]] - pi[order[ptr]] == d:
             c = order[ptr]
             ptr += 1
             i, j = pi[c], pj[c]
             total = eh[c] * s[d + 1]
-            inner = index_of[i + 1, j - 1]
+            inner = index_of[i + 1, d - 2]
             if inner >= 0:
                 total += v[inner] * e_stack[t[c], t[inner]] * s[2]
             for e in range(interior_loops(c, pi, pj, t, e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small,
                                           small_start, codes, index_of, loop_inner, loop_value, True)):
                 inner = loop_inner[e]
                 total += v[inner] * loop_value[e] * s[d - (pj[inner] - pi[inner])]
-            if i + 1 < j - 1:
-                total += m2[i + 1, j - 1] * ecm[c] * s[2]
+            if d > 2:
+                total += m2[i + 1, d - 2] * ecm[c] * s[2]
             v[c] = eu[c] * total
         for i in range(0, length - d):
             j = i + d
-            sum_m, sum_2 = wm[i, j - 1] * s[1], m2[i, j - 1] * s[1]
-            for slot in range(starts.shape[1]):
+            sum_m, sum_2 = wm[i, d - 1] * s[1], m2[i, d - 1] * s[1]
+            for slot in range(first_start(starts, pi, j, i), starts.shape[1]):
                 c = starts[j, slot]
                 if c < 0:
                     break
                 k = pi[c]
-                if k < i:
-                    continue
                 stem = v[c] * ebm[c]
                 if k > i:
-                    sum_m += (s[k - i] + wm[i, k - 1]) * stem
-                    sum_2 += wm[i, k - 1] * stem
+                    sum_m += (s[k - i] + wm[i, k - 1 - i]) * stem
+                    sum_2 += wm[i, k - 1 - i] * stem
                 else:
                     sum_m += stem
-            wm[i, j], m2[i, j] = sum_m, sum_2
-    zp = np.zeros(length + 1)
-    zp[0] = 1.0
+            wm[i, d], m2[i, d] = sum_m, sum_2
+    log_zp = np.zeros(length + 1)
     for j in range(length):
-        total = zp[j] * s[1]
+        total = s[1]
         for slot in range(starts.shape[1]):
             c = starts[j, slot]
             if c < 0:
                 break
-            total += zp[pi[c]] * v[c] * eb[c]
-        zp[j + 1] = total
-    return v, wm, m2, zp
+            total += np.exp(log_zp[pi[c]] - log_zp[j]) * v[c] * eb[c]
+        log_zp[j + 1] = log_zp[j] + np.log(total)
+    return v, wm, m2, log_zp
 
 
 @numba.njit(cache=True, nogil=True)
 def _outside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, ecm, eb, ebm, e_end, e_mismatch,
-             e_interior, e_asymmetry, e_stack, e_small, v, wm, m2, zp, want_counts):  # pragma: no cover (compiled)
-    """Outside sums of ``v`` (``vo[c]``: over everything around candidate c, scaled by the
-    bases outside it), spans from long to short, and, with ``want_counts``, the sums
-    (times Z) of each use of a loop term: per candidate ``q`` rows [hairpin, closing a
+             e_interior, e_asymmetry, e_stack, e_small, v, wm, m2, log_zp, want_counts):  # pragma: no cover (compiled)
+    """Outside sums of ``v`` divided by Z (``vo[c]``: over everything around candidate c,
+    scaled by the bases outside it, so P(c) = v[c] vo[c]), spans from long to short, and,
+    with ``want_counts``, the expected uses of each loop term: per candidate ``q`` rows [hairpin, closing a
     multiloop, branch of an exterior or multi loop, branch of a multiloop, extra ``end``
     of an interior loop, loop mismatch seen from inside / from the loop, 1 x 1 mismatch
     seen from inside / from the loop], and the tables ``stack`` (7, 7), ``interior``
     [bulge or internal, size], ``asymmetry`` and ``small`` (flat)."""
     n_cands = len(pi)
-    zs = np.zeros(length + 2)  # zs[i]: exterior content of bases i..L-1
-    zs[length] = 1.0
+    log_zs = np.zeros(length + 1)  # log of the sum over exterior content of bases i..L-1
     by_start = np.argsort(pi, kind="mergesort")
     ptr = n_cands - 1
     for i in range(length - 1, -1, -1):
-        total = zs[i + 1] * s[1]
+        total = s[1]
         while ptr >= 0 and pi[by_start[ptr]] == i:
             c = by_start[ptr]
-            total += v[c] * eb[c] * zs[pj[c] + 1]
+            total += v[c] * eb[c] * np.exp(log_zs[pj[c] + 1] - log_zs[i + 1])
             ptr -= 1
-        zs[i] = total
+        log_zs[i] = log_zs[i + 1] + np.log(total)
     vo = np.zeros(n_cands)
-    q = np.zeros((9, n_cands))
+    q = np.zeros((9, n_cands if want_counts else 0))
     for c in range(n_cands):
-        vo[c] = zp[pi[c]] * zs[pj[c] + 1] * eb[c]
-        q[2, c] = vo[c] * v[c]
+        vo[c] = np.exp(log_zp[pi[c]] + log_zs[pj[c] + 1] - log_zp[length]) * eb[c]
+        if want_counts:
+            q[2, c] = vo[c] * v[c]
     stack_count = np.zeros(e_stack.shape)
     interior_count = np.zeros(e_interior.shape)
     asym_count = np.zeros(len(e_asymmetry))
     small_count = np.zeros(len(e_small))
-    wmo = np.zeros((length, length))
-    m2o = np.zeros((length, length))
+    width = index_of.shape[1]
+    wmo = np.zeros((length, width))
+    m2o = np.zeros((length, width))
     loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
     loop_value = np.zeros(MAX_INNER)
     order = np.argsort(pj - pi, kind="mergesort")
     ptr = n_cands - 1
-    for d in range(length - 1, 0, -1):
+    for d in range(width - 1, 0, -1):
         for i in range(0, length - d):  # multiloop content of span d: every use of it is longer
             j = i + d
-            go_m, go_2 = wmo[i, j], m2o[i, j]
+            go_m, go_2 = wmo[i, d], m2o[i, d]
             if go_m == 0.0 and go_2 == 0.0:
                 continue
-            wmo[i, j - 1] += go_m * s[1]
-            m2o[i, j - 1] += go_2 * s[1]
-            for slot in range(starts.shape[1]):
+            wmo[i, d - 1] += go_m * s[1]
+            m2o[i, d - 1] += go_2 * s[1]
+            for slot in range(first_start(starts, pi, j, i), starts.shape[1]):
                 c = starts[j, slot]
                 if c < 0:
                     break
                 k = pi[c]
-                if k < i:
-                    continue
                 if k > i:
-                    wmo[i, k - 1] += (go_m + go_2) * v[c] * ebm[c]
-                    around = (go_m * (s[k - i] + wm[i, k - 1]) + go_2 * wm[i, k - 1]) * ebm[c]
+                    wmo[i, k - 1 - i] += (go_m + go_2) * v[c] * ebm[c]
+                    around = (go_m * (s[k - i] + wm[i, k - 1 - i]) + go_2 * wm[i, k - 1 - i]) * ebm[c]
                 else:
                     around = go_m * ebm[c]
                 vo[c] += around
@@ -254,7 +252,7 @@ def _outside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh,
                 continue
             if want_counts:
                 q[0, c] = out * eh[c] * s[d + 1]
-            inner = index_of[i + 1, j - 1]
+            inner = index_of[i + 1, d - 2]
             if inner >= 0:
                 w = out * e_stack[t[c], t[inner]] * s[2]
                 vo[inner] += w
@@ -269,11 +267,11 @@ def _outside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh,
                 if want_counts:
                     _count_interior(w * v[inner], c, inner, i, j, k, l, t, codes, q, stack_count, interior_count,
                                     asym_count, small_count, small_start)
-            if i + 1 < j - 1:
+            if d > 2:
                 w = out * ecm[c] * s[2]
-                m2o[i + 1, j - 1] += w
+                m2o[i + 1, d - 2] += w
                 if want_counts:
-                    q[1, c] = w * m2[i + 1, j - 1]
+                    q[1, c] = w * m2[i + 1, d - 2]
     return vo, q, stack_count, interior_count, asym_count, small_count
 
 
@@ -307,12 +305,11 @@ def _count_interior(w, c, inner, i, j, k, l, t, codes, q, stack_count, interior_
             small_count[small_start[table] + slot] += w
 
 
-def _loop_counts(seq: str, cands, out, z: float) -> dict[str, np.ndarray]:
+def _loop_counts(seq: str, cands, out) -> dict[str, np.ndarray]:
     """The outside pass's per-candidate and per-table sums as expected counts of every
     ``LoopTerms`` entry (flat, ``TERM_SHAPES``), with the same index rules as
     ``assemble.candidates``."""
     _, q, stack_count, interior_count, asym_count, small_count = out
-    q = q / z
     pairs = np.stack([cands.pi, cands.pj], axis=1)
     near = _neighbours(seq, pairs)
     counts = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()}
@@ -336,11 +333,11 @@ def _loop_counts(seq: str, cands, out, z: float) -> dict[str, np.ndarray]:
     for name, rows in (("loop_mismatch", (5, 6)), ("mismatch_1x1", (7, 8))):
         add(name, near["inside"], q[rows[0]])
         add(name, near["from_loop"], q[rows[1]])
-    counts["stack"] = stack_count.ravel() / z
+    counts["stack"] = stack_count.ravel()
     sizes = np.arange(MAX_LOOP + 1)
     for kind in (0, 1):
-        add("interior", (np.full(len(sizes), kind), np.digitize(sizes, LOOP_EDGES)), interior_count[kind] / z)
-    add("asymmetry", np.minimum(np.arange(len(asym_count)), MAX_ASYMMETRY), asym_count / z)
+        add("interior", (np.full(len(sizes), kind), np.digitize(sizes, LOOP_EDGES)), interior_count[kind])
+    add("asymmetry", np.minimum(np.arange(len(asym_count)), MAX_ASYMMETRY), asym_count)
     for k, name in enumerate(SMALL_LOOPS):
-        counts[name] = small_count[cands.small_start[k]:cands.small_start[k + 1]] / z
+        counts[name] = small_count[cands.small_start[k]:cands.small_start[k + 1]]
     return counts
