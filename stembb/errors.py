@@ -43,6 +43,15 @@ def ignore_sigterm(_worker_id=None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def pool_worker_start() -> None:
+    """A process-pool worker's ``initializer``: SIGTERM ends it at once. When one worker
+    dies, the pool stops the others with SIGTERM and waits for them; with ``run_main``'s
+    handler, inherited by the fork, a worker busy with a task would take the signal as an
+    exception of that task, report it and wait for the next one, so the run would hang
+    instead of stopping with its one-line error."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's ``main``: bad input exits 2, a non-finite loss or ``RunFailed`` 1, each with a
     one-line message (also at the end of the run's log file); Ctrl-C and SIGTERM exit 130

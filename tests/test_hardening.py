@@ -165,6 +165,52 @@ def test_a_killed_folding_worker_stops_the_generator_with_one_line(tmp_path):
     assert not out.exists()
 
 
+POOL_WITH_A_STUCK_WORKER = """
+import multiprocessing, os, signal, time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from stembb.errors import RunFailed, pool_worker_start, run_main
+
+LOCK = multiprocessing.get_context("fork").Lock()
+
+
+def task(k):
+    if k == 0:  # dies holding a lock, as a worker killed while it writes to the pool's result queue
+        LOCK.acquire()
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.5)
+    try:
+        LOCK.acquire()
+    except BaseException:  # the pool's worker reports a failed task, which needs the lock again
+        LOCK.acquire()
+
+
+def main():
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"), initializer=pool_worker_start) as pool:
+        try:
+            list(pool.map(task, [0, 1]))
+        except BrokenProcessPool:
+            raise RunFailed("a folding worker process died") from None
+
+
+run_main(main)
+"""
+
+
+def test_a_worker_stuck_behind_a_killed_one_is_stopped_at_once(tmp_path):
+    """Item 8 of the hardening issue, without depending on machine load: when a worker
+    dies, the pool stops the others with SIGTERM; one blocked on a lock the dead worker
+    held used to take the signal as its task's exception and block again, and the run
+    hung. ``pool_worker_start`` (the generators' pool initializer) makes SIGTERM end it."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_WITH_A_STUCK_WORKER)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == "error: a folding worker process died"
+    assert time.monotonic() - started < 30
+
+
 def test_infinite_gamma_is_refused_before_any_work(tmp_path):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">a\nGGGGAAACCCC\n")

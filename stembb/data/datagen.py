@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.cli import check_outputs, seed
-from stembb.errors import InputError, RunFailed
+from stembb.errors import InputError, RunFailed, pool_worker_start
 from stembb.data.dot_brackets import structure_columns_of
 from stembb.data.folding import WORKER_DIED, fold, sampling_seed
 from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, Segment, iter_segments
@@ -193,10 +193,8 @@ class Folder:
                 self.client = _connect(Client, dask)
             self.workers = max(len(self.client.scheduler_info()["workers"]), 1)
         elif workers > 1:
-            # workers fork lazily, inside cyclic_gc_paused: they collect as usual, only the
-            # process that holds the rows pauses its collector
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                            initializer=gc.enable)
+                                            initializer=_start_worker)
 
     def submit(self, tasks: list[tuple[int, str]]):
         chunks = [tasks[k:k + FOLD_CHUNK] for k in range(0, len(tasks), FOLD_CHUNK)]
@@ -221,6 +219,14 @@ class Folder:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+def _start_worker() -> None:
+    """Workers fork lazily, inside ``cyclic_gc_paused``: they collect as usual, only the
+    process that holds the rows pauses its collector; and SIGTERM ends them at once
+    (``pool_worker_start``)."""
+    gc.enable()
+    pool_worker_start()
 
 
 @contextmanager

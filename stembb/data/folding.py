@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import RNA
 from tqdm import tqdm
 
-from stembb.errors import RunFailed
+from stembb.errors import RunFailed, pool_worker_start
 from stembb.structure import normalize_seq
 
 
@@ -84,7 +84,8 @@ def sampled_energies_of(seqs: list[str], num_sample: int, seed: int, workers: in
     if workers <= 1:
         return [sampled_energies(*task) for task in tqdm(tasks, **bar)]
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=pool_worker_start) as pool:
             return list(tqdm(pool.map(_sampled_energies_task, tasks, chunksize=16), **bar))
     except BrokenProcessPool:
         raise RunFailed(WORKER_DIED) from None
