@@ -1,19 +1,28 @@
 """End-to-end prediction speed on CPU against RNAfold (ViennaRNA MFE) in the same run.
 
-For lengths 50, 100, 200 (--num sequences each): sequences per second of the
-predict_structure pipeline one sequence per call, with S1 forward, S1 decoding, S2
+For lengths 50, 100, 200 (--num sequences each) and 1,000 (--num_long): sequences per
+second of the predict_structure pipeline one sequence per call, with S1 forward, S1 decoding, S2
 (examples + network) and structure decoding timed separately (and everything after the
 S1 forward as a share of it), and all of them in one call (batched), and of
-ViennaRNA's MFE fold on the same sequences; printed as a ratio. Models:
+ViennaRNA's MFE fold on the same sequences, printed as a ratio (and, for scale, its fold
+with the partition function and pair probabilities, RNAfold -p, which is what the
+grammar model computes). Models:
 --s1_model/--s2_model checkpoints (scripts/demo.sh writes them), or random small networks
 (box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, at 200
 nt: the structure assembly alone, and the grammar's partition function (inside-outside,
 ``stembb.s2.partition``) over every canonical pair against one S1 forward pass (medians
-of 5).
+of 5). With a grammar S2 model, long RNAs (--long, LENGTH:SPAN, SPAN "whole" for none):
+one random sequence folded in a fresh process by the predictor with that --max_span and
+by RNAfold (``RNA.fold_compound`` MFE with the same ``max_bp_span``), each process's
+fold time (after start-up and a warm-up fold) and peak memory (whole process, model and
+libraries included).
 
     python bench/bench_end_to_end.py [--s1_model S1.pth --s2_model S2.pth] [--num 10]
 """
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -56,6 +65,9 @@ def main():
     p.add_argument("--s1_model")
     p.add_argument("--s2_model")
     p.add_argument("--num", type=int, default=16, help="sequences per length (and the batch size)")
+    p.add_argument("--num_long", type=int, default=4, help="sequences of 1,000 nt")
+    p.add_argument("--long", nargs="*", default=["2000:whole", "5000:300"],
+                   help="LENGTH:SPAN cases of the long-RNA section (grammar S2 models)")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     cpu = torch.device("cpu")
@@ -69,8 +81,8 @@ def main():
         s2 = f"S2 network {'runs' if predictor.s2_spec.uses_logits(predictor.s2_model) else 'skipped (logit weight 0)'}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: "
           f"{'checkpoints' if args.s1_model else 'random small networks'}; {s2}")
-    for length in (50, 100, 200):
-        seqs = ["".join(rng.choice(list("ACGU"), length)) for _ in range(args.num)]
+    for length, num in ((50, args.num), (100, args.num), (200, args.num), (1000, args.num_long)):
+        seqs = ["".join(rng.choice(list("ACGU"), length)) for _ in range(num)]
         predictor.timings = dict.fromkeys(predictor.timings, 0.0)
         t = time.perf_counter()
         for seq in seqs:
@@ -81,19 +93,24 @@ def main():
         for seq in seqs:
             fold(seq, partition=False)
         vienna = time.perf_counter() - t
+        t = time.perf_counter()
+        for seq in seqs:
+            fold(seq, partition=True)
+        vienna_pf = time.perf_counter() - t
         predictor.predict(seqs)  # warm-up: a new batch shape sets up its kernels once
         t = time.perf_counter()
         predictor.predict(seqs)
         batched = time.perf_counter() - t
-        parts = ", ".join(f"{k} {1000 * v / args.num:.1f}" for k, v in timings.items())
+        parts = ", ".join(f"{k} {1000 * v / num:.1f}" for k, v in timings.items())
         after = ""
         if not predictor.is_grammar or predictor.s2_model.uses_evidence:  # else S1 does not run
             share = (timings["s1_decode"] + timings["s2"] + timings["structure"]) / timings["s1_forward"]
             after = (f"; after the S1 forward: {100 * share:.0f}% of it; structure "
                      f"{100 * timings['structure'] / timings['s1_forward']:.0f}%")
-        print(f"L={length:3d}: stembb {args.num / ours:6.1f} seq/s (ms per seq: {parts}{after}); "
-              f"batches of {predictor.batch_size}: {args.num / batched:6.1f} seq/s | "
-              f"RNAfold {args.num / vienna:7.1f} seq/s, {batched / vienna:5.1f}x the batched rate")
+        print(f"L={length:4d}: stembb {num / ours:6.1f} seq/s (ms per seq: {parts}{after}); "
+              f"batches of {min(predictor.batch_size, num)}: {num / batched:6.1f} seq/s | "
+              f"RNAfold {num / vienna:7.1f} seq/s, {batched / vienna:5.1f}x the batched rate; "
+              f"RNAfold -p {num / vienna_pf:7.1f} seq/s")
     length = 200
     i, j = np.triu_indices(length, 4)
     keep = rng.random(len(i)) < 0.04
@@ -113,6 +130,46 @@ def main():
         forward = median_seconds(lambda: predict_maps(s1, [seq], cpu))
     print(f"partition function at {length} nt over all {len(pairs)} canonical pairs: {1000 * inside_outside:.1f} ms, "
           f"{inside_outside / forward:.2f}x one S1 forward pass ({1000 * forward:.1f} ms)")
+    if predictor.is_grammar:
+        for case in args.long:
+            length, span = case.split(":")
+            seq = "".join(rng.choice(list("ACGU"), int(length)))
+            ours = fold_in_child("stembb", seq, None if span == "whole" else int(span), args.s1_model, args.s2_model)
+            vienna = fold_in_child("RNAfold", seq, None if span == "whole" else int(span))
+            print(f"{length} nt, span {span}: stembb {ours['seconds']:.1f} s, peak {ours['peak_gb']:.2f} GB | "
+                  f"RNAfold {vienna['seconds']:.1f} s, peak {vienna['peak_gb']:.2f} GB | "
+                  f"stembb / RNAfold time {ours['seconds'] / vienna['seconds']:.2f}x")
+
+
+CHILD = """
+import json, sys, time
+tool, seq, span, s1, s2 = json.loads(sys.argv[1])
+if tool == "stembb":
+    import stembb
+    predictor = stembb.load_predictor(s1, s2, "cpu", max_span=span)
+    run = lambda s: predictor.predict([s])
+else:
+    import RNA
+    def run(s):
+        md = RNA.md()
+        if span is not None:
+            md.max_bp_span = span
+        RNA.fold_compound(s, md).mfe()
+run(seq[:100])
+start = time.perf_counter()
+run(seq)
+seconds = time.perf_counter() - start
+with open("/proc/self/status") as f:  # VmHWM: this process's peak; ru_maxrss would count the parent's at fork
+    peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+print(json.dumps({"seconds": seconds, "peak_gb": peak_kb / 1e6}))
+"""
+
+
+def fold_in_child(tool: str, seq: str, span: int | None, s1=None, s2=None) -> dict:
+    """Fold time (s) and whole-process peak memory (GB) of one sequence in a new process."""
+    arg = json.dumps([tool, seq, span, s1, s2])
+    out = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.splitlines()[-1])
 
 
 if __name__ == "__main__":

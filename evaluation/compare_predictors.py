@@ -3,7 +3,7 @@
 Rows: ViennaRNA's MFE and MEA (gamma 1) structures, then each --model NAME S1 S2
 [METHOD]: an S1 and an S2 checkpoint (S1 '-' for a grammar model without S1 evidence),
 decoded as its S2 checkpoint says or, for a grammar model, by METHOD (mea, threshold or
-max). Writes --out (one row per sequence and predictor), <out>_summary.csv (mean scores
+max). --max_span N folds the ViennaRNA and grammar rows with pairs at most N apart. Writes --out (one row per sequence and predictor), <out>_summary.csv (mean scores
 overall, per length bin, per family-size bin when the pickle has make_structure_dataset's
 family_size column, per family and clan, family-macro) and <out>_table.md (the table
 README and docs/RESULTS.md report).
@@ -25,9 +25,10 @@ from stembb.data.folding import fold, mea_structure
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import atomic_path, write_csv
-from stembb.pipeline import Predictor
+from stembb.pipeline import Predictor, set_max_span
 from stembb.report import add_reference_args, reference_records, score_row, summarize
 from stembb.runlog import start_run
+from stembb.s2.assemble import MIN_LOOP
 from stembb.s2.crf import DECODERS
 from stembb.structure import pairs_from_db
 
@@ -41,6 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", action="append", default=[], metavar="NAME S1 S2 [METHOD]",
                    help="a predictor: its name, S1 checkpoint (- for none), S2 checkpoint, decoding method")
     p.add_argument("--no_vienna", action="store_true", help="leave out the ViennaRNA rows")
+    p.add_argument("--max_span", type=int, default=None,
+                   help="pair only bases at most N apart in the ViennaRNA rows and the grammar models' rows "
+                        "(their names say so); box models fold as they do")
     p.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass")
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, required=True, help="per-sequence CSV")
@@ -58,8 +62,11 @@ def parse_models(specs: list[list[str]]) -> list[tuple[str, Path | None, Path, s
     return out
 
 
-def make_model(s1: Path | None, s2: Path, method: str | None, device, batch_size: int) -> Predictor:
+def make_model(s1: Path | None, s2: Path, method: str | None, device, batch_size: int,
+               max_span: int | None = None) -> Predictor:
     predictor = Predictor.from_checkpoints(s1, s2, device, batch_size=batch_size)
+    if max_span is not None and predictor.is_grammar:
+        set_max_span(predictor, max_span, "--max_span", s2)
     if method is not None:
         if not predictor.is_grammar:
             raise InputError(f"{s2}: a decoding method is for grammar S2 models (s2_training/train_s2_crf.py)")
@@ -69,15 +76,19 @@ def make_model(s1: Path | None, s2: Path, method: str | None, device, batch_size
     return predictor
 
 
-def vienna_rows(records, show_progress: bool) -> list[dict]:
+def vienna_rows(records, show_progress: bool, max_span: int | None = None) -> list[dict]:
     rows = []
     for k, rec in enumerate(tqdm(records, desc="ViennaRNA", disable=not show_progress)):
-        for method, structure in (("RNAfold MFE", lambda s: fold(s, partition=False).mfe_structure),
-                                  ("RNAfold MEA", mea_structure)):
+        for method, structure in (("RNAfold MFE", lambda s: fold(s, partition=False, max_span=max_span).mfe_structure),
+                                  ("RNAfold MEA", lambda s: mea_structure(s, max_span=max_span))):
             t = time.perf_counter()
             pred = pairs_from_db(structure(rec.seq))
-            rows.append(score_row(k, rec, method, pred, time.perf_counter() - t))
+            rows.append(score_row(k, rec, method + span_note(max_span), pred, time.perf_counter() - t))
     return rows
+
+
+def span_note(max_span: int | None) -> str:
+    return "" if max_span is None else f" (span {max_span})"
 
 
 def family_size_summary(per_seq: pd.DataFrame, records) -> pd.DataFrame:
@@ -122,8 +133,12 @@ def main(args) -> None:
     log = start_run("compare_predictors")
     records = reference_records(args, log)
     device = pick_device(args.device)
-    predictors = [(name, make_model(s1, s2, method, device, args.batch_size)) for name, s1, s2, method in models]
-    rows = [] if args.no_vienna else vienna_rows(records, not args.no_progress)
+    if args.max_span is not None and args.max_span <= MIN_LOOP:
+        raise InputError(f"--max_span must be above {MIN_LOOP}, got {args.max_span}")
+    predictors = [(name, make_model(s1, s2, method, device, args.batch_size, args.max_span))
+                  for name, s1, s2, method in models]
+    predictors = [(name + (span_note(args.max_span) if p.is_grammar else ""), p) for name, p in predictors]
+    rows = [] if args.no_vienna else vienna_rows(records, not args.no_progress, args.max_span)
     seqs = [rec.seq for rec in records]
     for name, predictor in predictors:
         t = time.perf_counter()

@@ -8,7 +8,9 @@ files (the file is the family). Writes the generators' schema (``seq``, ``one_id
 family's sequences in the inputs), ``source``, ``name`` and ``split`` (train / val /
 test). Whole clans, or families without a clan, go to one split; 5S rRNA, tRNA, tmRNA
 and RNase P families always go to test. The trainers use the ``split`` column (never its
-test rows); evaluation/run_end_to_end.py --data X --split test scores it.
+test rows); evaluation/run_end_to_end.py --data X --split test scores it. With
+--held_out_from OTHER.pkl.gz, every row is test and rows of a family or clan in OTHER's
+train or val split are dropped: e.g. the long records of the families a model never saw.
 
     python make_structure_dataset.py --inputs Rfam.seed.gz --out ../data/rfam_len20_200.pkl.gz \\
         --len_min 20 --len_max 200 --val_families 0.1 --test_families 0.1 --seed 0
@@ -24,7 +26,7 @@ from stembb.cli import check_outputs, seed
 from stembb.data.formats import clean_letters, read_structures
 from stembb.data.splits import SPLITS, group_split, parse_split_spec
 from stembb.errors import InputError, run_main
-from stembb.io import write_pickle
+from stembb.io import STRUCTURE_COLUMNS, read_pickle, write_pickle
 from stembb.plots import plt, save_figure
 from stembb.runlog import start_run
 from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from_pairs
@@ -45,6 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="fraction of groups (clans, or families without one), or a list of families/clans")
     p.add_argument("--test_families", nargs="+", default=["0.1"], help="as --val_families, for the test split")
     p.add_argument("--seed", type=seed, default=0, help="seed of the group order for fractional splits")
+    p.add_argument("--held_out_from", type=Path, default=None,
+                   help="a pickle of this script: keep only families and clans outside its train and val splits, "
+                        "all as test (instead of --val_families / --test_families)")
     p.add_argument("--plot", type=Path, default=None, help="statistics PNG (default: next to --out)")
     return p
 
@@ -127,16 +132,22 @@ def main(args) -> None:
     if isinstance(val, float) and isinstance(test, float) and val + test >= 1:
         raise InputError(f"--val_families {val} + --test_families {test} leave no training groups")
     plot = args.plot or args.out.with_name(args.out.name.removesuffix(".gz").removesuffix(".pkl") + "_statistics.png")
-    check_outputs([args.out, plot], args.inputs)
+    check_outputs([args.out, plot], args.inputs + [args.held_out_from])
     log = start_run("make_structure_dataset", args.seed)
     records, counts = read_inputs(args.inputs, args.iupac, log)
     df, dropped = build_frame(records, args.len_min, args.len_max)
+    if args.held_out_from is not None:
+        seen = read_pickle(args.held_out_from, STRUCTURE_COLUMNS + ("family", "clan", "split"))
+        seen = seen[seen["split"].isin(["train", "val"])]
+        known = df["family"].isin(set(seen["family"])) | df["clan"].isin(set(seen["clan"]) - {""})
+        dropped[f"in a train or val family or clan of {args.held_out_from}"] = int(known.sum())
+        df = df[~known].reset_index(drop=True)
     if args.max_per_family is not None and not df.empty:
         df, n_capped = cap_families(df, args.max_per_family, args.seed)
         dropped[f"over --max_per_family {args.max_per_family}"] = n_capped
     if df.empty:
         raise InputError(f"{' '.join(map(str, args.inputs))}: no sequence left ({dict(dropped)})")
-    df["split"] = group_split(df, val, test, args.seed)
+    df["split"] = "test" if args.held_out_from is not None else group_split(df, val, test, args.seed)
     write_pickle(df, args.out)
     plot_statistics(df, plot)
     per_split = df.groupby("split").agg(n=("seq", "size"), families=("family", "nunique"))

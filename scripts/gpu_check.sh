@@ -91,6 +91,16 @@ echo "== predict_structure"
 $PY evaluation/predict_structure.py --s1_model "$S1" --s2_model "$S2" --fasta "$WORK/test.fa" --out "$WORK/pred.db" \
   $DEV 2> "$OUT/predict.log"
 grep "predicted" "$OUT/predict.log" | cut -c21-
+echo "== the shipped grammar model (S1 not run: partition functions on CPU threads), and a long RNA with --max_span"
+$PY evaluation/predict_structure.py --fasta "$WORK/test.fa" --out "$WORK/pred_grammar.db" $DEV \
+  2> "$OUT/predict_grammar.log"
+grep "predicted" "$OUT/predict_grammar.log" | cut -c21-
+LONG=$( (( DRY )) && echo 1000 || echo 5000 )
+$PY -c "import random; random.seed(0); print('>long'); print(''.join(random.choice('ACGU') for _ in range($LONG)))" \
+  > "$WORK/long.fa"
+$PY evaluation/predict_structure.py --fasta "$WORK/long.fa" --max_span 300 --out "$WORK/long.db" $DEV \
+  2> "$OUT/predict_long.log"
+echo "$LONG nt, --max_span 300: $(grep -o 'predicted .*' "$OUT/predict_long.log")"
 if $PY -c "import RNA" 2> /dev/null; then
   $PY - "$WORK/test.fa" <<'EOF'
 import sys, time

@@ -59,6 +59,15 @@ for set in "val $DATA" "test $DATA" "test $D/rfam_in_family.pkl.gz"; do
     --no_progress
 done
 
+echo "== long RNAs: records of 201-1000 nt of families outside the training and validation splits, whole and spanned"
+$PY s1_data_gen/make_structure_dataset.py --inputs "$RFAM" --out "$D/rfam_long_held_out.pkl.gz" --len_min 201 \
+  --len_max 1000 --max_per_family 2 --held_out_from "$DATA" --seed 0
+for span in whole 200; do
+  $PY evaluation/compare_predictors.py --data "$D/rfam_long_held_out.pkl.gz" --split test --max_length 1000 \
+    --model "stembb (shipped)" - "$D/grammar_crf.pth" --model "grammar, energy fit" - "$D/grammar_energy.pth" \
+    $([ $span = whole ] || echo --max_span $span) --out "$D/compare_long_$span.csv" --no_progress
+done
+
 CHR5=data/human_transcriptome_segment_high_mfe_freq_test_len20_200_150.pkl.gz  # made by scripts/demo.sh
 if [ -f "$CHR5" ]; then  # agreement with ViennaRNA's MFE on the held-out chromosome
   $PY evaluation/compare_predictors.py --data "$CHR5" "${MODELS[@]}" --out "$D/compare_chr5.csv" --no_progress

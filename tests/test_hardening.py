@@ -140,6 +140,7 @@ def test_gpu_check_dry_run_passes_on_cpu(tmp_path):
     assert re.search(r"tiny bf16: [0-9.]+ examples/s per process \| device: cpu", out), out
     assert "resuming from" in out and "torch.distributed backend: gloo" in out
     assert re.search(r"predicted \d+ structures in [0-9.]+ s", out) and "gpu check done" in out
+    assert re.search(r"1000 nt, --max_span 300: predicted 1 structures in [0-9.]+ s", out), out
     assert (tmp_path / "out" / "s1_eval.csv").is_file() and (tmp_path / "out" / "s2_train.log").is_file()
 
 

@@ -248,3 +248,15 @@ def test_in_family_split_and_a_comparison_table(tmp_path):
     s1_needed = run_script("evaluation/compare_predictors.py", "--data", in_family, "--model", "box", "-",
                            REPO / "models" / "stembb_s2_box.pth", "--out", tmp_path / "bad.csv", check=False)
     assert "give an S1 checkpoint instead of -" in error_line(s1_needed)
+
+    held_out = tmp_path / "held_out.pkl.gz"  # the long-RNA set's recipe: families and clans f2 never trained on
+    run_script("s1_data_gen/make_structure_dataset.py", "--inputs", SAMPLE, "--out", held_out, "--held_out_from",
+               made[2], "--len_min", 20)
+    rows, seen = read_pickle(held_out), data[data["split"] != "test"]
+    assert len(rows) and (rows["split"] == "test").all() and not set(rows["family"]) & set(seen["family"])
+    assert not (set(rows["clan"]) - {""}) & set(seen["clan"])
+    spanned = tmp_path / "spanned.csv"
+    run_script("evaluation/compare_predictors.py", "--data", held_out, "--model", "grammar", "-", grammar,
+               "--max_span", 30, "--out", spanned, "--no_progress")
+    assert sorted(pd.read_csv(spanned)["method"].unique()) == [
+        "RNAfold MEA (span 30)", "RNAfold MFE (span 30)", "grammar (span 30)"]

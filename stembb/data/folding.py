@@ -38,15 +38,15 @@ def sampling_seed(seed: int, index: int) -> int:
     return (z ^ (z >> 31)) & 0x7FFFFFFF
 
 
-def fold(seq: str, partition: bool = True, num_sample: int = 0, seed: int = 0) -> Folding:
-    """Fold ``seq`` (T read as U).
+def fold(seq: str, partition: bool = True, num_sample: int = 0, seed: int = 0, max_span: int | None = None) -> Folding:
+    """Fold ``seq`` (T read as U), with pairs at most ``max_span`` apart when given.
 
     With ``partition``, also the partition function (Boltzmann factors rescaled with the
     MFE to avoid overflow), the MFE structure's frequency and the ensemble diversity.
     ``num_sample`` > 0 draws that many non-redundant stochastic samples (fewer when the
     ensemble has fewer distinct structures), with ViennaRNA's generator seeded by ``seed``.
     """
-    fc, structure, fe = _mfe(seq)
+    fc, structure, fe = _mfe(seq, max_span)
     out = Folding(structure, fe)
     if partition or num_sample:
         _partition(fc, fe)
@@ -57,10 +57,11 @@ def fold(seq: str, partition: bool = True, num_sample: int = 0, seed: int = 0) -
     return out
 
 
-def mea_structure(seq: str, gamma: float = 1.0) -> str:
+def mea_structure(seq: str, gamma: float = 1.0, max_span: int | None = None) -> str:
     """ViennaRNA's maximum-expected-accuracy structure (dot-bracket) at ``gamma``, from
-    the partition function of its default energy model."""
-    fc, _, fe = _mfe(seq)
+    the partition function of its default energy model (pairs at most ``max_span``
+    apart when given)."""
+    fc, _, fe = _mfe(seq, max_span)
     _partition(fc, fe)
     return fc.MEA(gamma)[0]
 
@@ -95,9 +96,11 @@ def _sampled_energies_task(task: tuple[str, int, int]) -> tuple[list[str], list[
     return sampled_energies(*task)
 
 
-def _mfe(seq: str) -> tuple[RNA.fold_compound, str, float]:
+def _mfe(seq: str, max_span: int | None = None) -> tuple[RNA.fold_compound, str, float]:
     md = RNA.md()
     md.uniq_ML = 1  # non-redundant sampling silently returns nothing without it
+    if max_span is not None:
+        md.max_bp_span = max_span
     fc = RNA.fold_compound(normalize_seq(seq), md)
     structure, fe = fc.mfe()
     return fc, structure, float(fe)
