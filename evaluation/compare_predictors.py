@@ -26,14 +26,14 @@ from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import atomic_path, write_csv
 from stembb.pipeline import Predictor, set_max_span
-from stembb.report import add_reference_args, reference_records, score_row, summarize
+from stembb.report import LENGTH_BINS, add_reference_args, reference_records, score_row, summarize
 from stembb.runlog import start_run
 from stembb.s2.assemble import MIN_LOOP
 from stembb.s2.crf import DECODERS
 from stembb.structure import pairs_from_db
 
 FAMILY_SIZE_BINS = (0, 5, 20, 10 ** 9)
-LENGTH_COLUMNS = ("(0, 50]", "(50, 100]", "(100, 150]", "(150, 200]", "(200, 300]", "(300, 500]")
+LENGTH_COLUMNS = tuple(f"({low}, {high}]" for low, high in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -97,6 +97,12 @@ def family_size_summary(per_seq: pd.DataFrame, records) -> pd.DataFrame:
             .agg(n=("f1", "size"), f1=("f1", "mean")).reset_index())
 
 
+def bin_label(interval: str, top: int) -> str:
+    """``"(5, 20]"`` as ``"6-20"``; the last bin (up to ``top``) as ``"> 5"``."""
+    low, high = (int(float(x)) for x in interval.strip("(]").split(","))
+    return f"> {low}" if high >= top else f"{low + 1}-{high}"
+
+
 def markdown_table(summary: pd.DataFrame, methods: list[str]) -> str:
     def get(group, method, value="all", column="f1"):
         row = summary[(summary["group"] == group) & (summary["value"] == value) & (summary["method"] == method)]
@@ -105,12 +111,8 @@ def markdown_table(summary: pd.DataFrame, methods: list[str]) -> str:
     lengths = [v for v in LENGTH_COLUMNS if (summary["value"] == v).any()]
     sizes = sorted(summary.loc[summary["group"] == "family_size", "value"].unique(),
                    key=lambda v: float(v.split(",")[0].strip("(")))
-    def size_label(v):
-        low, high = (int(float(x)) for x in v.strip("(]").split(","))
-        return f"> {low}" if high >= FAMILY_SIZE_BINS[-1] else f"{low + 1}-{high}"
-
-    head = ["predictor", "F1", "family-macro", "P", "R"] + [f"{v} nt" for v in lengths] + [
-        f"family size {size_label(v)}" for v in sizes] + ["s/seq"]
+    head = (["predictor", "F1", "family-macro", "P", "R"] + [f"{bin_label(v, LENGTH_BINS[-1])} nt" for v in lengths]
+            + [f"family size {bin_label(v, FAMILY_SIZE_BINS[-1])}" for v in sizes] + ["s/seq"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         cells = [m, get("all", m), get("family_macro", m), get("all", m, column="precision"),
