@@ -170,7 +170,7 @@ class Candidates(NamedTuple):
     ``small_start``; the sequence's base ``codes``; ``index_of`` (L, D) the candidate at
     (i, i + d) in row i, column d, or -1, where D - 1 is the longest candidate's span
     (every table of the recursions is banded the same way, so memory is linear in L for a
-    bounded span); ``starts`` (``_starts_by_end``). Scores are log-weights (nats) or
+    bounded span); ``starts``, ``start_base``, ``slot_of`` (``_starts_by_end``). Scores are log-weights (nats) or
     minus kcal/mol alike: nothing here depends on their unit."""
 
     length: int
@@ -192,6 +192,8 @@ class Candidates(NamedTuple):
     codes: np.ndarray
     index_of: np.ndarray
     starts: np.ndarray
+    start_base: np.ndarray
+    slot_of: np.ndarray
 
 
 def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]
@@ -230,7 +232,7 @@ def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, 
     return Candidates(length, i, j, t, np.ascontiguousarray(unary), hairpin, end[t], np.ascontiguousarray(mismatch),
                       closing_multi, branch, float(terms["multi"][1]), np.ascontiguousarray(interior), asymmetry,
                       np.ascontiguousarray(terms["stack"]), small, small_start, codes, index_of,
-                      _starts_by_end(pairs, length)), keep
+                      *_starts_by_end(pairs, length)), keep
 
 
 def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> list[tuple[int, int]]:
@@ -244,26 +246,33 @@ def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     return sorted(map(tuple, out.tolist()))
 
 
-def _starts_by_end(pairs: np.ndarray, length: int) -> np.ndarray:
-    """``(L, K)``: for each 3' base j, the candidates (k, j) ending there by growing k
-    (-1 padding)."""
+def _starts_by_end(pairs: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates by 3' base, for the multiloop sums, which read every branch ending
+    at a base: ``starts`` (L, K), for each base j the candidates (k, j) ending there by
+    growing k (-1 padding); ``start_base`` (L, K) their k (L as padding); ``slot_of`` (P,)
+    each candidate's column. The recursions keep each branch's score in an (L, K) table
+    of the same layout, so those sums read memory in order instead of gathering by
+    candidate."""
     order = np.lexsort((pairs[:, 0], pairs[:, 1]))
     counts = np.bincount(pairs[:, 1], minlength=length)
     slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
-    out = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
-    out[pairs[order, 1], slot] = order
-    return out
+    starts = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    starts[pairs[order, 1], slot] = order
+    start_base = np.full(starts.shape, length, dtype=np.int64)
+    start_base[pairs[order, 1], slot] = pairs[order, 0]
+    slot_of = np.empty(len(pairs), dtype=np.int64)
+    slot_of[order] = slot
+    return starts, start_base, slot_of
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def first_start(starts, pi, j, i):  # pragma: no cover (compiled)
-    """The first slot of ``starts[j]`` whose candidate starts at or after base i (a
+def first_start(start_base, j, i):  # pragma: no cover (compiled)
+    """The first column of ``start_base[j]`` whose candidate starts at or after base i (a
     binary search: the multiloop sums read only branches inside their span)."""
-    lo, hi = 0, starts.shape[1]
+    lo, hi = 0, start_base.shape[1]
     while lo < hi:
         mid = (lo + hi) // 2
-        c = starts[j, mid]
-        if c >= 0 and pi[c] < i:
+        if start_base[j, mid] < i:
             lo = mid + 1
         else:
             hi = mid
@@ -324,7 +333,7 @@ def interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table
 @numba.njit(cache=True, nogil=True)
 def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch,
                     interior, asymmetry, stack_table, small, small_start, codes, index_of,
-                    starts):  # pragma: no cover (compiled)
+                    starts, start_base, slot_of):  # pragma: no cover (compiled)
     """The recursions of ``assemble`` over spans of growing length, then the traceback.
 
     Per candidate c = (i, j): ``v[c]`` its best score closing what lies inside, and the
@@ -348,6 +357,7 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
     m2 = np.full((length, width), neg)
     wm_arg = np.full((length, width), -1, dtype=np.int64)
     m2_arg = np.full((length, width), -1, dtype=np.int64)
+    stems = np.full(starts.shape, neg)  # v + branch of each branch, laid out as starts
     order = np.argsort(pj - pi, kind="mergesort")
     ptr = 0
     for d in range(1, width):
@@ -372,26 +382,26 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
                 best, pick = m2[i + 1, d - 2] + closing_multi[c], 3
             v[c] = unary[c] + best
             choice[c] = pick
+            stems[j, slot_of[c]] = v[c] + branch[c]
         for i in range(0, length - d):
             j = i + d
             bm, b2 = wm[i, d - 1], m2[i, d - 1]
             am, a2 = -1, -1
-            for slot in range(first_start(starts, pi, j, i), starts.shape[1]):
-                c = starts[j, slot]
-                if c < 0:
+            for slot in range(first_start(start_base, j, i), starts.shape[1]):
+                k = start_base[j, slot]
+                if k == length:
                     break
-                if v[c] == neg:
+                stem = stems[j, slot]
+                if stem == neg:
                     continue
-                k = pi[c]
-                stem = v[c] + branch[c]
                 multi_left, multi_left2 = 0.0, neg
                 if k > i:
                     multi_left = max(wm[i, k - 1 - i], 0.0)
                     multi_left2 = wm[i, k - 1 - i]
                 if multi_left + stem + multi_branch > bm:
-                    bm, am = multi_left + stem + multi_branch, c
+                    bm, am = multi_left + stem + multi_branch, starts[j, slot]
                 if multi_left2 + stem + multi_branch > b2:
-                    b2, a2 = multi_left2 + stem + multi_branch, c
+                    b2, a2 = multi_left2 + stem + multi_branch, starts[j, slot]
             wm[i, d], m2[i, d] = bm, b2
             wm_arg[i, d], m2_arg[i, d] = am, a2
     w1 = np.full(length, neg)

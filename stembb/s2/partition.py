@@ -114,7 +114,7 @@ class Weights(NamedTuple):
 
 def _shape(c: Candidates) -> tuple:
     """What the sums read of ``Candidates`` besides the weights."""
-    return c.length, c.pi, c.pj, c.t, c.small_start, c.codes, c.index_of, c.starts
+    return c.length, c.pi, c.pj, c.t, c.small_start, c.codes, c.index_of, c.starts, c.start_base, c.slot_of
 
 
 def log_z(cands: Candidates, scale: float) -> float:
@@ -124,8 +124,8 @@ def log_z(cands: Candidates, scale: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def _inside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, ecm, eb, ebm, e_end, e_mismatch,
-            e_interior, e_asymmetry, e_stack, e_small):  # pragma: no cover (compiled)
+def _inside(length, pi, pj, t, small_start, codes, index_of, starts, start_base, slot_of, s, eu, eh, ecm, eb, ebm,
+            e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small):  # pragma: no cover (compiled)
     """Inside sums, each over a span of d bases divided by ``exp(scale * d)``: ``v[c]``
     over what candidate c = (i, j) closes (c included); ``wm`` / ``m2`` [i, d] over
     multiloop content of i..i+d with at least one / two branches (banded as ``index_of``);
@@ -136,6 +136,7 @@ def _inside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, 
     v = np.zeros(n_cands)
     wm = np.zeros((length, width))
     m2 = np.zeros((length, width))
+    stems = np.zeros(starts.shape)  # v * ebm of each branch, laid out as starts
     loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
     loop_value = np.zeros(MAX_INNER)
     order = np.argsort(pj - pi, kind="mergesort")
@@ -156,15 +157,15 @@ def _inside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, 
             if d > 2:
                 total += m2[i + 1, d - 2] * ecm[c] * s[2]
             v[c] = eu[c] * total
+            stems[j, slot_of[c]] = v[c] * ebm[c]
         for i in range(0, length - d):
             j = i + d
             sum_m, sum_2 = wm[i, d - 1] * s[1], m2[i, d - 1] * s[1]
-            for slot in range(first_start(starts, pi, j, i), starts.shape[1]):
-                c = starts[j, slot]
-                if c < 0:
+            for slot in range(first_start(start_base, j, i), starts.shape[1]):
+                k = start_base[j, slot]
+                if k == length:
                     break
-                k = pi[c]
-                stem = v[c] * ebm[c]
+                stem = stems[j, slot]
                 if k > i:
                     sum_m += (s[k - i] + wm[i, k - 1 - i]) * stem
                     sum_2 += wm[i, k - 1 - i] * stem
@@ -184,8 +185,9 @@ def _inside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _outside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh, ecm, eb, ebm, e_end, e_mismatch,
-             e_interior, e_asymmetry, e_stack, e_small, v, wm, m2, log_zp, want_counts):  # pragma: no cover (compiled)
+def _outside(length, pi, pj, t, small_start, codes, index_of, starts, start_base, slot_of, s, eu, eh, ecm, eb, ebm,
+             e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small, v, wm, m2, log_zp,
+             want_counts):  # pragma: no cover (compiled)
     """Outside sums of ``v`` divided by Z (``vo[c]``: over everything around candidate c,
     scaled by the bases outside it, so P(c) = v[c] vo[c]), spans from long to short, and,
     with ``want_counts``, the expected uses of each loop term: per candidate ``q`` rows [hairpin, closing a
@@ -217,6 +219,10 @@ def _outside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh,
     width = index_of.shape[1]
     wmo = np.zeros((length, width))
     m2o = np.zeros((length, width))
+    stems = np.zeros(starts.shape)  # v * ebm of each branch, laid out as starts
+    around = np.zeros(starts.shape)  # each branch's outside sum as a multiloop branch, over ebm
+    for c in range(n_cands):
+        stems[pj[c], slot_of[c]] = v[c] * ebm[c]
     loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
     loop_value = np.zeros(MAX_INNER)
     order = np.argsort(pj - pi, kind="mergesort")
@@ -229,24 +235,24 @@ def _outside(length, pi, pj, t, small_start, codes, index_of, starts, s, eu, eh,
                 continue
             wmo[i, d - 1] += go_m * s[1]
             m2o[i, d - 1] += go_2 * s[1]
-            for slot in range(first_start(starts, pi, j, i), starts.shape[1]):
-                c = starts[j, slot]
-                if c < 0:
+            for slot in range(first_start(start_base, j, i), starts.shape[1]):
+                k = start_base[j, slot]
+                if k == length:
                     break
-                k = pi[c]
                 if k > i:
-                    wmo[i, k - 1 - i] += (go_m + go_2) * v[c] * ebm[c]
-                    around = (go_m * (s[k - i] + wm[i, k - 1 - i]) + go_2 * wm[i, k - 1 - i]) * ebm[c]
+                    wmo[i, k - 1 - i] += (go_m + go_2) * stems[j, slot]
+                    around[j, slot] += go_m * (s[k - i] + wm[i, k - 1 - i]) + go_2 * wm[i, k - 1 - i]
                 else:
-                    around = go_m * ebm[c]
-                vo[c] += around
-                if want_counts:
-                    q[2, c] += around * v[c]
-                    q[3, c] += around * v[c]
+                    around[j, slot] += go_m
         while ptr >= 0 and pj[order[ptr]] - pi[order[ptr]] == d:  # candidates of span d: complete now
             c = order[ptr]
             ptr -= 1
             i, j = pi[c], pj[c]
+            branch = around[j, slot_of[c]] * ebm[c]  # every multiloop using c as a branch is longer, or this span
+            vo[c] += branch
+            if want_counts:
+                q[2, c] += branch * v[c]
+                q[3, c] += branch * v[c]
             out = vo[c] * eu[c]
             if out == 0.0:
                 continue
