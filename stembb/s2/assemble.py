@@ -170,7 +170,8 @@ class Candidates(NamedTuple):
     ``small_start``; the sequence's base ``codes``; ``index_of`` (L, D) the candidate at
     (i, i + d) in row i, column d, or -1, where D - 1 is the longest candidate's span
     (every table of the recursions is banded the same way, so memory is linear in L for a
-    bounded span); ``starts``, ``start_base``, ``slot_of`` (``_starts_by_end``). Scores are log-weights (nats) or
+    bounded span); ``row_cands``, ``row_rank`` (``_rows``); ``starts``, ``start_base``,
+    ``slot_of`` (``_starts_by_end``). Scores are log-weights (nats) or
     minus kcal/mol alike: nothing here depends on their unit."""
 
     length: int
@@ -191,6 +192,8 @@ class Candidates(NamedTuple):
     small_start: np.ndarray
     codes: np.ndarray
     index_of: np.ndarray
+    row_cands: np.ndarray
+    row_rank: np.ndarray
     starts: np.ndarray
     start_base: np.ndarray
     slot_of: np.ndarray
@@ -232,7 +235,7 @@ def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, 
     return Candidates(length, i, j, t, np.ascontiguousarray(unary), hairpin, end[t], np.ascontiguousarray(mismatch),
                       closing_multi, branch, float(terms["multi"][1]), np.ascontiguousarray(interior), asymmetry,
                       np.ascontiguousarray(terms["stack"]), small, small_start, codes, index_of,
-                      *_starts_by_end(pairs, length)), keep
+                      *_rows(pairs, length, index_of.shape[1]), *_starts_by_end(pairs, length)), keep
 
 
 def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> list[tuple[int, int]]:
@@ -244,6 +247,22 @@ def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
         return []
     out, _ = _fill_and_trace(*cands)
     return sorted(map(tuple, out.tolist()))
+
+
+def _rows(pairs: np.ndarray, length: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates by 5' base, for the interior loops, which read the inner pairs
+    (k, l) of a span of l: ``row_cands`` (L, R), for each base k the candidates (k, l)
+    by growing l (-1 padding); ``row_rank`` (L, ``width`` + 1) int32, ``row_rank[k, d]``
+    the number of them with l - k < d, so those of spans d0..d1 are
+    ``row_cands[k, row_rank[k, d0]:row_rank[k, d1 + 1]]``: a loop visits only candidates,
+    in order, not every (k, l)."""
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    counts = np.bincount(pairs[:, 0], minlength=length)
+    slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+    row_cands = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    row_cands[pairs[order, 0], slot] = order
+    per_span = np.bincount(pairs[:, 0] * (width + 1) + pairs[:, 1] - pairs[:, 0] + 1, minlength=length * (width + 1))
+    return row_cands, np.cumsum(per_span.reshape(length, width + 1), axis=1, dtype=np.int32)
 
 
 def _starts_by_end(pairs: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -290,7 +309,7 @@ def _join(a, b, product):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True, nogil=True)
 def interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table, small, small_start, codes,
-                   index_of, inner, value, product):  # pragma: no cover (compiled)
+                   row_cands, row_rank, inner, value, product):  # pragma: no cover (compiled)
     """The interior loops (bulges, internal loops, and a stack across one bulged base)
     that candidate ``c`` can close: writes each one's inner candidate to ``inner`` and its
     score (the inner pair's own ``V`` not included) to ``value`` (both ``MAX_INNER``
@@ -300,13 +319,14 @@ def interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table
     i, j = pi[c], pj[c]
     n = 0
     for k in range(i + 1, min(i + MAX_LOOP + 2, j - MIN_LOOP - 1)):
-        for l in range(j - 1, k + MIN_LOOP, -1):
-            left, right = k - i - 1, j - l - 1
-            if left + right > MAX_LOOP:
-                break
-            inside = index_of[k, l - k]
-            if left + right == 0 or inside < 0:
+        left = k - i - 1
+        shortest = max(MIN_LOOP + 1, j - 1 - (MAX_LOOP - left) - k)  # inner spans l - k that fit
+        for r in range(row_rank[k, j - k] - 1, row_rank[k, shortest] - 1, -1):  # l from j - 1 down
+            inside = row_cands[k, r]
+            right = j - pj[inside] - 1
+            if left + right == 0:
                 continue
+            l = pj[inside]
             if left == 0 or right == 0:
                 score = interior[0, left + right]
                 if left + right == 1:
@@ -332,7 +352,7 @@ def interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table
 
 @numba.njit(cache=True, nogil=True)
 def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch,
-                    interior, asymmetry, stack_table, small, small_start, codes, index_of,
+                    interior, asymmetry, stack_table, small, small_start, codes, index_of, row_cands, row_rank,
                     starts, start_base, slot_of):  # pragma: no cover (compiled)
     """The recursions of ``assemble`` over spans of growing length, then the traceback.
 
@@ -371,7 +391,7 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
                 best, pick = v[s] + stack_table[t[c], t[s]], 1
             loop_best, best_inner = neg, -1
             for e in range(interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table, small,
-                                          small_start, codes, index_of, loop_inner, loop_value, False)):
+                                          small_start, codes, row_cands, row_rank, loop_inner, loop_value, False)):
                 value = loop_value[e] + v[loop_inner[e]]
                 if value > loop_best:
                     loop_best, best_inner = value, loop_inner[e]

@@ -56,9 +56,9 @@ def allowed_pairs(seq: str, max_span: int | None = None) -> np.ndarray:
 
 
 # Memory of folding, measured (ru_maxrss over the loaded model, 1,000-5,000 nt, docs/RESULTS.md):
-# the recursions' arrays over the candidate pairs, and their five banded (L, D) tables.
+# the recursions' arrays over the candidate pairs, and their banded (L, D) tables.
 BYTES_PER_PAIR = 400
-BYTES_PER_CELL = 40
+BYTES_PER_CELL = 52
 
 
 def fold_memory(seq: str, max_span: int | None = None, method: str = "threshold") -> int:

@@ -114,7 +114,8 @@ class Weights(NamedTuple):
 
 def _shape(c: Candidates) -> tuple:
     """What the sums read of ``Candidates`` besides the weights."""
-    return c.length, c.pi, c.pj, c.t, c.small_start, c.codes, c.index_of, c.starts, c.start_base, c.slot_of
+    return (c.length, c.pi, c.pj, c.t, c.small_start, c.codes, c.index_of, c.row_cands, c.row_rank, c.starts,
+            c.start_base, c.slot_of)
 
 
 def log_z(cands: Candidates, scale: float) -> float:
@@ -124,8 +125,9 @@ def log_z(cands: Candidates, scale: float) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def _inside(length, pi, pj, t, small_start, codes, index_of, starts, start_base, slot_of, s, eu, eh, ecm, eb, ebm,
-            e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small):  # pragma: no cover (compiled)
+def _inside(length, pi, pj, t, small_start, codes, index_of, row_cands, row_rank, starts, start_base, slot_of, s, eu,
+            eh, ecm, eb, ebm, e_end, e_mismatch, e_interior, e_asymmetry, e_stack,
+            e_small):  # pragma: no cover (compiled)
     """Inside sums, each over a span of d bases divided by ``exp(scale * d)``: ``v[c]``
     over what candidate c = (i, j) closes (c included); ``wm`` / ``m2`` [i, d] over
     multiloop content of i..i+d with at least one / two branches (banded as ``index_of``);
@@ -151,7 +153,7 @@ def _inside(length, pi, pj, t, small_start, codes, index_of, starts, start_base,
             if inner >= 0:
                 total += v[inner] * e_stack[t[c], t[inner]] * s[2]
             for e in range(interior_loops(c, pi, pj, t, e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small,
-                                          small_start, codes, index_of, loop_inner, loop_value, True)):
+                                          small_start, codes, row_cands, row_rank, loop_inner, loop_value, True)):
                 inner = loop_inner[e]
                 total += v[inner] * loop_value[e] * s[d - (pj[inner] - pi[inner])]
             if d > 2:
@@ -185,8 +187,8 @@ def _inside(length, pi, pj, t, small_start, codes, index_of, starts, start_base,
 
 
 @numba.njit(cache=True, nogil=True)
-def _outside(length, pi, pj, t, small_start, codes, index_of, starts, start_base, slot_of, s, eu, eh, ecm, eb, ebm,
-             e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small, v, wm, m2, log_zp,
+def _outside(length, pi, pj, t, small_start, codes, index_of, row_cands, row_rank, starts, start_base, slot_of, s, eu,
+             eh, ecm, eb, ebm, e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small, v, wm, m2, log_zp,
              want_counts):  # pragma: no cover (compiled)
     """Outside sums of ``v`` divided by Z (``vo[c]``: over everything around candidate c,
     scaled by the bases outside it, so P(c) = v[c] vo[c]), spans from long to short, and,
@@ -265,7 +267,7 @@ def _outside(length, pi, pj, t, small_start, codes, index_of, starts, start_base
                 if want_counts:
                     stack_count[t[c], t[inner]] += w * v[inner]
             for e in range(interior_loops(c, pi, pj, t, e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small,
-                                          small_start, codes, index_of, loop_inner, loop_value, True)):
+                                          small_start, codes, row_cands, row_rank, loop_inner, loop_value, True)):
                 inner = loop_inner[e]
                 k, l = pi[inner], pj[inner]
                 w = out * loop_value[e] * s[d - (l - k)]
