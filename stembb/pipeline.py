@@ -123,6 +123,8 @@ class Predictor:
         span = self.s2_model.max_span
         for k, seq in enumerate(seqs):
             need = crf.fold_memory(seq, span, self.decoder["method"])
+            if self.s2_model.uses_evidence:  # S1 reads the whole L x L image, span or not
+                need += S1_BYTES_PER_PIXEL * len(seq) ** 2
             if need > available:
                 name = f"sequence {k + 1}" if names is None else f"record {names[k]!r}"
                 how = "whole" if span is None else f"with --max_span {span}"
@@ -162,6 +164,11 @@ class Predictor:
                for ex, x in zip(examples, logits)]
         self.timings["structure"] += time.perf_counter() - t
         return out
+
+
+# S1's forward pass on one sequence, per pixel of its L x L image (the small network of
+# models/stembb_s1.pth, VmHWM at 400 and 800 nt: 820 and 460 bytes)
+S1_BYTES_PER_PIXEL = 500
 
 
 def available_memory() -> int | None:
