@@ -126,3 +126,24 @@ def test_a_long_sequence_with_short_pairs_sums_its_exterior_in_logs():
     got = ensemble(seq, pairs, np.zeros(len(pairs)), terms)
     per_base = np.bincount(pairs.ravel(), weights=np.repeat(got.probs, 2), minlength=len(seq))
     assert np.isfinite(got.probs).all() and per_base.max() <= 1 + 1e-9 and got.probs.max() > 0.5
+
+
+def test_a_whole_long_fold_scaled_by_its_short_pairs_equals_one_scaled_by_its_best_structure():
+    """Spans over UNSCALED_SPAN take their scale from the structures of pairs at most
+    SCALE_SPAN apart (a cheap lower bound); the probabilities and log Z are those of the
+    sums scaled by the best structure's own score per base."""
+    rng = np.random.default_rng(13)
+    seq = "".join(rng.choice(list("ACGU"), 700))
+    pairs = crf.allowed_pairs(seq)
+    terms = LoopTerms().numpy()
+    terms["stack"][:6, :6], terms["hairpin"][:], terms["multi"][:] = 2.0, -4.0, (-5.0, -0.5)
+    unary = np.full(len(pairs), -0.5)
+    cands, _ = candidates(seq, pairs, unary, terms)
+    short, best = (partition._best_score_per_base(seq, cands, terms, span) for span in (partition.SCALE_SPAN, None))
+    assert 0 < short < best
+    got = ensemble(seq, pairs, unary, terms)
+    weights = partition.Weights.of(cands, best)
+    inside = partition._inside(*partition._shape(cands), *weights)
+    probs = inside[0] * partition._outside(*partition._shape(cands), *weights, *inside, False)[0]
+    np.testing.assert_allclose(got.probs, probs, rtol=1e-9, atol=1e-15)
+    assert got.log_z == pytest.approx(inside[3][-1] + best * len(seq), rel=1e-12)

@@ -17,10 +17,12 @@ first (``stembb.s2.crf``). What comes out:
 
 Numbers stay in range two ways. The exterior sums (over bases 0..j and j..L-1, which
 grow with L) are kept as logarithms. Every other partial sum covers at most the longest
-candidate's span: under ``UNSCALED_SPAN`` bases it is stored as it is; beyond, or when it
-overflows, it is scaled as ViennaRNA does, divided by ``exp(scale * d)`` over a span of d
-bases, with ``scale`` = the best structure's score per base (``assemble``'s recursions, one
-more pass), so a long span's sum is about the number of structures near the best. Memory: a few arrays over the
+candidate's span: under ``UNSCALED_SPAN`` bases it is stored as it is; beyond, it is
+scaled as ViennaRNA does, divided by ``exp(scale * d)`` over a span of d bases, with
+``scale`` = the best score per base of the structures whose pairs are at most
+``SCALE_SPAN`` apart (``assemble``'s recursions over those pairs only: one cheap pass), so
+a long span's sum is about the number of structures near the best; when that still
+overflows, the best structure's own score per base (a pass over every pair). Memory: a few arrays over the
 candidates and a few (L, D) tables, banded as ``assemble``'s (D - 1 the longest
 candidate's span): linear in L for a bounded span.
 """
@@ -33,11 +35,12 @@ import numba
 import numpy as np
 
 from stembb.s2.assemble import (HAIRPIN_EDGES, LOOP_EDGES, MAX_ASYMMETRY, MAX_INNER, MAX_LOOP, SMALL_LOOPS,
-                                TERM_SHAPES, Candidates, _fill_and_trace, _neighbours, candidates, first_start, interior_loops,
-                                small_loop_slot, special_loop)
+                                TERM_SHAPES, Candidates, _fill_and_trace, _neighbours, candidates, first_start,
+                                interior_loops, small_loop_slot, special_loop)
 from stembb.structure import base_codes
 
 UNSCALED_SPAN = 400
+SCALE_SPAN = 100
 
 
 @dataclass
@@ -69,12 +72,11 @@ def ensemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     if cands is None:
         empty = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()} if counts else None
         return Ensemble(pairs, probs, 0.0, empty)
-    scaled = cands.index_of.shape[1] > UNSCALED_SPAN
-    scale = _best_score_per_base(cands) if scaled else 0.0
+    scale = _best_score_per_base(seq, cands, terms, SCALE_SPAN) if cands.index_of.shape[1] > UNSCALED_SPAN else 0.0
     weights = Weights.of(cands, scale)
     inside = _inside(*_shape(cands), *weights)
-    if not scaled and not np.isfinite(inside[3][-1]):  # overflow
-        scale = _best_score_per_base(cands)
+    if not np.isfinite(inside[3][-1]):  # overflow: scale by the best structure itself
+        scale = _best_score_per_base(seq, cands, terms)
         weights = Weights.of(cands, scale)
         inside = _inside(*_shape(cands), *weights)
     out = _outside(*_shape(cands), *weights, *inside, counts)
@@ -83,9 +85,16 @@ def ensemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     return Ensemble(pairs, probs, float(inside[3][-1] + scale * cands.length), expected)
 
 
-def _best_score_per_base(cands: Candidates) -> float:
-    """The best structure's score (0 for the empty one) per base: the scale of the sums."""
-    return max(float(_fill_and_trace(*cands)[1]), 0.0) / cands.length
+def _best_score_per_base(seq: str, cands: Candidates, terms: dict[str, np.ndarray], span: int | None = None) -> float:
+    """The best structure's score (0 for the empty one) per base: the scale of the sums;
+    with ``span``, the best of the structures whose pairs are at most that far apart (a
+    lower bound, from a pass over the short pairs only, much cheaper on a whole fold)."""
+    if span is not None and cands.index_of.shape[1] > span + 1:
+        near = cands.pj - cands.pi <= span
+        cands, _ = candidates(seq, np.stack([cands.pi, cands.pj], axis=1)[near], cands.unary[near], terms)
+        if cands is None:
+            return 0.0
+    return max(float(_fill_and_trace(*cands)[1]), 0.0) / len(seq)
 
 
 class Weights(NamedTuple):
