@@ -98,14 +98,14 @@ class Predictor:
         has a weight other than 0. A sequence whose folding would not fit in the memory
         available is a one-line InputError naming it (``names``, default "sequence k")
         before any work."""
-        self.check_memory(seqs, names)
+        threads = self.folds_at_once(seqs, names)
         t = time.perf_counter()
         maps = (evidence_maps(self.s1_model, seqs, self.device, self.batch_size) if self.s2_model.uses_evidence
                 else [None] * len(seqs))
         self.timings["s1_forward"] += time.perf_counter() - t
         t = time.perf_counter()
         examples = [self.s2_model.example(seq, p_on) for seq, p_on in zip(seqs, maps)]
-        ensembles = crf.ensembles(self.s2_model, examples, self.threads)
+        ensembles = crf.ensembles(self.s2_model, examples, threads)
         self.timings["s2"] += time.perf_counter() - t
         t = time.perf_counter()
         out = [crf.decode(self.s2_model, e, self.decoder["method"], self.gamma, self.decoder["cut"], ens)
@@ -114,13 +114,16 @@ class Predictor:
         self.timings["structure"] += time.perf_counter() - t
         return out, ensembles, energies
 
-    def check_memory(self, seqs: Sequence[str], names: Sequence[str] | None = None) -> None:
-        """InputError for the first sequence whose fold needs more memory than is
-        available (``crf.fold_memory``; not checked where the system does not say)."""
+    def folds_at_once(self, seqs: Sequence[str], names: Sequence[str] | None = None) -> int:
+        """How many partition functions may run at once (at most ``threads``): as many
+        as the largest folds fit in the memory available together (``crf.fold_memory``;
+        not checked where the system does not say). InputError for the first sequence
+        whose fold alone needs more."""
         available = available_memory()
         if available is None:
-            return
+            return self.threads
         span = self.s2_model.max_span
+        needs = []
         for k, seq in enumerate(seqs):
             need = crf.fold_memory(seq, span, self.decoder["method"])
             if self.s2_model.uses_evidence:  # S1 reads the whole L x L image, span or not
@@ -131,6 +134,12 @@ class Predictor:
                 raise InputError(f"{name} ({len(seq)} nt): folding it {how} needs about {need / 1e9:.1f} GB of "
                                  f"memory, {available / 1e9:.1f} GB available; pass a smaller --max_span "
                                  "(RNAfold's --maxBPspan; e.g. 300)")
+            needs.append(need)
+        needs.sort()
+        threads = max(min(self.threads, len(needs)), 1)
+        while threads > 1 and sum(needs[-threads:]) > available:
+            threads -= 1
+        return threads
 
     @torch.no_grad()
     def proposals(self, seqs: Sequence[str]) -> list:

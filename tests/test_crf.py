@@ -184,3 +184,25 @@ def test_a_fold_that_cannot_fit_in_memory_is_refused_before_any_work(tmp_path):
     line = error_line(proc)
     assert "record 'huge' (100000 nt): folding it whole needs about" in line and "--max_span" in line
     assert not (tmp_path / "out.db").exists()
+
+
+def test_long_folds_run_one_at_a_time_when_two_would_not_fit(monkeypatch):
+    """The thread pool folds as many sequences at once as fit together in the memory
+    available (a machine with room for one long fold at a time, simulated by what
+    /proc/meminfo would say); each fold itself is real."""
+    import stembb
+    from stembb import pipeline
+
+    predictor = stembb.load_predictor(max_span=50)
+    predictor.threads = 2
+    rng = np.random.default_rng(5)
+    seqs = ["".join(rng.choice(list("ACGU"), n)) for n in (3000, 2500, 60)]
+    need = crf.fold_memory(seqs[0], 50, predictor.decoder["method"])
+    assert predictor.folds_at_once(seqs) == 2  # this machine: room for both
+    monkeypatch.setattr(pipeline, "available_memory", lambda: int(1.5 * need))
+    assert predictor.folds_at_once(seqs) == 1
+    structures, _, _ = predictor.fold(seqs)
+    assert all(j - i <= 50 for y in structures for i, j in y) and len(structures[0]) > 100
+    monkeypatch.setattr(pipeline, "available_memory", lambda: need // 2)
+    with pytest.raises(pipeline.InputError, match=r"sequence 1 \(3000 nt\): folding it with --max_span 50 needs"):
+        predictor.fold(seqs)
