@@ -206,3 +206,28 @@ def test_long_folds_run_one_at_a_time_when_two_would_not_fit(monkeypatch):
     monkeypatch.setattr(pipeline, "available_memory", lambda: need // 2)
     with pytest.raises(pipeline.InputError, match=r"sequence 1 \(3000 nt\): folding it with --max_span 50 needs"):
         predictor.fold(seqs)
+
+
+def test_a_scheduler_memory_limit_counts_as_the_memory_available(tmp_path):
+    """A SLURM job's cgroup (v2, the limit on the job, the process in a step below it;
+    v1's memory controller) leaves less than the machine's MemAvailable: the headroom
+    under each limit on the way up is found."""
+    from stembb.pipeline import cgroup_headroom
+
+    mount = tmp_path / "cgroup"
+    job = mount / "system.slice" / "slurmstepd.scope" / "job_7"
+    (job / "step_0").mkdir(parents=True)
+    (job / "memory.max").write_text("2000000000\n")
+    (job / "memory.current").write_text("1500000000\n")
+    (job / "step_0" / "memory.max").write_text("max\n")
+    (job / "step_0" / "memory.current").write_text("1400000000\n")
+    proc = tmp_path / "cgroup.txt"
+    proc.write_text("0::/system.slice/slurmstepd.scope/job_7/step_0\n")
+    assert cgroup_headroom(proc, mount) == [500_000_000]
+    v1 = mount / "memory" / "job_8"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("3000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("1000000000\n")
+    proc.write_text("7:pids:/job_8\n4:cpuacct,memory:/job_8\n0::/\n")
+    assert cgroup_headroom(proc, mount) == [2_000_000_000]
+    assert cgroup_headroom(tmp_path / "missing", mount) == []
