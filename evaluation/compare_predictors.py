@@ -3,7 +3,8 @@
 Rows: ViennaRNA's MFE and MEA (gamma 1) structures, then each --model NAME S1 S2
 [METHOD]: an S1 and an S2 checkpoint (S1 '-' for a grammar model without S1 evidence),
 decoded as its S2 checkpoint says or, for a grammar model, by METHOD (mea, threshold or
-max). --max_span N folds the ViennaRNA and grammar rows with pairs at most N apart. Writes --out (one row per sequence and predictor), <out>_summary.csv (mean scores
+max). --max_span N folds the ViennaRNA and grammar rows with pairs at most N apart.
+Writes --out (one row per sequence and predictor), <out>_summary.csv (mean scores
 overall, per length bin, per family-size bin when the pickle has make_structure_dataset's
 family_size column, per family and clan, family-macro) and <out>_table.md (the table
 README and docs/RESULTS.md report).
@@ -25,10 +26,9 @@ from stembb.data.folding import fold, mea_structure
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import atomic_path, write_csv
-from stembb.pipeline import Predictor, set_max_span
+from stembb.pipeline import Predictor, check_max_span, set_max_span
 from stembb.report import LENGTH_BINS, add_reference_args, reference_records, score_row, summarize
 from stembb.runlog import start_run
-from stembb.s2.assemble import MIN_LOOP
 from stembb.s2.crf import DECODERS
 from stembb.structure import pairs_from_db
 
@@ -135,8 +135,8 @@ def main(args) -> None:
     log = start_run("compare_predictors")
     records = reference_records(args, log)
     device = pick_device(args.device)
-    if args.max_span is not None and args.max_span <= MIN_LOOP:
-        raise InputError(f"--max_span must be above {MIN_LOOP}, got {args.max_span}")
+    if args.max_span is not None:
+        check_max_span("--max_span", args.max_span)
     predictors = [(name, make_model(s1, s2, method, device, args.batch_size, args.max_span))
                   for name, s1, s2, method in models]
     predictors = [(name + (span_note(args.max_span) if p.is_grammar else ""), p) for name, p in predictors]

@@ -69,7 +69,8 @@ def main(args) -> None:
     log = start_run("predict_structure")
     records = read_fasta(args.fasta)
     predictor = make_predictor(args)
-    max_length = args.max_length or (float("inf") if predictor.is_grammar else BOX_MAX_LENGTH)
+    max_length = args.max_length if args.max_length is not None else (
+        float("inf") if predictor.is_grammar else BOX_MAX_LENGTH)
     check_sequences(args.fasta, records, max_length)
     longer = sum(len(r.seq) > TRAINED_LENGTH for r in records)
     if longer:

@@ -268,9 +268,14 @@ def set_max_span(predictor: Predictor, span: int, flag: str, s2_path: Path) -> N
     naming ``flag`` for a box model (``s2_path``) or a span no hairpin fits."""
     if not predictor.is_grammar:
         raise InputError(f"{flag} is for grammar S2 models; {s2_path} is not one")
+    check_max_span(flag, span)
+    predictor.s2_model.max_span = span
+
+
+def check_max_span(flag: str, span: int) -> None:
+    """InputError naming ``flag`` for a maximum pair span no hairpin fits in."""
     if span <= MIN_LOOP:
         raise InputError(f"{flag} must be above {MIN_LOOP} (a hairpin encloses at least {MIN_LOOP} bases), got {span}")
-    predictor.s2_model.max_span = span
 
 
 def check_sequences(path: Path, records, max_length: int, skip_long: bool = False) -> list:

@@ -429,15 +429,15 @@ def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mu
     for j in range(length):
         b1, a1 = (w1[j - 1] if j > 0 else neg), -1
         for slot in range(starts.shape[1]):
-            c = starts[j, slot]
-            if c < 0:
+            k = start_base[j, slot]
+            if k == length:
                 break
-            if v[c] == neg:
+            stem = stems[j, slot]
+            if stem == neg:
                 continue
-            stem = v[c] + branch[c]
-            left = max(w1[pi[c] - 1], 0.0) if pi[c] > 0 else 0.0
+            left = max(w1[k - 1], 0.0) if k > 0 else 0.0
             if left + stem > b1:
-                b1, a1 = left + stem, c
+                b1, a1 = left + stem, starts[j, slot]
         w1[j], w1_arg[j] = b1, a1
     out = np.zeros((n_cands, 2), dtype=np.int64)
     n_out = 0
@@ -497,6 +497,7 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
     codes = base_codes(seq)
     near = {name: np.stack(v, axis=1) for name, v in _neighbours(seq, pairs).items()} if len(pairs) else {}
     row = {p: k for k, p in enumerate(map(tuple, pairs.tolist()))}
+    types = dict(zip(row, pair_type(codes, pairs[:, 0], pairs[:, 1]).tolist()))
     children: dict = {(-1, len(seq)): []}
     stack_of = [(-1, len(seq))]
     for i, j in pairs.tolist():  # sorted by i: a stack of enclosing pairs finds each pair's parent
@@ -514,30 +515,30 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
         elif not inside:
             n = j - i - 1
             out["hairpin"].append(np.digitize(n, HAIRPIN_EDGES))
-            out["end"].append(pair_type(codes, i, j))
+            out["end"].append(types[i, j])
             if n > 3:
                 out["hairpin_mismatch"].append(near["inside"][row[(i, j)]])
             if n in (3, 4):
                 out["triloop" if n == 3 else "tetraloop"].append(special_loop(codes, np.array([i]), n)[0])
             branches = []
         elif len(inside) == 1 and inside[0] == (i + 1, j - 1):
-            out["stack"].append((pair_type(codes, i, j), pair_type(codes, i + 1, j - 1)))
+            out["stack"].append((types[i, j], types[i + 1, j - 1]))
             branches = []
         elif len(inside) == 1:
             k, l = inside[0]
             left, right = k - i - 1, j - l - 1
             out["interior"].append((int(min(left, right) > 0), np.digitize(left + right, LOOP_EDGES)))
             if min(left, right) == 0 and left + right == 1:
-                out["stack"].append((pair_type(codes, i, j), pair_type(codes, k, l)))
+                out["stack"].append((types[i, j], types[k, l]))
             else:
-                out["end"] += [pair_type(codes, i, j), pair_type(codes, k, l)]
+                out["end"] += [types[i, j], types[k, l]]
             if min(left, right) > 0:
                 out["asymmetry"].append(min(abs(left - right), MAX_ASYMMETRY))
             if left == right == 1:
                 out["mismatch_1x1"] += [near["inside"][row[(i, j)]], near["from_loop"][row[(k, l)]]]
             elif min(left, right) > 1:
                 out["loop_mismatch"] += [near["inside"][row[(i, j)]], near["from_loop"][row[(k, l)]]]
-            table, slot = small_loop_slot(codes, pair_type(codes, i, j), pair_type(codes, k, l), i, j, k, l)
+            table, slot = small_loop_slot(codes, types[i, j], types[k, l], i, j, k, l)
             if table >= 0:
                 name = SMALL_LOOPS[table]
                 out[name].append(np.unravel_index(slot, TERM_SHAPES[name]))
@@ -545,10 +546,10 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
         else:
             multi[0] += 1
             multi[1] += len(inside)
-            out["end"].append(pair_type(codes, i, j))
+            out["end"].append(types[i, j])
             out["dangle"].append(near["closing"][row[(i, j)]])
         for k, l in branches:  # exterior or multiloop branches
-            out["end"].append(pair_type(codes, k, l))
+            out["end"].append(types[k, l])
             out["dangle"].append(near["outside"][row[(k, l)]])
     feats = {name: np.array(v, dtype=np.int64).reshape(-1, len(TERM_SHAPES[name])) for name, v in out.items()}
     return feats | {"pairs": pairs, "multi": np.array(multi, float)}

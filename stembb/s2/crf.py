@@ -188,11 +188,8 @@ class GrammarFold(nn.Module):
         unary = self.unary(example)
         params = [getattr(self.terms, name) for name in TERM_SHAPES]
         log_z = _LogPartition.apply(example.seq, example.pairs, unary, *params)
-        return log_z - self._score(example, example.reference, unary)
-
-    def _score(self, example: Example, structure, unary: torch.Tensor) -> torch.Tensor:
         index = {p: k for k, p in enumerate(map(tuple, example.pairs.tolist()))}
-        return structure_score(example.seq, structure, index, unary, self.terms)
+        return log_z - structure_score(example.seq, example.reference, index, unary, self.terms)
 
     @torch.no_grad()
     def ensemble(self, example: Example) -> Ensemble:

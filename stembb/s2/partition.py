@@ -22,9 +22,9 @@ scaled as ViennaRNA does, divided by ``exp(scale * d)`` over a span of d bases, 
 ``scale`` = the best score per base of the structures whose pairs are at most
 ``SCALE_SPAN`` apart (``assemble``'s recursions over those pairs only: one cheap pass), so
 a long span's sum is about the number of structures near the best; when that still
-overflows, the best structure's own score per base (a pass over every pair). Memory: a few arrays over the
-candidates and a few (L, D) tables, banded as ``assemble``'s (D - 1 the longest
-candidate's span): linear in L for a bounded span.
+overflows, the best structure's own score per base (a pass over every pair). Memory: a
+few arrays over the candidates and a few (L, D) tables, banded as ``assemble``'s (D - 1
+the longest candidate's span): linear in L for a bounded span.
 """
 from __future__ import annotations
 
@@ -141,7 +141,8 @@ def _inside(length, pi, pj, t, small_start, codes, index_of, row_cands, row_rank
     over what candidate c = (i, j) closes (c included); ``wm`` / ``m2`` [i, d] over
     multiloop content of i..i+d with at least one / two branches (banded as ``index_of``);
     ``log_zp[j]``: the log of the sum over exterior content of bases 0..j-1
-    (``log_zp[0]`` = 0, ``log_zp[L]`` = log Z - scale * L)."""
+    (``log_zp[0]`` = 0, ``log_zp[L]`` = log Z - scale * L); ``stems`` (laid out as
+    ``starts``) each candidate's ``v * ebm``, its weight as a multiloop branch."""
     n_cands = len(pi)
     width = index_of.shape[1]
     v = np.zeros(n_cands)
@@ -192,30 +193,29 @@ def _inside(length, pi, pj, t, small_start, codes, index_of, row_cands, row_rank
                 break
             total += np.exp(log_zp[pi[c]] - log_zp[j]) * v[c] * eb[c]
         log_zp[j + 1] = log_zp[j] + np.log(total)
-    return v, wm, m2, log_zp
+    return v, wm, m2, log_zp, stems
 
 
 @numba.njit(cache=True, nogil=True)
 def _outside(length, pi, pj, t, small_start, codes, index_of, row_cands, row_rank, starts, start_base, slot_of, s, eu,
              eh, ecm, eb, ebm, e_end, e_mismatch, e_interior, e_asymmetry, e_stack, e_small, v, wm, m2, log_zp,
-             want_counts):  # pragma: no cover (compiled)
+             stems, want_counts):  # pragma: no cover (compiled)
     """Outside sums of ``v`` divided by Z (``vo[c]``: over everything around candidate c,
     scaled by the bases outside it, so P(c) = v[c] vo[c]), spans from long to short, and,
-    with ``want_counts``, the expected uses of each loop term: per candidate ``q`` rows [hairpin, closing a
-    multiloop, branch of an exterior or multi loop, branch of a multiloop, extra ``end``
-    of an interior loop, loop mismatch seen from inside / from the loop, 1 x 1 mismatch
-    seen from inside / from the loop], and the tables ``stack`` (7, 7), ``interior``
-    [bulge or internal, size], ``asymmetry`` and ``small`` (flat)."""
+    with ``want_counts``, the expected uses of each loop term: per candidate ``q`` rows
+    [hairpin, closing a multiloop, branch of an exterior or multi loop, branch of a
+    multiloop, extra ``end`` of an interior loop, loop mismatch seen from inside / from
+    the loop, 1 x 1 mismatch seen from inside / from the loop], and the tables ``stack``
+    (7, 7), ``interior`` [bulge or internal, size], ``asymmetry`` and ``small`` (flat)."""
     n_cands = len(pi)
     log_zs = np.zeros(length + 1)  # log of the sum over exterior content of bases i..L-1
-    by_start = np.argsort(pi, kind="mergesort")
-    ptr = n_cands - 1
     for i in range(length - 1, -1, -1):
         total = s[1]
-        while ptr >= 0 and pi[by_start[ptr]] == i:
-            c = by_start[ptr]
+        for r in range(row_cands.shape[1]):
+            c = row_cands[i, r]
+            if c < 0:
+                break
             total += v[c] * eb[c] * np.exp(log_zs[pj[c] + 1] - log_zs[i + 1])
-            ptr -= 1
         log_zs[i] = log_zs[i + 1] + np.log(total)
     vo = np.zeros(n_cands)
     q = np.zeros((9, n_cands if want_counts else 0))
@@ -230,10 +230,7 @@ def _outside(length, pi, pj, t, small_start, codes, index_of, row_cands, row_ran
     width = index_of.shape[1]
     wmo = np.zeros((length, width))
     m2o = np.zeros((length, width))
-    stems = np.zeros(starts.shape)  # v * ebm of each branch, laid out as starts
     around = np.zeros(starts.shape)  # each branch's outside sum as a multiloop branch, over ebm
-    for c in range(n_cands):
-        stems[pj[c], slot_of[c]] = v[c] * ebm[c]
     loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
     loop_value = np.zeros(MAX_INNER)
     order = np.argsort(pj - pi, kind="mergesort")
