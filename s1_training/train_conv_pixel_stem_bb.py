@@ -23,7 +23,7 @@ from stembb.checkpoint import S1_KIND, init_weights, latest_checkpoint, save_che
 from stembb.cli import check_at_least_one, check_positive, seed
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
-from stembb.errors import InputError, ignore_sigterm, run_main
+from stembb.errors import InputError, loader_worker_start, run_main
 from stembb.io import read_pickle
 from stembb.s1.model import CONFIG_KEYS, S1Config, build_model
 from stembb.runlog import start_run
@@ -112,7 +112,7 @@ def make_loader(df, idx, args, shuffle, dist_info, device):
     sampler = LengthBatchSampler(sub["seq"].str.len().to_numpy(), args.batch_size, shuffle, args.seed,
                                  dist_info.world_size, dist_info.rank)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=args.cpu,
-                        worker_init_fn=ignore_sigterm,
+                        worker_init_fn=loader_worker_start,
                         pin_memory=device.type == "cuda", persistent_workers=args.cpu > 0)
     return loader, sampler
 

@@ -35,12 +35,22 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way
 
 
-def ignore_sigterm(_worker_id=None) -> None:
-    """A data-loader worker's ``worker_init_fn``: SIGTERM is left to the main process,
-    which stops its workers as it unwinds. Workers fork with ``run_main``'s handler, and a
+def loader_worker_start(_worker_id=None) -> None:
+    """A data-loader worker's ``worker_init_fn``. SIGTERM is left to the main process,
+    which stops its workers as it unwinds: workers fork with ``run_main``'s handler, and a
     scheduler's SIGTERM to the whole process group would otherwise end each with a
-    traceback, and the main process with another for the dead worker."""
+    traceback, and the main process with another for the dead worker. And a connection
+    the main process drops while it fetches a batch's shared memory from this worker (it
+    ended mid-transfer: Ctrl-C, SIGTERM) is not reported: multiprocessing's fd-sharing
+    thread would print that reset as a traceback after the run's one-line message."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if not issubclass(kind, (ConnectionResetError, BrokenPipeError, EOFError)):
+            report(kind, value, traceback)
+
+    sys.excepthook = excepthook
 
 
 def pool_worker_start() -> None:

@@ -357,6 +357,17 @@ def test_an_output_in_an_unwritable_folder_is_refused_before_any_work(tmp_path):
     assert "predicted" not in proc.stderr  # refused before the prediction
 
 
+def test_a_loader_worker_reports_errors_but_not_the_connection_its_main_process_dropped():
+    """What multiprocessing's fd-sharing thread does in a loader worker when the main
+    process ends mid-transfer (the rare traceback after an interrupted run's one line),
+    and when anything else goes wrong there."""
+    code = ("import sys; from stembb.errors import loader_worker_start; loader_worker_start(0)\n"
+            "for exc in (ConnectionResetError(104, 'Connection reset by peer'), ValueError('a real fault')):\n"
+            "    try:\n        raise exc\n    except Exception:\n        sys.excepthook(*sys.exc_info())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "ValueError: a real fault" in proc.stderr and "ConnectionResetError" not in proc.stderr
+
+
 def test_sigterm_to_a_training_run_and_its_loader_workers_prints_one_line(tiny_s1_data, tmp_path):
     script = REPO / "s1_training" / "train_conv_pixel_stem_bb.py"
     proc = subprocess.Popen([sys.executable, str(script), "--data", str(tiny_s1_data), "--result", str(tmp_path / "run"),
