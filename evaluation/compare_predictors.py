@@ -1,6 +1,7 @@
 """Several predictors on the same reference structures, in one table.
 
-Rows: ViennaRNA's MFE and MEA (gamma 1) structures, then each --model NAME S1 S2
+Rows: ViennaRNA's MFE and MEA (gamma 1) structures, EternaFold's MEA structure with
+--eternafold (LinearPartition, beam 100; requirements-eval.txt), then each --model NAME S1 S2
 [METHOD]: an S1 and an S2 checkpoint (S1 '-' for a grammar model without S1 evidence),
 decoded as its S2 checkpoint says or, for a grammar model, by METHOD (mea, threshold or
 max). --max_span N folds the ViennaRNA and grammar rows with pairs at most N apart.
@@ -26,6 +27,7 @@ from stembb.data.folding import fold, mea_structure
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import atomic_path, write_csv
+from stembb.peers import eternafold_pairs
 from stembb.pipeline import Predictor, check_max_span, set_max_span
 from stembb.report import LENGTH_BINS, add_reference_args, reference_records, score_row, summarize
 from stembb.runlog import start_run
@@ -42,6 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", action="append", default=[], metavar="NAME S1 S2 [METHOD]",
                    help="a predictor: its name, S1 checkpoint (- for none), S2 checkpoint, decoding method")
     p.add_argument("--no_vienna", action="store_true", help="leave out the ViennaRNA rows")
+    p.add_argument("--eternafold", action="store_true",
+                   help="add EternaFold's MEA structures (LinearPartition, beam 100: pip install -r requirements-eval.txt)")
     p.add_argument("--max_span", type=int, default=None,
                    help="pair only bases at most N apart in the ViennaRNA rows and the grammar models' rows "
                         "(their names say so); box models fold as they do")
@@ -57,6 +61,8 @@ def parse_models(specs: list[list[str]]) -> list[tuple[str, Path | None, Path, s
     for spec in specs:
         if len(spec) not in (3, 4) or (len(spec) == 4 and spec[3] not in DECODERS):
             raise InputError(f"--model {' '.join(spec)}: give NAME S1 S2 [METHOD], METHOD one of {', '.join(DECODERS)}")
+        if spec[0] in [name for name, *_ in out]:
+            raise InputError(f"--model {spec[0]}: this name is given twice; each predictor needs its own row name")
         s1 = None if spec[1] == "-" else Path(spec[1])
         out.append((spec[0], s1, Path(spec[2]), spec[3] if len(spec) == 4 else None))
     return out
@@ -84,6 +90,15 @@ def vienna_rows(records, show_progress: bool, max_span: int | None = None) -> li
             t = time.perf_counter()
             pred = pairs_from_db(structure(rec.seq))
             rows.append(score_row(k, rec, method + span_note(max_span), pred, time.perf_counter() - t))
+    return rows
+
+
+def eternafold_rows(records, show_progress: bool) -> list[dict]:
+    rows = []
+    for k, rec in enumerate(tqdm(records, desc="EternaFold", disable=not show_progress)):
+        t = time.perf_counter()
+        pred = eternafold_pairs(rec.seq)
+        rows.append(score_row(k, rec, "EternaFold MEA", pred, time.perf_counter() - t))
     return rows
 
 
@@ -140,7 +155,11 @@ def main(args) -> None:
     predictors = [(name, make_model(s1, s2, method, device, args.batch_size, args.max_span))
                   for name, s1, s2, method in models]
     predictors = [(name + (span_note(args.max_span) if p.is_grammar else ""), p) for name, p in predictors]
+    if args.eternafold and args.max_span is not None:
+        raise InputError("--eternafold folds whole sequences: leave out --max_span, or --eternafold")
     rows = [] if args.no_vienna else vienna_rows(records, not args.no_progress, args.max_span)
+    if args.eternafold:
+        rows += eternafold_rows(records, not args.no_progress)
     seqs = [rec.seq for rec in records]
     for name, predictor in predictors:
         t = time.perf_counter()

@@ -3,7 +3,13 @@
 Reads Stockholm alignments (Rfam seed; plain or gzipped, many alignments per file; each
 sequence gets the consensus pairs whose two columns hold its residues, non-canonical ones
 dropped), folders of .bpseq/.ct files (subfolders name families) and dot-bracket FASTA
-files (the file is the family). Writes the generators' schema (``seq``, ``one_idx``,
+files (the file is the family; in a folder, so is a file of several records: ArchiveII's
+``5s.bpseq``, ``tRNA.bpseq``). Pairs are kept as the files give them, crossing, neighbouring
+and non-canonical ones too (test rows are references); the pairs the loop grammar cannot
+produce, which its trainer drops, are counted by reason in the log and in the pickle's
+``attrs["not_producible"]``, and ``attrs["reader"]`` counts what the readers dropped or
+kept. --strict refuses a file for a pair of neighbouring bases or a one-sided partner.
+Writes the generators' schema (``seq``, ``one_idx``,
 ``bounding_boxes``) plus ``family``, ``clan``, ``family_name``, ``family_size`` (the
 family's sequences in the inputs), ``source``, ``name`` and ``split`` (train / val /
 test). Whole clans, or families without a clan, go to one split; 5S rRNA, tRNA, tmRNA
@@ -29,7 +35,8 @@ from stembb.errors import InputError, run_main
 from stembb.io import STRUCTURE_COLUMNS, read_pickle, write_pickle
 from stembb.plots import plt, save_figure
 from stembb.runlog import start_run
-from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from_pairs
+from stembb.s2 import crf
+from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from_pairs, pairs_from_one_idx
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,14 +57,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--held_out_from", type=Path, default=None,
                    help="a pickle of this script: keep only families and clans outside its train and val splits, "
                         "all as test (instead of --val_families / --test_families)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a structure file with a pair of neighbouring bases or a partner that does not pair back "
+                        "(default: kept / dropped and counted)")
     p.add_argument("--plot", type=Path, default=None, help="statistics PNG (default: next to --out)")
     return p
 
 
-def read_inputs(paths: list[Path], iupac: str, log) -> tuple[list, Counter]:
+def read_inputs(paths: list[Path], iupac: str, log, strict: bool = False) -> tuple[list, Counter]:
     records, counts = [], Counter()
     for path in paths:
-        recs, c = read_structures(path)
+        recs, c = read_structures(path, strict)
         log.info("%s: %d sequences%s", path, len(recs),
                  "".join(f", {n} {why}" for why, n in c.items() if why not in ("sequences",)))
         records += recs
@@ -88,6 +98,16 @@ def build_frame(records: list, len_min: int, len_max: int | None) -> tuple[pd.Da
                          "source": rec.source, "name": rec.name,
                          "pseudoknotted": bool(crossing_pairs(rec.pairs))})
     return pd.DataFrame(rows), dropped
+
+
+def not_producible(df: pd.DataFrame) -> dict[str, int]:
+    """Pairs of ``df``'s references the loop grammar cannot produce, by reason
+    (``crf.PRODUCIBLE_DROPS``), and the structures it cannot produce at all."""
+    drops, left_out = Counter(), 0
+    for seq, one_idx in zip(df["seq"], df["one_idx"]):
+        left_out += crf.trainable_reference(seq, pairs_from_one_idx(one_idx), counts=drops) is None
+    return {why: int(drops[why]) for why in crf.PRODUCIBLE_DROPS} | {
+        "structures with an interior loop over the grammar's longest": left_out}
 
 
 def cap_families(df: pd.DataFrame, max_per_family: int, seed: int) -> tuple[pd.DataFrame, int]:
@@ -134,7 +154,7 @@ def main(args) -> None:
     plot = args.plot or args.out.with_name(args.out.name.removesuffix(".gz").removesuffix(".pkl") + "_statistics.png")
     check_outputs([args.out, plot], args.inputs + [args.held_out_from])
     log = start_run("make_structure_dataset", args.seed)
-    records, counts = read_inputs(args.inputs, args.iupac, log)
+    records, counts = read_inputs(args.inputs, args.iupac, log, args.strict)
     df, dropped = build_frame(records, args.len_min, args.len_max)
     if args.held_out_from is not None:
         seen = read_pickle(args.held_out_from, STRUCTURE_COLUMNS + ("family", "clan", "split"))
@@ -148,6 +168,10 @@ def main(args) -> None:
     if df.empty:
         raise InputError(f"{' '.join(map(str, args.inputs))}: no sequence left ({dict(dropped)})")
     df["split"] = "test" if args.held_out_from is not None else group_split(df, val, test, args.seed)
+    df.attrs["reader"] = {why: int(n) for why, n in counts.items()}
+    df.attrs["not_producible"] = not_producible(df[df["split"] != "test"])
+    log.info("pairs of train and val rows the loop grammar cannot produce (its trainer drops them): %s",
+             ", ".join(f"{n} {why}" for why, n in df.attrs["not_producible"].items()))
     write_pickle(df, args.out)
     plot_statistics(df, plot)
     per_split = df.groupby("split").agg(n=("seq", "size"), families=("family", "nunique"))

@@ -23,6 +23,7 @@ as --s2_model.
 """
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze_terms", action="store_true", help="train only the pair bias and evidence weights")
     p.add_argument("--keep_last", action="store_true",
                    help="keep the last epoch, not the one of best validation F1 (to report what training reached)")
+    p.add_argument("--crop", type=int, default=None,
+                   help="train on a structure longer than this as its domains of at most this many bases "
+                        "(complete substructures; default: whole structures)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--training_proportion", type=float, default=0.9,
                    help="share of sequences for training when the data has no split column")
@@ -112,18 +116,33 @@ def initial_model(path: Path, n_evidence: int) -> tuple[crf.GrammarFold, dict]:
     return model, anchor
 
 
-def examples_of(model, df: pd.DataFrame, maps, train: bool, log) -> list:
-    out, skipped = [], 0
+def examples_of(model, df: pd.DataFrame, maps, train: bool, log, crop: int | None = None) -> list:
+    """One ``crf.Example`` per row. Training references are made producible first
+    (``crf.trainable_reference``; the pairs dropped are logged by reason) and those with
+    no producible structure left out; with ``crop``, a longer one is trained on as its
+    domains of at most ``crop`` bases (``crf.domains``). Validation references are
+    scored whole, as they are."""
+    out, skipped, drops, cropped = [], Counter(), Counter(), 0
     for k, (seq, one_idx) in enumerate(zip(df["seq"], df["one_idx"])):
         ref = pairs_from_one_idx(one_idx)
-        if train:
-            ref = crf.trainable_reference(seq, ref)
-            if ref is None:
-                skipped += 1
-                continue
-        out.append(model.example(seq, None if maps is None else maps[k], ref))
-    if skipped:
-        log.info("%d training structures left out: an interior loop longer than the grammar's", skipped)
+        if not train:
+            out.append(model.example(seq, None if maps is None else maps[k], ref))
+            continue
+        ref = crf.trainable_reference(seq, ref, counts=drops)
+        if ref is None or not ref:
+            skipped["an interior loop longer than the grammar's" if ref is None else "no producible pair"] += 1
+            continue
+        windows = [(0, len(seq) - 1)] if crop is None else crf.domains(ref, len(seq), crop)
+        cropped += windows != [(0, len(seq) - 1)]
+        for a, b in windows:
+            part = [(i - a, j - a) for i, j in ref if a <= i and j <= b]
+            p_on = None if maps is None else maps[k][a:b + 1, a:b + 1]
+            out.append(model.example(seq[a:b + 1], p_on, part))
+    if train:
+        log.info("training references made producible: %s; structures left out: %s%s",
+                 ", ".join(f"{drops[why]} {why}" for why in crf.PRODUCIBLE_DROPS),
+                 ", ".join(f"{n} ({why})" for why, n in skipped.items()) or "none",
+                 f"; {cropped} longer than --crop {crop} trained on as their domains" if crop else "")
     return out
 
 
@@ -145,6 +164,8 @@ def choose_decoder(model, examples, ensembles) -> tuple[dict, dict]:
 def main(args) -> None:
     check_outputs([args.out], list(args.data) + list(args.extra_train) + [args.s1_model, args.init_terms])
     check_at_least_one(args, "batch_size", "threads")
+    if args.crop is not None and args.crop < 2 * crf.MIN_LOOP + 4:
+        raise InputError(f"--crop must be at least {2 * crf.MIN_LOOP + 4} bases, got {args.crop}")
     if args.epochs < 0:
         raise InputError(f"--epochs must be at least 0 (0: the starting terms, decoder chosen), got {args.epochs}")
     check_positive(args, "lr", "evidence_lr")
@@ -160,7 +181,7 @@ def main(args) -> None:
         s1, _ = load_s1_model(args.s1_model, device)
         for name, df in (("train", train_df), ("val", val_df)):
             maps[name] = evidence_maps(s1, list(df["seq"]), device, show_progress=not args.no_progress)
-    train = examples_of(model, train_df, maps["train"], True, log)
+    train = examples_of(model, train_df, maps["train"], True, log, args.crop)
     val = examples_of(model, val_df, maps["val"], False, log)
     log.info("%d training and %d validation structures", len(train), len(val))
     terms = [p for n, p in model.terms.named_parameters()

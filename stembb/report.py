@@ -13,7 +13,7 @@ from stembb.errors import InputError
 from stembb.io import read_pickle
 from stembb.metrics import pair_scores
 from stembb.pipeline import check_sequences
-from stembb.structure import pairs_from_one_idx
+from stembb.structure import crossing_pairs, pairs_from_one_idx
 
 LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 10 ** 6)
 
@@ -74,16 +74,22 @@ def reference_records(args, log) -> list[Record]:
 
 
 def score_row(index: int, rec: Record, method: str, pred, seconds: float) -> dict:
-    """One per-sequence row: precision, recall, F1 (exact and with a one-position slip).
-    ``index`` is the record's position (names need not be unique)."""
+    """One per-sequence row: precision, recall, F1 (exact and with a one-position slip),
+    and, for a pseudoknotted reference, ``f1_crossing``: the F1 of the predicted pairs
+    that cross another predicted pair against the reference's crossing pairs (0 for a
+    nested prediction; NaN for a nested reference). ``index`` is the record's position
+    (names need not be unique)."""
     exact, slip = pair_scores(pred, rec.pairs), pair_scores(pred, rec.pairs, slip=1)
+    ref_crossing = crossing_pairs(rec.pairs)
+    crossing = pair_scores(crossing_pairs(pred), ref_crossing)["f1"] if ref_crossing else float("nan")
     return {"index": index, "name": rec.name, "family": rec.family, "clan": rec.clan, "length": len(rec.seq),
-            "method": method, **exact,
-            "f1_slip": slip["f1"], "n_pred_pairs": len(pred), "n_ref_pairs": len(rec.pairs), "seconds": seconds}
+            "method": method, **exact, "f1_slip": slip["f1"], "pseudoknotted": bool(ref_crossing),
+            "f1_crossing": crossing, "n_pred_pairs": len(pred), "n_ref_pairs": len(rec.pairs), "seconds": seconds}
 
 
 def summarize(per_seq: pd.DataFrame) -> pd.DataFrame:
-    """Mean scores per method: overall, per length bin and (when there are families) per
+    """Mean scores per method (``f1_crossing`` over the pseudoknotted references, counted
+    in ``n_pseudoknotted``): overall, per length bin and (when there are families) per
     family, per clan (families without one under their own accession) and the
     family-macro mean (group ``family_macro``: the mean of the per-family means), with the
     number of sequences and seconds per sequence."""
@@ -101,10 +107,13 @@ def summarize(per_seq: pd.DataFrame) -> pd.DataFrame:
             parts.append(per_seq.assign(group="clan", value=clans))
     table = pd.concat(parts).groupby(["group", "value", "method"], sort=False).agg(
         n=("f1", "size"), precision=("precision", "mean"), recall=("recall", "mean"), f1=("f1", "mean"),
-        f1_slip=("f1_slip", "mean"), seconds_per_seq=("seconds", "mean")).reset_index()
+        f1_slip=("f1_slip", "mean"), f1_crossing=("f1_crossing", "mean"), n_pseudoknotted=("pseudoknotted", "sum"),
+        seconds_per_seq=("seconds", "mean")).reset_index()
     if has_families:
         fam = table[table["group"] == "family"]
-        macro = fam.groupby("method", sort=False)[["precision", "recall", "f1", "f1_slip", "seconds_per_seq"]].mean()
-        macro = macro.assign(group="family_macro", value="all", n=fam.groupby("method", sort=False)["n"].sum())
+        macro = fam.groupby("method", sort=False)[["precision", "recall", "f1", "f1_slip", "f1_crossing",
+                                                   "seconds_per_seq"]].mean()
+        sums = fam.groupby("method", sort=False)[["n", "n_pseudoknotted"]].sum()
+        macro = macro.assign(group="family_macro", value="all", n=sums["n"], n_pseudoknotted=sums["n_pseudoknotted"])
         table = pd.concat([table, macro.reset_index()[table.columns]], ignore_index=True)
     return table

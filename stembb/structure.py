@@ -77,7 +77,8 @@ def one_idx_from_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[list[int], lis
 
 
 def pairs_from_db(db: str) -> list[tuple[int, int]]:
-    """Dot-bracket (``()``, ``[]``, ``{}``, ``<>``; ``.`` or ``-`` unpaired) -> pairs."""
+    """Dot-bracket (``()``, ``[]``, ``{}``, ``<>``, letters ``Aa`` for deeper pseudoknot
+    levels; ``.`` or ``-`` unpaired) -> pairs. Positions in errors are 1-based."""
     if not db.translate(_PLAIN_DB):  # only "(", ")" and ".": ViennaRNA's output, the hot path
         stack, pairs = [], []
         for pos, ch in enumerate(db):
@@ -85,29 +86,36 @@ def pairs_from_db(db: str) -> list[tuple[int, int]]:
                 stack.append(pos)
             elif ch == ")":
                 if not stack:
-                    raise StructureError(f"unmatched ')' at position {pos}")
+                    raise StructureError(f"unmatched ')' at position {pos + 1}")
                 pairs.append((stack.pop(), pos))
         if stack:
-            raise StructureError(f"unmatched '(' at position {stack[-1]}")
+            raise StructureError(f"unmatched '(' at position {stack[-1] + 1}")
         pairs.sort()
         return pairs
+    return _pairs_from_brackets(db, ".-,:_")
+
+
+def _pairs_from_brackets(text: str, unpaired: str) -> list[tuple[int, int]]:
+    """Pairs of a bracket string: ``()``, ``[]``, ``{}``, ``<>`` pair by their own stacks,
+    an upper-case letter with the next matching lower-case one (``Aa``); ``unpaired``
+    characters are unpaired."""
     openers = {b[0]: b[1] for b in BRACKETS}
     closers = {b[1]: b[0] for b in BRACKETS}
-    stacks: dict[str, list[int]] = {o: [] for o in openers}
+    stacks: dict[str, list[int]] = {}
     pairs = []
-    for pos, ch in enumerate(db):
-        if ch in openers:
-            stacks[ch].append(pos)
-        elif ch in closers:
-            stack = stacks[closers[ch]]
+    for pos, ch in enumerate(text):
+        if ch in openers or (ch.isalpha() and ch.isupper()):
+            stacks.setdefault(ch, []).append(pos)
+        elif ch in closers or (ch.isalpha() and ch.islower()):
+            stack = stacks.get(closers.get(ch, ch.upper()))
             if not stack:
-                raise StructureError(f"unmatched {ch!r} at position {pos}")
+                raise StructureError(f"unmatched {ch!r} at position {pos + 1}")
             pairs.append((stack.pop(), pos))
-        elif ch not in ".-,:_":
-            raise StructureError(f"unexpected character {ch!r} at position {pos}")
+        elif ch not in unpaired:
+            raise StructureError(f"unexpected character {ch!r} at position {pos + 1}")
     for o, stack in stacks.items():
         if stack:
-            raise StructureError(f"unmatched {o!r} at position {stack[-1]}")
+            raise StructureError(f"unmatched {o!r} at position {stack[-1] + 1}")
     return sorted(pairs)
 
 
@@ -120,24 +128,7 @@ def pairs_from_wuss(ss: str) -> list[tuple[int, int]]:
     ``<>``, ``()``, ``[]``, ``{}`` pair by their own stacks; an upper-case letter pairs with
     the next matching lower-case one (``Aa``: pseudoknot); ``. , : _ - ~`` are unpaired.
     """
-    openers = {b[0]: b[1] for b in BRACKETS}
-    closers = {b[1]: b[0] for b in BRACKETS}
-    stacks: dict[str, list[int]] = {}
-    pairs = []
-    for pos, ch in enumerate(ss):
-        if ch in openers or (ch.isalpha() and ch.isupper()):
-            stacks.setdefault(ch, []).append(pos)
-        elif ch in closers or (ch.isalpha() and ch.islower()):
-            stack = stacks.get(closers.get(ch, ch.upper()))
-            if not stack:
-                raise StructureError(f"unmatched {ch!r} at position {pos}")
-            pairs.append((stack.pop(), pos))
-        elif ch not in WUSS_UNPAIRED:
-            raise StructureError(f"unexpected character {ch!r} at position {pos}")
-    for o, stack in stacks.items():
-        if stack:
-            raise StructureError(f"unmatched {o!r} at position {stack[-1]}")
-    return sorted(pairs)
+    return _pairs_from_brackets(ss, WUSS_UNPAIRED)
 
 
 def _crosses(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -215,11 +215,12 @@ def test_structure_files_with_several_records_and_malformed_columns(tmp_path):
     assert "base column 'AG' is not one letter" in refused("a.bpseq", bpseq.replace("5 A 0", "5 AG 0"), read_bpseq)
     assert "base 5 pairs with itself" in refused("b.bpseq", bpseq.replace("5 A 0", "5 A 5"), read_bpseq)
     assert "pair (5, 6) closes a hairpin of no base" in refused(
-        "c.bpseq", bpseq.replace("5 A 0", "5 A 6").replace("6 A 0", "6 A 5"), read_bpseq)
+        "c.bpseq", bpseq.replace("5 A 0", "5 A 6").replace("6 A 0", "6 A 5"), lambda p: read_bpseq(p, strict=True))
     ct = format_record("x", "GGGGAAACCCC", [(0, 10)], "ct")
     rows = ct.splitlines()
     assert "index column says 4, expected 3" in refused(
         "a.ct", "\n".join([rows[0], rows[1], rows[2], rows[4], rows[3]] + rows[5:]) + "\n", read_ct)
     assert "header says 9 bases, but row 10 follows" in refused("b.ct", ct.replace("11 x", "9 x", 1), read_ct)
     assert "header says 12 bases, found 11" in refused("c.ct", ct.replace("11 x", "12 x", 1), read_ct)
-    assert "closes a hairpin of no base" in refused("d.fa", ">x\nGGAC\n.().\n", lambda p: read_fasta(p, True))
+    assert "closes a hairpin of no base" in refused("d.fa", ">x\nGGAC\n.().\n",
+                                                    lambda p: read_fasta(p, True, strict=True))

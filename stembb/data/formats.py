@@ -52,31 +52,46 @@ def read_text(path: Path) -> str:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
 
 
-def _pairs_from_partners(path: Path, partners: list[int], where: str = "") -> list[tuple[int, int]]:
+def _pairs_from_partners(path: Path, partners: list[int], where: str, strict: bool,
+                         counts: Counter) -> list[tuple[int, int]]:
+    """The pairs of a partner column (1-based, 0 = unpaired). A base paired with itself or
+    with a position outside the record is malformed; a partner that does not point back
+    (a base triple written one-sided) is dropped and counted, or refused when ``strict``."""
     pairs = set()
     for i, j in enumerate(partners, 1):
         if j == 0:
             continue
         if j == i:
             raise InputError(f"{path}{where}: base {i} pairs with itself")
-        if j > len(partners) or j < 0 or partners[j - 1] != i:
-            raise InputError(f"{path}{where}: base {i} pairs with {j}, which does not pair back")
+        if j > len(partners) or j < 0:
+            raise InputError(f"{path}{where}: base {i} pairs with {j}, outside the record's {len(partners)} bases")
+        if partners[j - 1] != i:
+            if strict:
+                raise InputError(f"{path}{where}: base {i} pairs with {j}, which does not pair back")
+            counts["one-sided partners dropped"] += 1
+            continue
         pairs.add((min(i, j) - 1, max(i, j) - 1))
-    return _check_hairpins(path, where, sorted(pairs))
+    return _check_hairpins(path, where, sorted(pairs), strict, counts)
 
 
-def _check_hairpins(path: Path, where: str, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``pairs``, after refusing a pair of neighbouring bases: a hairpin with no base."""
-    for i, j in pairs:
-        if j == i + 1:
-            raise InputError(f"{path}{where}: pair ({i + 1}, {j + 1}) closes a hairpin of no base")
+def _check_hairpins(path: Path, where: str, pairs: list[tuple[int, int]], strict: bool,
+                    counts: Counter) -> list[tuple[int, int]]:
+    """``pairs``; a pair of neighbouring bases (a hairpin with no base, as some real files
+    have) is kept and counted, or refused when ``strict``."""
+    adjacent = sum(j == i + 1 for i, j in pairs)
+    if adjacent and strict:
+        i, j = next((i, j) for i, j in pairs if j == i + 1)
+        raise InputError(f"{path}{where}: pair ({i + 1}, {j + 1}) closes a hairpin of no base")
+    counts["pairs of neighbouring bases kept"] += adjacent
     return pairs
 
 
-def read_bpseq(path: Path) -> list[Record]:
+def read_bpseq(path: Path, strict: bool = False, counts: Counter | None = None) -> list[Record]:
     """BPSEQ records: lines ``index base partner`` (partner 0 = unpaired), each record
     starting again at index 1; a ``# name`` line before a record names it (else the file
-    name, numbered from the second record), other lines are skipped."""
+    name, numbered from the second record), other lines are skipped. ``counts`` collects
+    what was dropped or kept of the pairs real files carry (``_pairs_from_partners``)."""
+    counts = Counter() if counts is None else counts
     records: list[Record] = []
     seq, partners, name, pending = [], [], "", ""
     stem = Path(path).stem
@@ -85,7 +100,7 @@ def read_bpseq(path: Path) -> list[Record]:
         if seq:
             label = name or (stem if not records else f"{stem}_{len(records) + 1}")
             records.append(Record(label, "".join(seq).upper(),
-                                  _pairs_from_partners(path, partners, f" (record {label!r})")))
+                                  _pairs_from_partners(path, partners, f" (record {label!r})", strict, counts)))
 
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         cols = line.split()
@@ -114,9 +129,10 @@ def _is_ct_row(cols: list[str]) -> bool:
     return len(cols) >= 6 and all(c.lstrip("-").isdigit() for c in (cols[0], *cols[2:6]))
 
 
-def read_ct(path: Path) -> list[Record]:
+def read_ct(path: Path, strict: bool = False, counts: Counter | None = None) -> list[Record]:
     """CT records: each a header ``N title`` then N lines ``index base prev next partner
-    index``, indices 1..N in order."""
+    index``, indices 1..N in order; ``strict`` and ``counts`` as ``read_bpseq``."""
+    counts = Counter() if counts is None else counts
     lines = [(k, line.split()) for k, line in enumerate(read_text(path).splitlines(), 1) if line.strip()]
     records: list[Record] = []
     at = 0
@@ -141,18 +157,21 @@ def read_ct(path: Path) -> list[Record]:
         label = header[1] if len(header) > 1 else Path(path).stem + (f"_{len(records) + 1}" if records else "")
         partners = [int(cols[4]) for _, cols in rows]
         records.append(Record(label, "".join(cols[1] for _, cols in rows).upper(),
-                              _pairs_from_partners(path, partners, f" (record {label!r})")))
+                              _pairs_from_partners(path, partners, f" (record {label!r})", strict, counts)))
         at += 1 + n
     if not records:
         raise InputError(f"{path}: not a CT file (header 'N title' then N rows of 6 columns)")
     return records
 
 
-def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
+def read_fasta(path: Path, with_structure: bool = False, strict: bool = False,
+               counts: Counter | None = None) -> list[Record]:
     """FASTA records; with ``with_structure``, each sequence line is followed by a
-    dot-bracket line (an RNAfold-style trailing energy is ignored). ``-`` reads standard
-    input; pipes and FIFOs (``/dev/stdin``) are read as files are."""
+    dot-bracket line (an RNAfold-style trailing energy is ignored; ``strict`` and
+    ``counts`` as ``read_bpseq``). ``-`` reads standard input; pipes and FIFOs
+    (``/dev/stdin``) are read as files are."""
     path = Path(path)
+    counts = Counter() if counts is None else counts
     if str(path) != "-" and (not path.exists() or path.is_dir()):
         raise InputError(f"{path}: file not found")
     records: list[Record] = []
@@ -171,7 +190,7 @@ def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
                 rec.pairs = validate_pairs(pairs_from_db(db), len(rec.seq))
             except StructureError as exc:
                 raise InputError(f"{path}: record {rec.name!r}: {exc}") from None
-            _check_hairpins(path, f" (record {rec.name!r})", rec.pairs)
+            _check_hairpins(path, f" (record {rec.name!r})", rec.pairs, strict, counts)
             if len(db) != len(rec.seq):
                 raise InputError(f"{path}: record {rec.name!r}: structure length {len(db)} != sequence length {len(rec.seq)}")
         else:
@@ -196,27 +215,38 @@ def read_fasta(path: Path, with_structure: bool = False) -> list[Record]:
     return records
 
 
-def read_references(path: Path) -> list[Record]:
-    """Reference structures: a folder of .bpseq/.ct files (subfolders name the family),
-    one such file (one or more records), or a FASTA file with a dot-bracket line after
-    each sequence. Pairs are kept as the file gives them, non-canonical ones too (unlike
-    Stockholm consensus projections, which drop them): they are scored as references."""
+def read_structure_file(path: Path, strict: bool = False, counts: Counter | None = None) -> list[Record]:
+    """The records of one .bpseq or .ct file."""
+    reader = read_bpseq if Path(path).suffix.lower() == ".bpseq" else read_ct
+    return reader(path, strict, counts)
+
+
+def read_references(path: Path, strict: bool = False, counts: Counter | None = None) -> list[Record]:
+    """Reference structures: a folder of .bpseq/.ct files, one such file (one or more
+    records), or a FASTA file with a dot-bracket line after each sequence. In a folder, a
+    subfolder names the family of its files, and a file of several records directly in
+    it is a family of its own (ArchiveII's layout: ``5s.bpseq``, ``tRNA.bpseq``). Pairs are
+    kept as the file gives them, non-canonical, crossing and neighbouring ones too
+    (unlike Stockholm consensus projections, which drop non-canonical ones): they are
+    scored as references. ``strict`` refuses what real files carry (``read_bpseq``)."""
     path = Path(path)
+    counts = Counter() if counts is None else counts
     if path.suffix.lower() in STRUCTURE_SUFFIXES and path.is_file():
-        return read_bpseq(path) if path.suffix.lower() == ".bpseq" else read_ct(path)
+        return read_structure_file(path, strict, counts)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in STRUCTURE_SUFFIXES)
         if not files:
             raise InputError(f"{path}: no .bpseq or .ct files in this folder")
         records = []
         for f in files:
-            recs = read_bpseq(f) if f.suffix.lower() == ".bpseq" else read_ct(f)
+            recs = read_structure_file(f, strict, counts)
             for k, rec in enumerate(recs):
                 rec.name = f.stem if len(recs) == 1 else f"{f.stem}:{rec.name}" if rec.name else f"{f.stem}:{k + 1}"
-                rec.family = str(f.parent.relative_to(path)) if f.parent != path else ""
+                rec.family = (str(f.parent.relative_to(path)) if f.parent != path
+                              else f.stem if len(recs) > 1 else "")
             records += recs
         return records
-    return read_fasta(path, with_structure=True)
+    return read_fasta(path, with_structure=True, strict=strict, counts=counts)
 
 
 def format_record(name: str, seq: str, pairs, fmt: str, energy: float | None = None) -> str:
@@ -334,7 +364,7 @@ def clean_letters(records: list[Record], iupac: str) -> tuple[list[Record], Coun
     return kept, counts
 
 
-def read_structures(path: Path) -> tuple[list[Record], Counter]:
+def read_structures(path: Path, strict: bool = False) -> tuple[list[Record], Counter]:
     """Records with structures from any supported source: a Stockholm file (plain or
     gzipped, one or many alignments), a folder of .bpseq/.ct files, or a dot-bracket FASTA.
     Records without a family get the file (or folder) name as family, so a split by
@@ -346,9 +376,10 @@ def read_structures(path: Path) -> tuple[list[Record], Counter]:
         text = read_text(path)
         if text.lstrip().startswith("# STOCKHOLM"):
             return parse_stockholm(text, path)
-    records = read_references(path)
+    counts: Counter = Counter()
+    records = read_references(path, strict, counts)
     stem = path.name.split(".")[0]
     for rec in records:
         rec.source = path.name
         rec.family = rec.family or stem
-    return records, Counter(sequences=len(records))
+    return records, +counts + Counter(sequences=len(records))

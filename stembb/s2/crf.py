@@ -24,6 +24,7 @@ probable partner of both bases), or ``max`` (the structure of maximum ``S``, as
 from __future__ import annotations
 
 import math
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -89,21 +90,52 @@ def evidence_features(p_on: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.stack([padded[i, j], neighbours], axis=1).astype(np.float32)
 
 
-def trainable_reference(seq: str, pairs, max_loop: int = MAX_LOOP) -> list[tuple[int, int]] | None:
-    """The part of a reference structure the grammar can produce: its allowed pairs,
+PRODUCIBLE_DROPS = ("non-canonical pairs dropped", "pairs closing a hairpin under 3 bases dropped",
+                    "crossing pairs dropped")
+
+
+def trainable_reference(seq: str, pairs, max_loop: int = MAX_LOOP,
+                        counts: Counter | None = None) -> list[tuple[int, int]] | None:
+    """The part of a reference structure the grammar can produce: its canonical pairs
+    (a letter outside ACGU pairs with nothing) enclosing at least ``MIN_LOOP`` bases,
     nested (stems kept longest first, a stem crossing a kept pair dropped); ``None`` when
     two consecutive pairs enclose an interior loop of more than ``max_loop`` bases, which
-    no structure of the grammar has."""
+    no structure of the grammar has. ``counts`` adds the pairs dropped, by reason
+    (``PRODUCIBLE_DROPS``)."""
+    counts = Counter() if counts is None else counts
     ok = canonical_pair_matrix(seq)
-    pairs = [(i, j) for i, j in pairs if j - i > MIN_LOOP and ok[i, j]]
+    canonical = [(i, j) for i, j in pairs if ok[i, j]]
+    counts[PRODUCIBLE_DROPS[0]] += len(pairs) - len(canonical)
+    pairs = [(i, j) for i, j in canonical if j - i > MIN_LOOP]
+    counts[PRODUCIBLE_DROPS[1]] += len(canonical) - len(pairs)
     if not is_nested(pairs):
         kept: list = []
         for stem in sorted(stems(pairs), key=len, reverse=True):
             if is_nested(kept + stem):
                 kept += stem
+        counts[PRODUCIBLE_DROPS[2]] += len(pairs) - len(kept)
         pairs = kept
     pairs = sorted(pairs)
     return None if _longest_interior(pairs) > max_loop else pairs
+
+
+def domains(pairs: list[tuple[int, int]], length: int, crop: int,
+            min_length: int = 2 * MIN_LOOP + 4) -> list[tuple[int, int]]:
+    """Windows ``[i, j]`` (0-based, inclusive) of a nested structure on ``length`` bases
+    for training on at most ``crop`` bases each: the whole sequence when it fits, else
+    its largest domains that do, each a pair (i, j) with j - i < ``crop`` not enclosed by
+    another such pair. A domain is a complete substructure (no pair leaves it), unlike a
+    random window, whose cut pairs would teach their bases to stay unpaired; domains
+    shorter than ``min_length`` are left out."""
+    if length <= crop:
+        return [(0, length - 1)]
+    windows, end = [], -1
+    for i, j in sorted(pairs):
+        if i > end and j - i < crop:
+            if j - i + 1 >= min_length:
+                windows.append((i, j))
+            end = j
+    return windows
 
 
 def _longest_interior(pairs: list[tuple[int, int]]) -> int:

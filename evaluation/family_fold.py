@@ -1,0 +1,253 @@
+"""The cross-family benchmark (ArchiveII family-fold): for each family, train the loop
+grammar on the other families, choose every knob on validation records drawn from those
+training families only, and test on the held-out family.
+
+--data is a folder of structure files in which each multi-record file is a family
+(ArchiveII's ``5s.bpseq``, ``tRNA.bpseq`` ...; subfolders also name families). For each
+held-out family F, under --out/F/:
+
+- ``data.pkl.gz``: F's records, all of them, as the test split (pairs as the file gives
+  them: crossing, non-canonical and neighbouring pairs are scored); the other families'
+  records, less exact duplicates and any sequence of F, split into train and a seeded
+  --val_fraction of each family as val;
+- ``grammar.pth``: s2_training/train_s2_crf.py on that split (--epochs, --lr, --pull ...;
+  the best validation epoch kept, the decoder chosen on validation), and
+  ``energy_fit.pth``: the same with no epoch (the energy-fitted start, decoder chosen on
+  the same validation records);
+- ``compare.csv``: evaluation/compare_predictors.py on F: RNAfold MFE and MEA, EternaFold
+  (--eternafold), the two models above and the shipped model (--shipped; it was trained
+  on Rfam families, never on ArchiveII).
+
+A fold whose outputs exist is reused with --resume (a killed run loses at most the fold
+in progress). Then one table over every test record: ``family_fold.csv`` (per record and
+predictor), ``family_fold_summary.csv`` (per family and overall: F1, precision, recall,
+F1 on crossing pairs over the pseudoknotted records), ``family_fold_table.md`` and
+``family_fold.png``.
+
+    python evaluation/family_fold.py --data ../shared/data/real_structures/archiveii --out data/family_fold \\
+        --eternafold --seed 0
+"""
+import argparse
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stembb.cli import check_at_least_one, seed
+from stembb.data.formats import read_references
+from stembb.errors import InputError, RunFailed, run_main
+from stembb.io import REPO_ROOT, atomic_path, write_csv, write_pickle
+from stembb.pipeline import SHIPPED_S2
+from stembb.plots import plt, save_figure
+from stembb.runlog import start_run
+from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from_pairs
+
+TRAINER = REPO_ROOT / "s2_training" / "train_s2_crf.py"
+COMPARE = REPO_ROOT / "evaluation" / "compare_predictors.py"
+ORDER = ("RNAfold MFE", "RNAfold MEA", "EternaFold MEA", "energy fit", "shipped", "trained")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="folder of structure files, one family per file")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one subfolder per held-out family)")
+    p.add_argument("--families", nargs="+", default=None, help="hold out only these families (default: each)")
+    p.add_argument("--val_fraction", type=float, default=0.05,
+                   help="share of each training family's records held out for validation (at least one record)")
+    p.add_argument("--max_train_length", type=int, default=None,
+                   help="leave training and validation records longer than this out (test records are all kept)")
+    p.add_argument("--num_test", type=int, default=None, help="test only the first N records of each family")
+    p.add_argument("--extra_train", type=Path, nargs="+", default=[],
+                   help="structure pickles added to every fold's training rows (e.g. PDB TR1, Rfam train families)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.01, help="chosen on PDB VL1 (docs/RESULTS.md, family-fold)")
+    p.add_argument("--pull", type=float, default=0.01, help="chosen on PDB VL1 (docs/RESULTS.md, family-fold)")
+    p.add_argument("--crop", type=int, default=150,
+                   help="train on longer structures as their domains of at most this many bases (the trainer's --crop)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2, help="partition functions computed in parallel")
+    p.add_argument("--init_terms", type=Path, default=SHIPPED_S2, help="the energy fit the grammar starts from")
+    p.add_argument("--eternafold", action="store_true", help="add EternaFold (pip install -r requirements-eval.txt)")
+    p.add_argument("--no_shipped", action="store_true", help="leave out the shipped model's row")
+    p.add_argument("--resume", action="store_true", help="reuse the folds already finished under --out")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--no_progress", action="store_true")
+    return p
+
+
+def family_records(path: Path, log) -> dict[str, list]:
+    """Records of ``path`` by family, in file order."""
+    counts: Counter = Counter()
+    records = read_references(path, counts=counts)
+    by_family: dict[str, list] = {}
+    for rec in records:
+        if not rec.family:
+            raise InputError(f"{path}: record {rec.name!r} has no family (give a folder of one file per family)")
+        by_family.setdefault(rec.family, []).append(rec)
+    log.info("%s: %d records in %d families (%s)%s", path, len(records), len(by_family),
+             ", ".join(f"{f} {len(r)}" for f, r in by_family.items()),
+             "".join(f"; {n} {why}" for why, n in counts.items()))
+    if len(by_family) < 2:
+        raise InputError(f"{path}: family-fold needs at least two families, found {len(by_family)}")
+    return by_family
+
+
+def rows_of(records, split: str) -> list[dict]:
+    return [{"seq": rec.seq, "one_idx": one_idx_from_pairs(rec.pairs), "bounding_boxes": local_structure_boxes(rec.pairs),
+             "family": rec.family, "clan": "", "name": rec.name, "split": split,
+             "pseudoknotted": bool(crossing_pairs(rec.pairs))} for rec in records]
+
+
+def fold_frame(by_family: dict[str, list], held_out: str, args) -> tuple[pd.DataFrame, Counter]:
+    """The held-out family's records as test; the others' as train and val (a seeded
+    ``--val_fraction`` of each family), exact duplicates and test sequences left out."""
+    test = by_family[held_out][:args.num_test]
+    seen = {rec.seq for rec in by_family[held_out]}
+    dropped: Counter = Counter()
+    rows = rows_of(test, "test")
+    for k, (family, records) in enumerate(sorted(by_family.items())):
+        if family == held_out:
+            continue
+        kept = []
+        for rec in records:
+            if rec.seq in seen:
+                dropped["duplicate or held-out sequence"] += 1
+            elif args.max_train_length is not None and len(rec.seq) > args.max_train_length:
+                dropped["over --max_train_length"] += 1
+            elif not rec.pairs:
+                dropped["no base pair"] += 1
+            else:
+                seen.add(rec.seq)
+                kept.append(rec)
+        if not kept:
+            continue
+        rng = np.random.default_rng([args.seed, k])
+        n_val = max(1, round(args.val_fraction * len(kept)))
+        val = set(rng.permutation(len(kept))[:n_val].tolist())
+        rows += rows_of([r for i, r in enumerate(kept) if i in val], "val")
+        rows += rows_of([r for i, r in enumerate(kept) if i not in val], "train")
+    return pd.DataFrame(rows), dropped
+
+
+def run_script(script: Path, *argv, log) -> None:
+    cmd = [sys.executable, str(script), *map(str, argv)]
+    proc = subprocess.run(cmd, cwd=script.parent)
+    if proc.returncode:
+        raise RunFailed(f"{script.name} failed (status {proc.returncode}); its log above says why; rerun with "
+                        "--resume to keep the finished folds")
+    log.info("finished %s", script.name)
+
+
+def run_fold(by_family: dict[str, list], family: str, args, log) -> Path:
+    """One held-out family: its data, its two grammar models, its comparison CSV."""
+    folder = args.out / family
+    compare = folder / "compare.csv"
+    if args.resume and compare.exists():
+        log.info("%s: reusing %s", family, compare)
+        return compare
+    folder.mkdir(parents=True, exist_ok=True)
+    df, dropped = fold_frame(by_family, family, args)
+    data = folder / "data.pkl.gz"
+    write_pickle(df, data)
+    n = df["split"].value_counts()
+    log.info("%s held out: test %d, train %d, val %d records (left out of train/val: %s)", family, n.get("test", 0),
+             n.get("train", 0), n.get("val", 0), ", ".join(f"{c} {why}" for why, c in dropped.items()) or "none")
+    progress = ["--no_progress"] if args.no_progress else []
+    common = ["--data", data, "--init_terms", args.init_terms, "--threads", args.threads, "--seed", args.seed,
+              *progress]
+    if args.extra_train:
+        common += ["--extra_train", *args.extra_train]
+    for name, epochs in (("energy_fit", 0), ("grammar", args.epochs)):
+        model = folder / f"{name}.pth"
+        if not (args.resume and model.exists()):
+            run_script(TRAINER, *common, "--out", model, "--epochs", epochs, "--lr", args.lr, "--pull", args.pull,
+                       "--batch_size", args.batch_size, "--crop", args.crop, log=log)
+    models = ["--model", "energy fit", "-", folder / "energy_fit.pth"]
+    if not args.no_shipped:
+        models += ["--model", "shipped", "-", SHIPPED_S2]
+    models += ["--model", "trained", "-", folder / "grammar.pth"]
+    run_script(COMPARE, "--data", data, "--split", "test", "--max_length", 10 ** 6, *models,
+               *(["--eternafold"] if args.eternafold else []), *progress, "--out", compare, log=log)
+    return compare
+
+
+def family_table(per_seq: pd.DataFrame) -> pd.DataFrame:
+    """Mean F1 per predictor (rows) overall and per family (columns), the crossing-pair
+    F1 over pseudoknotted records, and the families above RNAfold MFE."""
+    methods = [m for m in ORDER if m in set(per_seq["method"])]
+    fam = per_seq.pivot_table(index="method", columns="family", values="f1", aggfunc="mean").reindex(methods)
+    table = pd.DataFrame({"F1": per_seq.groupby("method")["f1"].mean().reindex(methods),
+                          "precision": per_seq.groupby("method")["precision"].mean().reindex(methods),
+                          "recall": per_seq.groupby("method")["recall"].mean().reindex(methods),
+                          "family-macro F1": fam.mean(axis=1),
+                          "crossing-pair F1": per_seq.groupby("method")["f1_crossing"].mean().reindex(methods)})
+    table = pd.concat([table, fam], axis=1)
+    if "RNAfold MFE" in fam.index:
+        table["families above RNAfold MFE"] = (fam > fam.loc["RNAfold MFE"]).sum(axis=1)
+    return table
+
+
+def markdown(table: pd.DataFrame, per_seq: pd.DataFrame) -> str:
+    records = per_seq.drop_duplicates("index_global")
+    sizes = records.groupby("family").size()
+    head = ["predictor"] + [c if c not in sizes.index else f"{c} ({sizes[c]})" for c in table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, row in table.iterrows():
+        cells = [f"{v:.0f}" if c == "families above RNAfold MFE" else f"{v:.3f}" for c, v in row.items()]
+        lines.append("| " + " | ".join([method] + cells) + " |")
+    return ("\n".join(lines) + f"\n\nMean per-sequence base-pair F1 over {len(records)} test records "
+            f"({int(records['pseudoknotted'].sum())} pseudoknotted, over which crossing-pair F1 is the mean).\n")
+
+
+def plot_families(table: pd.DataFrame, families: list[str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(1.3 * len(families) + 3, 4.2))
+    x = np.arange(len(families) + 1)
+    width = 0.8 / len(table)
+    for k, (method, row) in enumerate(table.iterrows()):
+        ax.bar(x + (k - len(table) / 2 + 0.5) * width, [row[f] for f in families] + [row["F1"]], width, label=method)
+    ax.set_xticks(x, families + ["all"])
+    ax.set(ylabel="mean F1 (held-out family)", ylim=(0, 1), title="family-fold: train on the others, test on one")
+    ax.legend(fontsize=7, ncol=3)
+    save_figure(fig, path)
+
+
+def main(args) -> None:
+    check_at_least_one(args, "batch_size", "threads")
+    if not 0 < args.val_fraction < 1:
+        raise InputError(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
+    if args.epochs < 0:
+        raise InputError(f"--epochs must be at least 0, got {args.epochs}")
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"{args.out}: --out is a folder; this is a file")
+    if args.out.is_dir() and any(args.out.iterdir()) and not args.resume:
+        raise InputError(f"{args.out}: folder holds an earlier run; continue it with --resume or write elsewhere")
+    args.out.mkdir(parents=True, exist_ok=True)
+    # the trainer and the comparison run in their own folders
+    args.out, args.init_terms = args.out.resolve(), args.init_terms.resolve()
+    args.extra_train = [p.resolve() for p in args.extra_train]
+    log = start_run("family_fold", args.seed, args.out / "family_fold.log")
+    by_family = family_records(args.data, log)
+    families = args.families or list(by_family)
+    unknown = [f for f in families if f not in by_family]
+    if unknown:
+        raise InputError(f"--families {' '.join(unknown)}: not a family of {args.data} ({', '.join(by_family)})")
+    parts = []
+    for family in families:
+        part = pd.read_csv(run_fold(by_family, family, args, log))
+        parts.append(part.assign(index_global=family + ":" + part["index"].astype(str)))
+    per_seq = pd.concat(parts, ignore_index=True)
+    table = family_table(per_seq)
+    write_csv(per_seq.drop(columns="index_global"), args.out / "family_fold.csv")
+    write_csv(table.reset_index(names="method"), args.out / "family_fold_summary.csv")
+    text = markdown(table, per_seq)
+    with atomic_path(args.out / "family_fold_table.md") as tmp:
+        tmp.write_text(text)
+    plot_families(table, families, args.out / "family_fold.png")
+    log.info("family-fold over %d families:\n%s", len(families), text)
+
+
+if __name__ == "__main__":
+    run_main(lambda: main(get_args_parser().parse_args()))

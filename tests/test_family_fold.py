@@ -1,0 +1,121 @@
+"""Real files as they come (neighbouring pairs, one-sided partners, a file per family),
+training references made producible and cropped to domains, crossing-pair scores, and
+the family-fold benchmark end to end on a few small families."""
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from conftest import error_line, run_script
+from stembb.data.folding import fold
+from stembb.data.formats import format_record, read_bpseq, read_references
+from stembb.errors import InputError
+from stembb.metrics import pair_scores
+from stembb.report import score_row
+from stembb.s2 import crf
+from stembb.structure import pairs_from_db
+
+HAIRPIN = ("GGGCGAAAGCCC", [(0, 11), (1, 10), (2, 9), (3, 8)])
+
+
+def bpseq_with(partners: dict[int, int], seq: str) -> str:
+    return "# r\n" + "".join(f"{k} {b} {partners.get(k, 0)}\n" for k, b in enumerate(seq, 1))
+
+
+def test_real_files_keep_neighbouring_pairs_and_drop_one_sided_partners(tmp_path):
+    path = tmp_path / "a.bpseq"
+    path.write_text(bpseq_with({1: 12, 12: 1, 5: 6, 6: 5, 3: 10}, "GGGCGAAAGCCC"))  # 3 -> 10, 10 -> nothing
+    counts = Counter()
+    (rec,) = read_bpseq(path, counts=counts)
+    assert rec.pairs == [(0, 11), (4, 5)]
+    assert counts == {"pairs of neighbouring bases kept": 1, "one-sided partners dropped": 1}
+    with pytest.raises(InputError, match="base 3 pairs with 10, which does not pair back"):
+        read_bpseq(path, strict=True)
+    path.write_text(bpseq_with({1: 13}, "GGGCGAAAGCCC"))
+    with pytest.raises(InputError, match="outside the record's 12 bases"):
+        read_bpseq(path)  # malformed whatever --strict says
+
+
+def test_a_folder_of_multi_record_files_is_one_family_per_file(tmp_path):
+    for family in ("famA", "famB"):
+        (tmp_path / f"{family}.bpseq").write_text("".join(
+            format_record(f"{family}{k}", HAIRPIN[0], HAIRPIN[1], "bpseq") for k in range(2)))
+    (tmp_path / "single.bpseq").write_text(format_record("one", *HAIRPIN, "bpseq"))
+    records = read_references(tmp_path)
+    assert [(r.name, r.family) for r in records] == [
+        ("famA:famA0", "famA"), ("famA:famA1", "famA"), ("famB:famB0", "famB"), ("famB:famB1", "famB"),
+        ("single", "")]
+
+
+def test_pseudoknot_letters_in_dot_bracket_and_crossing_pair_scores():
+    assert pairs_from_db("((AA..))aa") == [(0, 7), (1, 6), (2, 9), (3, 8)]
+    with pytest.raises(ValueError, match="unmatched 'a' at position 3"):
+        pairs_from_db("..a")
+
+    class Rec:
+        name, family, clan, seq = "r", "", "", "G" * 20
+        pairs = [(0, 10), (1, 9), (5, 15), (6, 14)]
+
+    nested = score_row(0, Rec, "m", [(0, 10), (1, 9)], 0.0)
+    assert nested["pseudoknotted"] and nested["f1_crossing"] == 0.0
+    assert score_row(0, Rec, "m", Rec.pairs, 0.0)["f1_crossing"] == 1.0
+    Rec.pairs = [(0, 10)]
+    assert pd.isna(score_row(0, Rec, "m", [(0, 10)], 0.0)["f1_crossing"])
+    assert pair_scores([], [])["f1"] == 1.0
+
+
+def test_training_references_made_producible_by_reason_and_cropped_to_domains():
+    seq = "GGGCGAAAGCCCAAGGGCGAAAGCCCAAGCAU"
+    ref = [(0, 11), (1, 10), (2, 9), (3, 8), (14, 25), (15, 24), (16, 23), (17, 22), (28, 29), (4, 20), (7, 31)]
+    counts = Counter()
+    kept = crf.trainable_reference(seq, ref, counts=counts)
+    assert kept == [(0, 11), (1, 10), (2, 9), (3, 8), (14, 25), (15, 24), (16, 23), (17, 22)]
+    assert counts == {reason: 1 for reason in crf.PRODUCIBLE_DROPS}  # G-A; a hairpin of none; (7, 31) crosses
+    assert crf.domains(kept, len(seq), 40) == [(0, len(seq) - 1)]
+    assert crf.domains(kept, len(seq), 20) == [(0, 11), (14, 25)]
+    outer = [(0, 31)] + kept
+    assert crf.domains(outer, 32, 20) == [(0, 11), (14, 25)]  # the pair longer than the crop is left out
+
+
+def test_family_fold_end_to_end_on_three_small_families(tmp_path):
+    families = {"famA": ["GGGCGAAAGCCC", "GGACUUCGGUCC", "GCGCAAAAGCGC"],
+                "famB": ["GGGAAACCCAGGGAAACCC", "GCGCAUAGCGCAAGGCAAGCC", "CCCCAAAAGGGG"],
+                "famC": ["GGGGAAAACCCCAAGGGAAACCCU", "AGGCUAAAGCCUAGGG", "CGCGAAAACGCG"]}
+    data = tmp_path / "archive"
+    data.mkdir()
+    for family, seqs in families.items():
+        (data / f"{family}.bpseq").write_text("".join(
+            format_record(f"{family}{k}", seq, pairs_from_db(mfe_db(seq)), "bpseq") for k, seq in enumerate(seqs)))
+    out = tmp_path / "ff"
+    argv = ["--data", data, "--out", out, "--epochs", 1, "--threads", 1, "--no_progress", "--no_shipped",
+            "--families", "famA", "famB"]
+    proc = run_script("evaluation/family_fold.py", *argv)
+    per_seq = pd.read_csv(out / "family_fold.csv")
+    assert set(per_seq["family"]) == {"famA", "famB"}
+    assert per_seq.groupby("method").size().to_dict() == {m: 6 for m in ("RNAfold MFE", "RNAfold MEA", "energy fit",
+                                                                          "trained")}
+    summary = pd.read_csv(out / "family_fold_summary.csv").set_index("method")
+    assert summary.loc["RNAfold MFE", "F1"] == pytest.approx(per_seq[per_seq["method"] == "RNAfold MFE"]["f1"].mean())
+    assert {"famA", "famB", "families above RNAfold MFE"} <= set(summary.columns)
+    assert (out / "family_fold.png").stat().st_size > 0 and "family-fold over 2 families" in proc.stderr
+    train = pd.read_pickle(out / "famA" / "data.pkl.gz")
+    assert set(train.loc[train["split"] == "test", "family"]) == {"famA"}
+    assert set(train.loc[train["split"] != "test", "family"]) == {"famB", "famC"}
+    assert (train.groupby("family")["split"].apply(lambda s: (s == "val").sum()) >= 1).loc[["famB", "famC"]].all()
+    before = (out / "famA" / "grammar.pth").stat().st_mtime_ns
+    assert "folder holds an earlier run" in error_line(run_script("evaluation/family_fold.py", *argv, check=False))
+    proc = run_script("evaluation/family_fold.py", *argv, "--resume")
+    assert "famA: reusing" in proc.stderr and (out / "famA" / "grammar.pth").stat().st_mtime_ns == before
+
+
+def mfe_db(seq: str) -> str:
+    return fold(seq, partition=False).mfe_structure
+
+
+def test_compare_predictors_refuses_a_name_given_twice(tmp_path):
+    refs = tmp_path / "r.fa"
+    refs.write_text(">a\nGGGCGAAAGCCC\n((((....))))\n")
+    model = "models/stembb_s2.pth"
+    proc = run_script("evaluation/compare_predictors.py", "--refs", refs, "--model", "a", "-", model,
+                      "--model", "a", "-", model, "--out", tmp_path / "c.csv", check=False)
+    assert "--model a: this name is given twice" in error_line(proc)
