@@ -39,7 +39,10 @@ def _shipped() -> Predictor:
 
 def fold(seq: str) -> tuple[str, float | None]:
     """``(dot-bracket structure, energy)`` of one sequence with the shipped model.
-    One-line InputError for letters outside ACGTUN or an empty sequence."""
+    One-line InputError for letters outside ACGTUN or an empty sequence; TypeError for
+    anything but a str."""
+    if not isinstance(seq, str):
+        raise TypeError(f"stembb.fold: takes a sequence as a str, got {type(seq).__name__}")
     seq = normalize_seq(seq.strip())
     bad = sorted(set(seq) - VALID_LETTERS)
     if bad or not seq:

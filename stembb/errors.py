@@ -31,7 +31,11 @@ def _fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
+_RECEIVED: list[int] = []  # the terminating signal run_main's handler took, if any
+
+
 def _terminated(signum, frame):
+    _RECEIVED.append(signum)
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way
 
 
@@ -64,7 +68,8 @@ def pool_worker_start() -> None:
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's ``main``: bad input exits 2, a non-finite loss or ``RunFailed`` 1, each with a
-    one-line message (also at the end of the run's log file); Ctrl-C and SIGTERM exit 130
+    one-line message (also at the end of the run's log file); Ctrl-C exits 130 and SIGTERM
+    143 (128 + the signal, which schedulers read to tell a time limit from a Ctrl-C),
     after partial outputs are removed."""
     signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -74,4 +79,5 @@ def run_main(main: Callable[[], None]) -> None:
     except (FloatingPointError, RunFailed) as exc:  # e.g. a non-finite training loss
         _fail(f"error: {exc}", 1)
     except KeyboardInterrupt:
-        _fail("interrupted: outputs written so far are complete; partial files were removed", 130)
+        _fail("interrupted: outputs written so far are complete; partial files were removed",
+              128 + (_RECEIVED[0] if _RECEIVED else signal.SIGINT))

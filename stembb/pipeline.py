@@ -48,6 +48,21 @@ def evidence_maps(s1_model, seqs: Sequence[str], device: torch.device, batch_siz
     return out
 
 
+def check_sequence_list(seqs, where: str) -> None:
+    """A list of sequences, as the API takes them: a TypeError for one string (it would
+    fold each letter) or items that are not strings; a one-line InputError for an empty
+    sequence or letters outside ACGTUN (a space would become a base)."""
+    if isinstance(seqs, (str, bytes)):
+        raise TypeError(f"{where}: takes a list of sequences, got one {type(seqs).__name__} (wrap it: [seq])")
+    for k, seq in enumerate(seqs):
+        if not isinstance(seq, str):
+            raise TypeError(f"{where}: sequence {k + 1} is a {type(seq).__name__}, not a str")
+        bad = sorted(set(seq.upper()) - VALID_LETTERS)
+        if bad or not seq:
+            raise InputError(f"{where}: sequence {k + 1}: " + (
+                f"letters outside ACGTUN: {''.join(bad)!r}" if bad else "empty sequence"))
+
+
 @dataclass
 class Predictor:
     """Both stages loaded from their checkpoints; ``timings`` accumulate seconds per step.
@@ -85,6 +100,7 @@ class Predictor:
     @torch.no_grad()
     def predict(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
         """One structure (sorted 0-based pairs) per sequence."""
+        check_sequence_list(seqs, "Predictor.predict")
         if self.is_grammar:
             return self.fold(seqs)[0]
         return self.structures(seqs, self.proposals(seqs))
@@ -98,6 +114,7 @@ class Predictor:
         has a weight other than 0. A sequence whose folding would not fit in the memory
         available is a one-line InputError naming it (``names``, default "sequence k")
         before any work."""
+        check_sequence_list(seqs, "Predictor.fold")
         threads = self.folds_at_once(seqs, names)
         t = time.perf_counter()
         maps = (evidence_maps(self.s1_model, seqs, self.device, self.batch_size) if self.s2_model.uses_evidence

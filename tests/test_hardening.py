@@ -51,7 +51,7 @@ def test_sigterm_removes_the_partial_file_and_outputs_honour_the_umask(tmp_path)
             "        os.kill(os.getpid(), signal.SIGTERM)\n"
             "run_main(main)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 130 and "interrupted" in proc.stderr
+    assert proc.returncode == 143 and "interrupted" in proc.stderr  # 128 + SIGTERM, as schedulers read it
     assert os.listdir(tmp_path) == []
     code = ("import os, pandas as pd\nos.umask(0o022)\nfrom stembb.io import write_csv\n"
             f"write_csv(pd.DataFrame({{'a': [1]}}), {str(tmp_path / 'x.csv')!r})\n")
@@ -383,5 +383,23 @@ def test_sigterm_to_a_training_run_and_its_loader_workers_prints_one_line(tiny_s
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert proc.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("interrupted:")
+
+
+def test_api_types_and_one_check_for_predict_and_fold():
+    import stembb
+    for bad in (None, 123):
+        with pytest.raises(TypeError, match="takes a sequence as a str"):
+            stembb.fold(bad)
+    predictor = stembb.load_predictor()
+    for call in (predictor.predict, predictor.fold):
+        with pytest.raises(TypeError, match=r"got one str \(wrap it: \[seq\]\)"):
+            call("GGGGAAACCCC")
+        with pytest.raises(TypeError, match="sequence 2 is a int"):
+            call(["GGGGAAACCCC", 5])
+        for seq, why in (("GGGG AAACCCC", "letters outside ACGTUN: ' '"), ("GGGGXAACCCC", "'X'"),
+                         ("", "empty sequence")):
+            with pytest.raises(InputError, match=why):
+                call(["GGGGAAACCCC", seq])
+    assert predictor.predict(["GGGGAAACCCC"]) == predictor.fold(["GGGGAAACCCC"])[0]
