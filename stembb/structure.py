@@ -152,7 +152,11 @@ def crossing_pairs(pairs: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
     pairs = list(pairs)
     if is_nested(pairs):
         return set()
-    return {p for p in pairs if any(_crosses(p, q) for q in pairs)}
+    # every pair against every other at once: scoring reads this once per record and predictor
+    a = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    i, j = a[:, 0, None], a[:, 1, None]
+    crosses = ((i < a[:, 0]) & (a[:, 0] < j) & (j < a[:, 1])) | ((a[:, 0] < i) & (i < a[:, 1]) & (a[:, 1] < j))
+    return {(int(x), int(y)) for x, y in a[crosses.any(axis=1)]}
 
 
 def db_from_pairs(pairs: Iterable[tuple[int, int]], length: int) -> str:
