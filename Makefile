@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+test-fast: venv  # the quick part, about a minute: no test marked slow
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 bench: venv
 	$(PY) bench/bench_data_gen.py

@@ -18,6 +18,7 @@ from itertools import islice
 
 import RNA
 
+from stembb.cli import HelpFormatter
 from stembb.data.datagen import FoldJob, generate
 from stembb.data.genome import DEFAULT_ANNOTATION, DEFAULT_GENOME, Genome, iter_segments
 
@@ -87,7 +88,7 @@ def vienna_only(seqs, processes=1):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--num", type=int, default=1000, help="segments per measurement")
     p.add_argument("--repeats", type=int, default=5,
                    help="interleaved repeats; the best time (or the median paired ratio) counts")

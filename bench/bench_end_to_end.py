@@ -30,6 +30,7 @@ import torch
 
 from dataclasses import asdict
 
+from stembb.cli import HelpFormatter
 from stembb.data.folding import fold
 from stembb.pipeline import Predictor
 from stembb.s1.model import named_network
@@ -61,7 +62,7 @@ def random_predictor(rng) -> Predictor:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--s1_model")
     p.add_argument("--s2_model")
     p.add_argument("--num", type=int, default=16, help="sequences per length (and the batch size)")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stembb.cli import HelpFormatter
 from stembb.s1.model import named_network
 from stembb.s1.predict import decode_proposals, predict_maps
 
@@ -43,7 +44,7 @@ def best_time(fn, repeats):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--threshold", type=float, default=0.1)
     p.add_argument("--skip_run32", action="store_true", help="skip the 22M-parameter network (about 20 s)")
     args = p.parse_args()
@@ -55,14 +56,14 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; one sequence per call; best of repeats")
     for length in (40, 100, 200):
         seq = "".join(rng.choice(list("ACGU"), length))
-        forward = {name: best_time(lambda: predict_maps(net, [seq], cpu), 1 if name == "run_32" else 3)
+        forward = {name: best_time(lambda net=net, seq=seq: predict_maps(net, [seq], cpu), 1 if name == "run_32" else 3)
                    for name, net in nets.items()}
         maps = predict_maps(nets["small"], [seq], cpu)[0]
         upper = maps["p_on"][np.triu_indices(length, 1)]
         maps["p_on"] = np.clip(maps["p_on"] * (args.threshold / np.quantile(upper, 0.97)), 0, 1).astype(np.float32)
         share = (maps["p_on"][np.triu_indices(length, 1)] > args.threshold).mean()
-        fast = best_time(lambda: decode_proposals(maps, seq, args.threshold), 5)
-        slow = best_time(lambda: slow_decode(maps, seq, args.threshold), 1)
+        fast = best_time(lambda maps=maps, seq=seq: decode_proposals(maps, seq, args.threshold), 5)
+        slow = best_time(lambda maps=maps, seq=seq: slow_decode(maps, seq, args.threshold), 1)
         n = len(decode_proposals(maps, seq, args.threshold))
         print(f"L={length:3d}: forward " + ", ".join(f"{k} {v * 1000:8.1f} ms" for k, v in forward.items())
               + f" | {100 * share:.1f}% pixels pass, {n} boxes | decode {fast * 1000:6.2f} ms, reference "

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stembb.cli import HelpFormatter
 from stembb.data.datagen import FoldJob, generate
 from stembb.s1.engine import s1_losses
 from stembb.s1.targets import one_hot, stem_targets, unpack_targets
@@ -110,7 +111,7 @@ def measure(name, batches, loader, steps):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cpu", type=int, default=2, help="loader workers, as --cpu of the training script")
     p.add_argument("--batch_size", type=int, default=10)

@@ -22,24 +22,23 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stembb.cli import check_num, check_outputs
-from stembb.data.folding import fold, mea_structure
+from stembb.cli import HelpFormatter, check_num, check_outputs
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import atomic_path, write_csv
 from stembb.peers import eternafold_pairs
 from stembb.pipeline import Predictor, check_max_span, set_max_span
-from stembb.report import LENGTH_BINS, add_reference_args, reference_records, score_row, summarize
+from stembb.report import (LENGTH_BINS, add_reference_args, reference_records, rnafold_pairs, score_row, span_note,
+                           summarize)
 from stembb.runlog import start_run
 from stembb.s2.crf import DECODERS
-from stembb.structure import pairs_from_db
 
 FAMILY_SIZE_BINS = (0, 5, 20, 10 ** 9)
 LENGTH_COLUMNS = tuple(f"({low}, {high}]" for low, high in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_reference_args(p)
     p.add_argument("--model", nargs="+", action="append", default=[], metavar="NAME S1 S2 [METHOD]",
                    help="a predictor: its name, S1 checkpoint (- for none), S2 checkpoint, decoding method")
@@ -85,11 +84,10 @@ def make_model(s1: Path | None, s2: Path, method: str | None, device, batch_size
 def vienna_rows(records, show_progress: bool, max_span: int | None = None) -> list[dict]:
     rows = []
     for k, rec in enumerate(tqdm(records, desc="ViennaRNA", disable=not show_progress)):
-        for method, structure in (("RNAfold MFE", lambda s: fold(s, partition=False, max_span=max_span).mfe_structure),
-                                  ("RNAfold MEA", lambda s: mea_structure(s, max_span=max_span))):
+        for method in ("MFE", "MEA"):
             t = time.perf_counter()
-            pred = pairs_from_db(structure(rec.seq))
-            rows.append(score_row(k, rec, method + span_note(max_span), pred, time.perf_counter() - t))
+            pred = rnafold_pairs(rec.seq, method, max_span)
+            rows.append(score_row(k, rec, f"RNAfold {method}{span_note(max_span)}", pred, time.perf_counter() - t))
     return rows
 
 
@@ -100,10 +98,6 @@ def eternafold_rows(records, show_progress: bool) -> list[dict]:
         pred = eternafold_pairs(rec.seq)
         rows.append(score_row(k, rec, "EternaFold MEA", pred, time.perf_counter() - t))
     return rows
-
-
-def span_note(max_span: int | None) -> str:
-    return "" if max_span is None else f" (span {max_span})"
 
 
 def family_size_summary(per_seq: pd.DataFrame, records) -> pd.DataFrame:
@@ -162,6 +156,7 @@ def main(args) -> None:
         rows += eternafold_rows(records, not args.no_progress)
     seqs = [rec.seq for rec in records]
     for name, predictor in predictors:
+        predictor.warm_up()
         t = time.perf_counter()
         structures = predictor.predict(seqs)
         seconds = (time.perf_counter() - t) / len(seqs)

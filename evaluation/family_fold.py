@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stembb.cli import check_at_least_one, seed
+from stembb.cli import HelpFormatter, check_at_least_one, seed
 from stembb.data.formats import read_references
 from stembb.errors import InputError, RunFailed, run_main
 from stembb.io import REPO_ROOT, atomic_path, write_csv, write_pickle
@@ -51,7 +51,7 @@ ORDER = ("RNAfold MFE", "RNAfold MEA", "EternaFold MEA", "energy fit", "shipped"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="folder of structure files, one family per file")
     p.add_argument("--out", type=Path, required=True, help="output folder (one subfolder per held-out family)")
     p.add_argument("--families", nargs="+", default=None, help="hold out only these families (default: each)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stembb.cli import HelpFormatter
 from stembb.errors import run_main
 from stembb.io import read_pickle
 from stembb.plots import plt, save_figure
@@ -18,7 +19,7 @@ from stembb.structure import KINDS, STEM
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, nargs="+", required=True, help="one or more pickles")
     p.add_argument("--out", type=Path, default=Path("plot/stem_size_distribution.png"), help="output PNG")
     return p

@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.checkpoint import checkpoint_epoch, latest_checkpoint, run_ids
-from stembb.cli import check_num, check_outputs
+from stembb.cli import HelpFormatter, check_num, check_outputs
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import REPO_ROOT
@@ -40,7 +40,7 @@ def threshold_value(text: str) -> float:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="test pickle (seq, one_idx, bounding_boxes)")
     p.add_argument("--threshold_p", "--threshold", dest="threshold", type=threshold_value, nargs="+", default=[0.1],
                    help="p_on thresholds in (0, 1)")

@@ -28,7 +28,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.boxes import proposal_pairs
-from stembb.cli import check_at_least_one, check_num, check_outputs, check_positive, check_threshold
+from stembb.cli import HelpFormatter, check_at_least_one, check_num, check_outputs, check_positive, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import run_main
 from stembb.io import write_csv
@@ -43,7 +43,7 @@ from stembb.s2.engine import GAMMA_GRID, S2_KINDS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--s1_model", type=Path, required=True, help="S1 checkpoint")
     p.add_argument("--s2_models", type=Path, nargs="+", required=True, help="S2 checkpoints (box or gnn)")
     add_reference_args(p)

@@ -6,13 +6,13 @@ structure's ensemble frequency reaches ``--threshold_mfe_freq``.
 """
 import argparse
 
-from stembb.cli import check_at_least_one
+from stembb.cli import HelpFormatter, check_at_least_one
 from stembb.data.datagen import FoldJob, add_common_args, run_generator
 from stembb.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--len", type=int, required=True, help="segment length (nt)")
     p.add_argument("--num_seq", type=int, required=True, help="number of sequences")
     p.add_argument("--threshold_mfe_freq", type=float, default=0.0)

@@ -9,13 +9,13 @@ target is the union of the samples' stem boxes (conflicts resolved as in stembb.
 """
 import argparse
 
-from stembb.cli import check_at_least_one
+from stembb.cli import HelpFormatter, check_at_least_one
 from stembb.data.datagen import FoldJob, add_common_args, run_generator
 from stembb.errors import run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--len", type=int, required=True, help="segment length (nt)")
     p.add_argument("--num_data", type=int, required=True, help="number of segments")
     p.add_argument("--num_sample", type=int, default=10, help="unique samples per segment (default 10)")

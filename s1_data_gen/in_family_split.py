@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from stembb.cli import check_at_least_one, check_outputs, seed
+from stembb.cli import HelpFormatter, check_at_least_one, check_outputs, seed
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_pickle
 from stembb.runlog import start_run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="the training pickle (make_structure_dataset.py)")
     p.add_argument("--more", type=Path, required=True, help="a larger draw of the same families")
     p.add_argument("--out", type=Path, required=True, help="the in-family test pickle (.pkl.gz)")

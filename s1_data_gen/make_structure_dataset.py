@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stembb.cli import check_outputs, seed
+from stembb.cli import HelpFormatter, check_outputs, seed
 from stembb.data.formats import clean_letters, read_structures
 from stembb.data.splits import SPLITS, group_split, parse_split_spec
 from stembb.errors import InputError, run_main
@@ -40,7 +40,7 @@ from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", "--inputs", dest="inputs", type=Path, nargs="+", required=True,
                    help="Stockholm files (.sto, .sto.gz), folders of .bpseq/.ct files, dot-bracket FASTA files")
     p.add_argument("--out", type=Path, required=True, help="output pickle (.pkl.gz)")
@@ -167,7 +167,8 @@ def main(args) -> None:
         dropped[f"over --max_per_family {args.max_per_family}"] = n_capped
     if df.empty:
         raise InputError(f"{' '.join(map(str, args.inputs))}: no sequence left ({dict(dropped)})")
-    df["split"] = "test" if args.held_out_from is not None else group_split(df, val, test, args.seed)
+    df["split"] = "test" if args.held_out_from is not None else group_split(
+        df, val, test, args.seed, {n for r in records for n in (r.family, r.family_name, r.clan)}, log)
     df.attrs["reader"] = {why: int(n) for why, n in counts.items()}
     df.attrs["not_producible"] = not_producible(df[df["split"] != "test"])
     log.info("pairs of train and val rows the loop grammar cannot produce (its trainer drops them): %s",

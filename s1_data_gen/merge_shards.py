@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stembb.cli import check_num, check_outputs
+from stembb.cli import HelpFormatter, check_num, check_outputs
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_pickle
 from stembb.runlog import start_run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", "--inputs", dest="inputs", type=Path, nargs="+", required=True, help="the shard pickles")
     p.add_argument("--out", type=Path, required=True, help="merged .pkl.gz")
     p.add_argument("--num", type=int, default=None,

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from stembb.checkpoint import S1_KIND, init_weights, latest_checkpoint, save_checkpoint
-from stembb.cli import check_at_least_one, check_positive, seed
+from stembb.cli import HelpFormatter, check_at_least_one, check_positive, seed
 from stembb.distributed import barrier, cleanup, init_distributed
 from stembb.s1.engine import evaluate, train_one_epoch
 from stembb.errors import InputError, loader_worker_start, run_main
@@ -40,7 +40,7 @@ RESUME_KEYS = CONFIG_KEYS + ("data", "mask", "local_unmask_offset", "max_length"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="one or more training pickles")
     p.add_argument("--result", type=Path, required=True, help="run folder")
     p.add_argument("--num_filters", type=int, nargs="+", required=True)

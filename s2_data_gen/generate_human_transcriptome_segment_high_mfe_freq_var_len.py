@@ -8,13 +8,13 @@ reaches ``--threshold_mfe_freq``. Also the test-set generator (held-out chromoso
 """
 import argparse
 
-from stembb.cli import check_at_least_one
+from stembb.cli import HelpFormatter, check_at_least_one
 from stembb.data.datagen import FoldJob, add_common_args, run_generator
 from stembb.errors import InputError, run_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--len_min", type=int, required=True)
     p.add_argument("--len_max", type=int, required=True)
     p.add_argument("--num_seq", type=int, required=True, help="number of sequences")

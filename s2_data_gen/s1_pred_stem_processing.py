@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stembb.cli import check_num, check_outputs, check_threshold
+from stembb.cli import HelpFormatter, check_num, check_outputs, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle, write_pickle
@@ -26,7 +26,7 @@ from stembb.structure import STEM
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--threshold_p", "--threshold", dest="threshold_p", type=float, required=True,
                    help="p_on threshold in (0, 1)")

@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from stembb.checkpoint import checkpoint_epoch, init_weights, latest_checkpoint, save_checkpoint
-from stembb.cli import check_at_least_one, check_positive, seed
+from stembb.cli import HelpFormatter, check_at_least_one, check_positive, seed
 from stembb.distributed import pick_device, synchronized_time
 from stembb.errors import InputError, run_main
 from stembb.io import read_pickle
@@ -71,7 +71,7 @@ DECODED_F1_GAMMAS = (1.0, 4.0)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", "--input_data", dest="input_data", nargs="+", required=True, help="S2 feature pickles")
     p.add_argument("--model", choices=sorted(S2_MODELS), default="box", help="S2 network (default: box)")
     p.add_argument("--training_proportion", type=float, default=0.9, help="share of sequences for training")

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from stembb.checkpoint import load_checkpoint, save_checkpoint
-from stembb.cli import check_at_least_one, check_outputs, check_positive, seed
+from stembb.cli import HelpFormatter, check_at_least_one, check_outputs, check_positive, seed
 from stembb.data.splits import train_val_rows
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
@@ -53,7 +53,7 @@ PANELS = [("nll", "NLL per reference pair"), ("f1", "F1 (MEA, gamma 1)")]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, nargs="+", required=True, help="structure pickles (.pkl.gz)")
     p.add_argument("--extra_train", type=Path, nargs="+", default=[],
                    help="structure pickles used whole for training, none of them for validation (e.g. ViennaRNA-"
@@ -91,6 +91,15 @@ def read_splits(paths: list[Path], extra: list[Path], fraction: float, seed: int
     df = pd.concat([read_pickle(p) for p in paths], ignore_index=True)
     train, val, how = train_val_rows(df, 1 - fraction, seed)
     log.info("split: %s", how)
+    where = ", ".join(map(str, paths))
+    if not len(train) and not extra:
+        raise InputError(f"{where}: no training rows ({how}); " + (
+            "give families to training (make_structure_dataset.py --val_families, --test_families)"
+            if "split" in df.columns else "raise --training_proportion"))
+    if not len(val):
+        raise InputError(f"{where}: no validation rows ({how}): the kept epoch and the decoder are chosen on them; " + (
+            "make the data with validation families (make_structure_dataset.py --val_families)"
+            if "split" in df.columns else "lower --training_proportion"))
     columns = ["seq", "one_idx"]
     train = pd.concat([df.iloc[train][columns]] + [read_pickle(p)[columns] for p in extra], ignore_index=True)
     return train, df.iloc[val].reset_index(drop=True)
@@ -164,6 +173,8 @@ def choose_decoder(model, examples, ensembles) -> tuple[dict, dict]:
 def main(args) -> None:
     check_outputs([args.out], list(args.data) + list(args.extra_train) + [args.s1_model, args.init_terms])
     check_at_least_one(args, "batch_size", "threads")
+    if not 0 < args.training_proportion < 1:
+        raise InputError(f"--training_proportion must be in (0, 1), got {args.training_proportion}")
     if args.crop is not None and args.crop < 2 * crf.MIN_LOOP + 4:
         raise InputError(f"--crop must be at least {2 * crf.MIN_LOOP + 4} bases, got {args.crop}")
     if args.epochs < 0:
@@ -184,6 +195,9 @@ def main(args) -> None:
     train = examples_of(model, train_df, maps["train"], True, log, args.crop)
     val = examples_of(model, val_df, maps["val"], False, log)
     log.info("%d training and %d validation structures", len(train), len(val))
+    if not train:
+        raise InputError(f"{', '.join(map(str, args.data))}: no training structure the grammar can produce is left "
+                         "(see the log line above)")
     terms = [p for n, p in model.terms.named_parameters()
              if n != "pair_weight" and (not args.freeze_terms or n == "pair_bias")]
     groups = [{"params": terms}]

@@ -15,9 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from stembb.distributed import pick_device
-from stembb.errors import InputError
-from stembb.io import VALID_LETTERS
-from stembb.pipeline import SHIPPED_S1, SHIPPED_S2, Predictor, set_max_span
+from stembb.pipeline import SHIPPED_S1, SHIPPED_S2, Predictor, check_sequence_list, set_max_span
 from stembb.structure import db_from_pairs, normalize_seq
 
 
@@ -26,7 +24,8 @@ def load_predictor(s1_model: Path | None = SHIPPED_S1, s2_model: Path = SHIPPED_
     """A predictor of two checkpoints (default: the shipped model, ``models/``) on
     ``device`` (default: CUDA when present); with ``max_span`` (grammar S2 models), bases
     pair at most that far apart."""
-    predictor = Predictor.from_checkpoints(s1_model, s2_model, pick_device(device))
+    predictor = Predictor.from_checkpoints(s1_model, s2_model, pick_device(device),
+                                           span_hint="pass a smaller max_span: stembb.load_predictor(max_span=300)")
     if max_span is not None:
         set_max_span(predictor, max_span, "max_span", s2_model)
     return predictor
@@ -39,16 +38,15 @@ def _shipped() -> Predictor:
 
 def fold(seq: str) -> tuple[str, float | None]:
     """``(dot-bracket structure, energy)`` of one sequence with the shipped model.
-    One-line InputError for letters outside ACGTUN or an empty sequence; TypeError for
-    anything but a str."""
+    Letters outside ACGTU fold as bases that pair with nothing (a UserWarning says
+    so); one-line InputError for an empty sequence or a character that is not a letter
+    (``stembb.pipeline.letter_problems``); TypeError for anything but a str."""
     if not isinstance(seq, str):
         raise TypeError(f"stembb.fold: takes a sequence as a str, got {type(seq).__name__}")
     seq = normalize_seq(seq.strip())
-    bad = sorted(set(seq) - VALID_LETTERS)
-    if bad or not seq:
-        raise InputError(f"stembb.fold: {'letters outside ACGTUN: ' + ''.join(bad) if bad else 'empty sequence'}")
+    check_sequence_list([seq], "stembb.fold")
     predictor = _shipped()
     if predictor.is_grammar:
-        structures, _, energies = predictor.fold([seq])
+        structures, _, energies = predictor.fold_checked([seq])
         return db_from_pairs(structures[0], len(seq)), energies[0]
-    return db_from_pairs(predictor.predict([seq])[0], len(seq)), None
+    return db_from_pairs(predictor.structures([seq], predictor.proposals([seq]))[0], len(seq)), None

@@ -11,6 +11,18 @@ from stembb.errors import InputError
 from stembb.io import streams
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every script's ``--help``: its docstring as written, and each flag's default where
+    the help does not already say it (not for flags off or unset by default)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+        return f"{text} (default: {shown})"
+
+
 def check_threshold(flag: str, value: float) -> None:
     """A probability threshold strictly inside (0, 1)."""
     if not 0 < value < 1:

@@ -2,9 +2,11 @@
 that turns them into one line."""
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
+import warnings
 from typing import Callable
 
 # loggers of the running script (``stembb.runlog.start_run``): a fatal error is written
@@ -14,6 +16,11 @@ RUN_LOGS: list[logging.Logger] = []
 
 class InputError(Exception):
     """Bad input (file, row or flag): the message is the whole story, one line."""
+
+
+class UnpairableLetterWarning(UserWarning):
+    """A sequence given to the API holds letters outside ACGTU, which fold unpaired. The
+    scripts (``run_main``) leave it out: they note such records once, as they read them."""
 
 
 class RunFailed(Exception):
@@ -30,6 +37,9 @@ def _fail(message: str, status: int) -> None:
                 handler.flush()
     sys.exit(status)
 
+
+# what a full disk, a quota or a read-only mount answers a write
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 _RECEIVED: list[int] = []  # the terminating signal run_main's handler took, if any
 
@@ -68,16 +78,23 @@ def pool_worker_start() -> None:
 
 def run_main(main: Callable[[], None]) -> None:
     """Run a script's ``main``: bad input exits 2, a non-finite loss or ``RunFailed`` 1, each with a
-    one-line message (also at the end of the run's log file); Ctrl-C exits 130 and SIGTERM
+    one-line message (also at the end of the run's log file), as does a write refused for
+    room or a read-only mount (``WRITE_ERRNOS``); Ctrl-C exits 130 and SIGTERM
     143 (128 + the signal, which schedulers read to tell a time limit from a Ctrl-C),
     after partial outputs are removed."""
     signal.signal(signal.SIGTERM, _terminated)
+    warnings.simplefilter("ignore", UnpairableLetterWarning)
     try:
         main()
     except InputError as exc:
         _fail(f"error: {exc}", 2)
     except (FloatingPointError, RunFailed) as exc:  # e.g. a non-finite training loss
         _fail(f"error: {exc}", 1)
-    except KeyboardInterrupt:
-        _fail("interrupted: outputs written so far are complete; partial files were removed",
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        _fail(f"error: could not write {exc.filename or 'an output'} ({exc.strerror}); "
+              "outputs finished before are kept", 1)
+    except KeyboardInterrupt as exc:  # a script may say what it kept (``KeyboardInterrupt(message)``)
+        _fail(str(exc) or "interrupted: outputs written so far are complete; partial files were removed",
               128 + (_RECEIVED[0] if _RECEIVED else signal.SIGINT))

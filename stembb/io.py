@@ -54,7 +54,7 @@ from typing import Iterable
 import pandas as pd
 from pandas.compat.pickle_compat import _class_locations_map
 
-from stembb.errors import InputError
+from stembb.errors import WRITE_ERRNOS, InputError, RunFailed
 from stembb.structure import StructureError, normalize_box, pairs_from_one_idx
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,9 +81,21 @@ def atomic_path(path: Path):
     as it was (absent or the previous complete file); through a symbolic link it is the
     link's target that is replaced, the link stays. ``-``, FIFOs and devices
     (``streams``) get the finished content written into them, nothing on failure. The
-    file gets the usual permissions (umask).
+    file gets the usual permissions (umask). A write refused for room or a read-only
+    mount (``WRITE_ERRNOS``) is a one-line ``RunFailed`` naming ``path``.
     """
     path = Path(path)
+    try:
+        with _atomic_path(path) as tmp:
+            yield tmp
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise RunFailed(f"{path}: could not be written ({exc.strerror}); what was there before is kept") from None
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path):
     if streams(path):
         fd, tmp = tempfile.mkstemp(prefix="stembb.", suffix=".tmp")
         os.close(fd)

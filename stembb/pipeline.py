@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +14,7 @@ import torch
 from stembb.checkpoint import load_checkpoint
 from stembb.cli import check_at_least_one, check_positive, check_threshold
 from stembb.distributed import pick_device
-from stembb.errors import InputError
+from stembb.errors import InputError, UnpairableLetterWarning
 from stembb.io import REPO_ROOT, VALID_LETTERS
 from stembb.s1.predict import decode_proposals, iter_maps, load_s1_model, predict_maps
 from stembb.s2 import crf
@@ -48,19 +49,51 @@ def evidence_maps(s1_model, seqs: Sequence[str], device: torch.device, batch_siz
     return out
 
 
+PAIRABLE_LETTERS = frozenset("ACGTU")
+
+
+def letter_problems(seq: str, strict_letters: bool = False) -> tuple[str | None, list[str]]:
+    """``(error, unpairable)`` of one sequence: an error for an empty sequence, a
+    character that is not a letter (a space or a digit would become a base and shift
+    every pair) or, with ``strict_letters``, a letter outside ACGTUN; else None, and the
+    letters outside ACGTU (IUPAC codes, modified residues such as P): they fold as bases
+    that pair with nothing, as RNAfold folds them."""
+    if not seq:
+        return "empty sequence", []
+    found = sorted(set(seq.upper()) - PAIRABLE_LETTERS)
+    odd = [ch for ch in found if not ("A" <= ch <= "Z")]
+    if odd:
+        shown = ", ".join(repr(ch) + ("" if ch.isprintable() and not ch.isspace() else f" (U+{ord(ch):04X})")
+                          for ch in odd)
+        return f"characters that are not letters: {shown}", []
+    if strict_letters and set(found) - VALID_LETTERS:
+        return f"letters outside ACGTUN (--strict_letters): {''.join(sorted(set(found) - VALID_LETTERS))}", []
+    return None, found
+
+
+def unpairable_note(seq: str, letters: list[str]) -> str:
+    """What the one-per-record note says of a sequence's letters outside ACGTU."""
+    count = sum(ch.upper() in letters for ch in seq)
+    return f"{count} base{'s' if count > 1 else ''} outside ACGTU ({''.join(letters)}) fold{'' if count > 1 else 's'} " \
+           "unpaired"
+
+
 def check_sequence_list(seqs, where: str) -> None:
     """A list of sequences, as the API takes them: a TypeError for one string (it would
     fold each letter) or items that are not strings; a one-line InputError for an empty
-    sequence or letters outside ACGTUN (a space would become a base)."""
+    sequence or a character that is not a letter (``letter_problems``). Letters outside
+    ACGTU fold unpaired, with an ``UnpairableLetterWarning`` naming the sequence."""
     if isinstance(seqs, (str, bytes)):
         raise TypeError(f"{where}: takes a list of sequences, got one {type(seqs).__name__} (wrap it: [seq])")
     for k, seq in enumerate(seqs):
         if not isinstance(seq, str):
             raise TypeError(f"{where}: sequence {k + 1} is a {type(seq).__name__}, not a str")
-        bad = sorted(set(seq.upper()) - VALID_LETTERS)
-        if bad or not seq:
-            raise InputError(f"{where}: sequence {k + 1}: " + (
-                f"letters outside ACGTUN: {''.join(bad)!r}" if bad else "empty sequence"))
+        error, letters = letter_problems(seq)
+        if error:
+            raise InputError(f"{where}: sequence {k + 1}: {error}")
+        if letters:
+            warnings.warn(f"{where}: sequence {k + 1}: {unpairable_note(seq, letters)}", UnpairableLetterWarning,
+                          stacklevel=3)
 
 
 @dataclass
@@ -81,6 +114,7 @@ class Predictor:
     batch_size: int = 16
     decoder: dict = field(default_factory=lambda: {"method": "mea", "cut": 0.5})
     threads: int = field(default_factory=torch.get_num_threads)  # grammar partition functions at once
+    span_hint: str = "pass a smaller --max_span (RNAfold's --maxBPspan; e.g. 300)"  # how the caller limits spans
     timings: dict = field(default_factory=lambda: {"s1_forward": 0.0, "s1_decode": 0.0, "s2": 0.0, "structure": 0.0})
 
     @classmethod
@@ -97,24 +131,28 @@ class Predictor:
     def is_grammar(self) -> bool:
         return isinstance(self.s2_model, crf.GrammarFold)
 
-    @torch.no_grad()
     def predict(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
-        """One structure (sorted 0-based pairs) per sequence."""
+        """One structure (sorted 0-based pairs) per sequence (``check_sequence_list``)."""
         check_sequence_list(seqs, "Predictor.predict")
         if self.is_grammar:
-            return self.fold(seqs)[0]
+            return self.fold_checked(seqs)[0]
         return self.structures(seqs, self.proposals(seqs))
 
-    @torch.no_grad()
     def fold(self, seqs: Sequence[str], names: Sequence[str] | None = None
              ) -> tuple[list[list[tuple[int, int]]], list[Ensemble], list[float]]:
         """Grammar model: one structure per sequence, its pair probabilities, and the
         structure's score as a pseudo free energy (``-KT * S``, kcal/mol when the loop
         terms are ViennaRNA's energies, as they start). S1 runs only when its evidence
-        has a weight other than 0. A sequence whose folding would not fit in the memory
-        available is a one-line InputError naming it (``names``, default "sequence k")
-        before any work."""
+        has a weight other than 0. The sequences are checked (``check_sequence_list``),
+        and a sequence whose folding would not fit in the memory available is a one-line
+        InputError naming it (``names``, default "sequence k"), before any work."""
         check_sequence_list(seqs, "Predictor.fold")
+        return self.fold_checked(seqs, names)
+
+    @torch.no_grad()
+    def fold_checked(self, seqs: Sequence[str], names: Sequence[str] | None = None
+                     ) -> tuple[list[list[tuple[int, int]]], list[Ensemble], list[float]]:
+        """``fold`` of sequences its caller has already checked."""
         threads = self.folds_at_once(seqs, names)
         t = time.perf_counter()
         maps = (evidence_maps(self.s1_model, seqs, self.device, self.batch_size) if self.s2_model.uses_evidence
@@ -130,6 +168,11 @@ class Predictor:
         energies = [-crf.KT * self.s2_model.score(e, y) for e, y in zip(examples, out)]
         self.timings["structure"] += time.perf_counter() - t
         return out, ensembles, energies
+
+    def warm_up(self) -> None:
+        """Fold one short sequence, so that the one-off cost of loading the compiled
+        passes is not counted in the first record's time."""
+        self.predict(["GGGGAAACCCC"])
 
     def folds_at_once(self, seqs: Sequence[str], names: Sequence[str] | None = None) -> int:
         """How many partition functions may run at once (at most ``threads``): as many
@@ -147,10 +190,9 @@ class Predictor:
                 need += S1_BYTES_PER_PIXEL * len(seq) ** 2
             if need > available:
                 name = f"sequence {k + 1}" if names is None else f"record {names[k]!r}"
-                how = "whole" if span is None else f"with --max_span {span}"
+                how = "whole" if span is None else f"with pairs at most {span} apart"
                 raise InputError(f"{name} ({len(seq)} nt): folding it {how} needs about {need / 1e9:.1f} GB of "
-                                 f"memory, {available / 1e9:.1f} GB available; pass a smaller --max_span "
-                                 "(RNAfold's --maxBPspan; e.g. 300)")
+                                 f"memory, {available / 1e9:.1f} GB available; {self.span_hint}")
             needs.append(need)
         needs.sort()
         threads = max(min(self.threads, len(needs)), 1)
@@ -263,6 +305,13 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
 
 
+def add_letters_arg(p: argparse.ArgumentParser) -> None:
+    """``--strict_letters``, for every script that reads sequences to fold."""
+    p.add_argument("--strict_letters", action="store_true",
+                   help="a letter outside ACGTUN is an error (default: it folds as a base that pairs with nothing, "
+                        "noted once per record)")
+
+
 def make_predictor(args) -> "Predictor":
     """A Predictor from the flags of ``add_predictor_args``, after checking them."""
     check_threshold("--threshold_p", args.threshold_p)
@@ -295,18 +344,19 @@ def check_max_span(flag: str, span: int) -> None:
         raise InputError(f"{flag} must be above {MIN_LOOP} (a hairpin encloses at least {MIN_LOOP} bases), got {span}")
 
 
-def check_sequences(path: Path, records, max_length: int, skip_long: bool = False) -> list:
-    """The records to predict: one-line InputError naming the first empty or non-ACGTUN
-    record; records longer than ``max_length`` are an error too, or, with ``skip_long``,
-    left out (the caller reports how many)."""
+def check_sequences(path: Path, records, max_length: int, skip_long: bool = False, strict_letters: bool = False,
+                    log=None) -> list:
+    """The records to predict: one-line InputError naming the first record that is empty,
+    holds a character that is not a letter, or (``strict_letters``) a letter outside
+    ACGTUN (``letter_problems``); letters outside ACGTU fold unpaired, with a note per
+    record on ``log``. Records longer than ``max_length`` are an error too, or, with
+    ``skip_long``, left out (the caller reports how many)."""
     for rec in records:
-        if not rec.seq:
-            raise InputError(f"{path}: record {rec.name!r} is empty")
-        bad = set(rec.seq) - VALID_LETTERS
-        if bad:
-            shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" if not ch.isprintable() or ch.isspace() else ch
-                              for ch in sorted(bad))
-            raise InputError(f"{path}: record {rec.name!r} has letters outside ACGTUN: {shown}")
+        error, letters = letter_problems(rec.seq, strict_letters)
+        if error:
+            raise InputError(f"{path}: record {rec.name!r}: {error}")
+        if letters and log is not None:
+            log.info("note: record %r: %s", rec.name, unpairable_note(rec.seq, letters))
         if len(rec.seq) > max_length and not skip_long:
             raise InputError(f"{path}: record {rec.name!r} is {len(rec.seq)} nt, longer than --max_length {max_length}")
     kept = [rec for rec in records if len(rec.seq) <= max_length]

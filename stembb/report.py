@@ -7,15 +7,29 @@ from pathlib import Path
 
 import pandas as pd
 
+from stembb.data.folding import fold, mea_structure
 from stembb.data.formats import Record, read_references
 from stembb.data.splits import SPLITS
 from stembb.errors import InputError
 from stembb.io import read_pickle
 from stembb.metrics import pair_scores
-from stembb.pipeline import check_sequences
-from stembb.structure import crossing_pairs, pairs_from_one_idx
+from stembb.pipeline import add_letters_arg, check_sequences
+from stembb.structure import crossing_pairs, pairs_from_db, pairs_from_one_idx
 
 LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 10 ** 6)
+
+
+def span_note(max_span: int | None) -> str:
+    """What a row's method name adds when its pairs were limited to ``max_span`` apart."""
+    return "" if max_span is None else f" (span {max_span})"
+
+
+def rnafold_pairs(seq: str, method: str, max_span: int | None = None) -> list[tuple[int, int]]:
+    """ViennaRNA's structure of ``seq`` by ``method`` ("MFE" or "MEA"), pairs at most
+    ``max_span`` apart when given: the ViennaRNA rows of every evaluation script."""
+    if method == "MFE":
+        return pairs_from_db(fold(seq, partition=False, max_span=max_span).mfe_structure)
+    return pairs_from_db(mea_structure(seq, max_span=max_span))
 
 
 def load_records(data: Path | None, refs: Path | None, num: int | None = None,
@@ -57,16 +71,19 @@ def add_reference_args(p) -> None:
     p.add_argument("--num", type=int, default=None, help="first N sequences only")
     p.add_argument("--max_length", type=int, default=500, help="longer sequences are skipped and counted")
     p.add_argument("--strict_length", action="store_true", help="a sequence longer than --max_length is an error")
+    add_letters_arg(p)
 
 
 def reference_records(args, log) -> list[Record]:
-    """The records of ``--data`` or ``--refs`` (first ``--num``) to evaluate: bad letters
-    are an error; records longer than ``--max_length`` are skipped and counted, or, with
+    """The records of ``--data`` or ``--refs`` (first ``--num``) to evaluate, checked as
+    ``check_sequences`` checks a FASTA (letters outside ACGTU are noted and fold unpaired;
+    their reference pairs are kept and scored); records longer than ``--max_length`` are skipped and counted, or, with
     ``--strict_length``, an error."""
     if args.split and args.refs:
         raise InputError("--split selects rows of a --data pickle; --refs files have no split")
     records = load_records(args.data, args.refs, args.num, args.split)
-    kept = check_sequences(args.data or args.refs, records, args.max_length, skip_long=not args.strict_length)
+    kept = check_sequences(args.data or args.refs, records, args.max_length, skip_long=not args.strict_length,
+                           strict_letters=args.strict_letters, log=log)
     if len(kept) < len(records):
         log.info("skipped %d of %d sequences longer than --max_length %d", len(records) - len(kept), len(records),
                  args.max_length)

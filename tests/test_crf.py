@@ -204,7 +204,7 @@ def test_long_folds_run_one_at_a_time_when_two_would_not_fit(monkeypatch):
     structures, _, _ = predictor.fold(seqs)
     assert all(j - i <= 50 for y in structures for i, j in y) and len(structures[0]) > 100
     monkeypatch.setattr(pipeline, "available_memory", lambda: need // 2)
-    with pytest.raises(pipeline.InputError, match=r"sequence 1 \(3000 nt\): folding it with --max_span 50 needs"):
+    with pytest.raises(pipeline.InputError, match=r"sequence 1 \(3000 nt\): folding it with pairs at most 50 apart needs"):
         predictor.fold(seqs)
 
 

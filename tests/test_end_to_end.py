@@ -19,7 +19,7 @@ from stembb.structure import canonical_pair_matrix, is_nested, pairs_from_db, va
 
 def test_decoded_structure_is_always_valid():
     rng = np.random.default_rng(0)
-    for trial in range(150):
+    for _ in range(150):
         seq, pairs = random_candidates(rng, 2, 70, 1, rng.uniform(0.05, 1.0))
         length = len(seq)
         probs = rng.random(len(pairs)) ** rng.uniform(0.2, 3)
@@ -146,8 +146,8 @@ def test_predict_structure_formats_and_errors(tiny_models, tmp_path):
                    "--format", fmt, "--out", out)
         assert out.read_text().count("\n") == 28 + 19 + 2
         assert [(r.name, len(r.seq)) for r in reader(out)] == [("a", 28), ("b", 19)]  # every record reads back
-    for text, message in ((">x\n", "record 'x' is empty"), ("", "no FASTA record"),
-                          (">x\nACGUXX\n", "record 'x' has letters outside ACGTUN: X"),
+    for text, message in ((">x\n", "record 'x': empty sequence"), ("", "no FASTA record"),
+                          (">x\nACGU1X\n", "record 'x': characters that are not letters: '1'"),
                           (">long\n" + "A" * 30 + "\n", "record 'long' is 30 nt, longer than --max_length 20")):
         fasta.write_text(text)
         proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", s2, "--fasta", fasta,
@@ -176,8 +176,8 @@ def test_python_api_and_console_command_fold_with_the_shipped_model():
     assert structure.startswith("((((") and len(structure) == 29 and energy < 0
     predictor = stembb.load_predictor(device="cpu")
     assert predictor.predict(["GGGGAAACCCC", "GGGGAAACCCC"]) == [predictor.predict(["GGGGAAACCCC"])[0]] * 2
-    with pytest.raises(InputError, match="letters outside ACGTUN: X"):
-        stembb.fold("GGGXAAACCC")
+    with pytest.raises(InputError, match="characters that are not letters: '-'"):
+        stembb.fold("GGG-AAACCC")
     command = Path(sys.executable).parent / "stembb-fold"  # pyproject's console entry, installed by make
     proc = subprocess.run([command], input=">a\nGGGGAAACCCCAUAUGGGCGAAAGCCCUU\n", capture_output=True, text=True,
                           timeout=300)
@@ -185,9 +185,14 @@ def test_python_api_and_console_command_fold_with_the_shipped_model():
     assert proc.stdout.splitlines()[2].split()[0] == stembb.fold("GGGGAAACCCCAUAUGGGCGAAAGCCCUU")[0]
 
 
-def test_model_export_refuses_a_bad_pair_and_leaves_models_as_they_were(tmp_path):
+def test_model_export_refuses_a_bad_pair_and_leaves_models_as_they_were(tmp_path, monkeypatch):
     shipped = [REPO / "models" / name for name in ("stembb_s1.pth", "stembb_s2.pth")]
     before = [p.read_bytes() for p in shipped]
+    import stembb.runlog
+    monkeypatch.setattr(stembb.runlog, "git_commit", lambda: "0123abc-dirty")  # the export script reads it at start
+    proc = run_script("scripts/export_models.py", *shipped, check=False)
+    assert "the tree has uncommitted changes (0123abc-dirty); commit them first" in error_line(proc)
+    monkeypatch.undo()
     proc = run_script("scripts/export_models.py", shipped[0], tmp_path / "missing_s2.pth", check=False)
     assert "missing_s2.pth: checkpoint not found" in error_line(proc)
     proc = run_script("scripts/export_models.py", shipped[1], shipped[1], check=False)  # an S2 file as the S1

@@ -398,7 +398,8 @@ def test_api_types_and_one_check_for_predict_and_fold():
             call("GGGGAAACCCC")
         with pytest.raises(TypeError, match="sequence 2 is a int"):
             call(["GGGGAAACCCC", 5])
-        for seq, why in (("GGGG AAACCCC", "letters outside ACGTUN: ' '"), ("GGGGXAACCCC", "'X'"),
+        for seq, why in (("GGGG AAACCCC", r"characters that are not letters: ' ' \(U\+0020\)"),
+                         ("GGGG1AACCCC", "'1'"),
                          ("", "empty sequence")):
             with pytest.raises(InputError, match=why):
                 call(["GGGGAAACCCC", seq])

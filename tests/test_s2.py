@@ -351,7 +351,7 @@ def test_loop_terms_fitted_to_vienna_energies_fold_like_it():
     seqs = ["".join(rng.choice(list("ACGU"), int(rng.integers(40, 70)))) for _ in range(40)]
     folded = sampled_energies_of(seqs, 20, seed=3)
     assert folded == sampled_energies_of(seqs, 20, seed=3, workers=2)  # same draws in any number of processes
-    for seq, (structures, energies) in zip(seqs, folded):
+    for seq, (structures, _) in zip(seqs, folded):
         assert structures[0] == fold(seq, partition=False).mfe_structure and len(set(structures)) == len(structures)
     samples = [(seq, [pairs_from_db(s) for s in structures], energies) for seq, (structures, energies) in zip(seqs, folded)]
     terms = LoopTerms()

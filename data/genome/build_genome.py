@@ -21,6 +21,7 @@ import io
 import zipfile
 from pathlib import Path
 
+from stembb.cli import HelpFormatter
 from stembb.data.genome import reverse_complement
 
 AUGUSTUS_DIR = Path("/usr/share/doc/augustus/tutorial/data")
@@ -77,7 +78,7 @@ def gtf_lines(t: dict, shift: int, source: str = "openspliceai_grch37") -> list[
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--wheel", type=Path, required=True, help="openspliceai-0.0.7 wheel")
     p.add_argument("--augustus_dir", type=Path, default=AUGUSTUS_DIR)
     args = p.parse_args()

@@ -164,6 +164,17 @@ def read_ct(path: Path, strict: bool = False, counts: Counter | None = None) -> 
     return records
 
 
+def _joined_sequence(lines: list[str]) -> str:
+    """A FASTA record's sequence lines as one upper-case sequence. ASCII whitespace inside
+    a line (``GGGG AAAC``, tabs of wrapped exports) is dropped, as Biopython's and
+    ViennaRNA's readers drop it; other characters, a no-break space among them, are left
+    for the letter check to name."""
+    return "".join(lines).translate(_ASCII_WHITESPACE).upper()
+
+
+_ASCII_WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
+
+
 def read_fasta(path: Path, with_structure: bool = False, strict: bool = False,
                counts: Counter | None = None) -> list[Record]:
     """FASTA records; with ``with_structure``, each sequence line is followed by a
@@ -185,7 +196,7 @@ def read_fasta(path: Path, with_structure: bool = False, strict: bool = False,
             if len(body) < 2:
                 raise InputError(f"{path}: record {rec.name!r} has no dot-bracket line")
             db = body[-1].split()[0]
-            rec.seq = "".join(body[:-1]).upper()
+            rec.seq = _joined_sequence(body[:-1])
             try:
                 rec.pairs = validate_pairs(pairs_from_db(db), len(rec.seq))
             except StructureError as exc:
@@ -194,7 +205,7 @@ def read_fasta(path: Path, with_structure: bool = False, strict: bool = False,
             if len(db) != len(rec.seq):
                 raise InputError(f"{path}: record {rec.name!r}: structure length {len(db)} != sequence length {len(rec.seq)}")
         else:
-            rec.seq = "".join(body).upper()
+            rec.seq = _joined_sequence(body)
 
     text = sys.stdin.read() if str(path) == "-" else read_text(path)
     for line in text.splitlines():
@@ -252,7 +263,7 @@ def read_references(path: Path, strict: bool = False, counts: Counter | None = N
 def format_record(name: str, seq: str, pairs, fmt: str, energy: float | None = None) -> str:
     """One record as text in ``fmt``: dot-bracket (RNAfold-like FASTA), bpseq or ct."""
     if fmt == "dot-bracket":
-        tail = f" ({energy:6.2f})" if energy is not None else ""
+        tail = f" ({round(energy, 2) + 0.0:6.2f})" if energy is not None else ""  # + 0.0: no "-0.00"
         return f">{name}\n{seq}\n{db_from_pairs(pairs, len(seq))}{tail}\n"
     partner = [0] * len(seq)
     for i, j in pairs:

@@ -65,12 +65,15 @@ def parse_split_spec(flag: str, values: list[str]) -> float | set[str]:
     return set(values)
 
 
-def group_split(meta: pd.DataFrame, val: float | set[str], test: float | set[str], seed: int) -> np.ndarray:
+def group_split(meta: pd.DataFrame, val: float | set[str], test: float | set[str], seed: int,
+                read: set[str] = frozenset(), log=None) -> np.ndarray:
     """``(N,)`` split labels for rows with ``family``, ``clan``, ``family_name``: whole groups
     (the clan, or the family where there is no clan) go to one side, so no family or clan
     is ever on two sides. Listed names pull their whole group; protected families
-    (``is_protected``) always go to test; fractions are of the remaining groups, drawn in
-    a seeded order of the sorted group names."""
+    (``is_protected``) always go to test, with a note on ``log`` for one listed for
+    validation; fractions are of the remaining groups, drawn in a seeded order of the
+    sorted group names. ``read``: the names of every record read, so that a listed name
+    whose records a filter dropped is told apart from one the inputs never had."""
     group = np.where(meta["clan"] != "", meta["clan"], meta["family"]).astype(str)
     names = sorted(set(group))
     assigned: dict[str, str] = {}
@@ -78,13 +81,19 @@ def group_split(meta: pd.DataFrame, val: float | set[str], test: float | set[str
         if isinstance(spec, set):
             hit = meta["family"].isin(spec) | meta["family_name"].isin(spec) | meta["clan"].isin(spec)
             missing = spec - set(meta["family"]) - set(meta["family_name"]) - set(meta["clan"])
+            if missing - set(read):
+                raise InputError(f"--{side}_families: {sorted(missing - set(read))[:5]} not in the data")
             if missing:
-                raise InputError(f"--{side}_families: {sorted(missing)[:5]} not in the data")
+                raise InputError(f"--{side}_families: every record of {sorted(missing)[:5]} was dropped by the "
+                                 "filters (--len_min, --len_max, no base pair, duplicates)")
             for g in np.unique(group[hit.to_numpy()]):
                 if assigned.setdefault(g, side) != side:
                     raise InputError(f"--val_families and --test_families both select group {g}")
     protected = [is_protected(f, c, n) for f, c, n in zip(meta["family"], meta["clan"], meta["family_name"])]
     for g in np.unique(group[np.array(protected, dtype=bool)]):
+        if assigned.get(g) == "val" and log is not None:
+            log.info("note: --val_families: group %s is held out forever (a protected family or clan), so it goes "
+                     "to test, not validation", g)
         assigned[g] = "test"
     free = [names[k] for k in np.random.default_rng([seed, 29]).permutation(len(names)) if names[k] not in assigned]
     for side, spec in (("test", test), ("val", val)):
