@@ -15,15 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from stembb.distributed import pick_device
-from stembb.pipeline import SHIPPED_S1, SHIPPED_S2, Predictor, check_sequence_list, set_max_span
+from stembb.pipeline import S1_IF_READ, SHIPPED_S2, Predictor, check_sequence_list, set_max_span
 from stembb.structure import db_from_pairs, normalize_seq
 
 
-def load_predictor(s1_model: Path | None = SHIPPED_S1, s2_model: Path = SHIPPED_S2,
+def load_predictor(s1_model: Path | None | str = S1_IF_READ, s2_model: Path = SHIPPED_S2,
                    device: str | None = None, max_span: int | None = None) -> Predictor:
-    """A predictor of two checkpoints (default: the shipped model, ``models/``) on
-    ``device`` (default: CUDA when present); with ``max_span`` (grammar S2 models), bases
-    pair at most that far apart."""
+    """A predictor of two checkpoints (default: the shipped model, ``models/``; S1 only
+    when the S2 model reads it) on ``device`` (default: CUDA when present); with
+    ``max_span`` (grammar S2 models), bases pair at most that far apart."""
     predictor = Predictor.from_checkpoints(s1_model, s2_model, pick_device(device),
                                            span_hint="pass a smaller max_span: stembb.load_predictor(max_span=300)")
     if max_span is not None:

@@ -14,7 +14,11 @@ import torch
 from stembb.errors import InputError
 from stembb.io import atomic_path
 
+# every checkpoint names its kind; the S2 kinds are here, not in their modules, so that a
+# loader can tell them apart without importing the networks
 S1_KIND = "s1_stem_bb"
+S2_BOX_KIND = "s2_box2"  # stembb.s2.boxnet, the box transformer
+S2_GNN_KIND = "s2_gnn"  # stembb.s2.gnn, the notebook's graph network
 _EPOCH = re.compile(r"model_ckpt_ep_(\d+)\.pth$")
 
 

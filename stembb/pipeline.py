@@ -1,4 +1,7 @@
-"""End-to-end prediction: sequence -> S1 proposals -> S2 pair scores -> one valid structure."""
+"""Prediction from checkpoints (``Predictor``): a grammar model folds a sequence into
+pair probabilities and one structure, reading S1's maps only when its evidence has a
+weight (the shipped model's has none); the two-stage box models run S1's proposals, then
+S2 over them. Also the checks of sequences and flags the end-to-end scripts share."""
 from __future__ import annotations
 
 import argparse
@@ -6,24 +9,27 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-from stembb.checkpoint import load_checkpoint
+from stembb.checkpoint import S2_BOX_KIND, S2_GNN_KIND, load_checkpoint
 from stembb.cli import check_at_least_one, check_positive, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError, UnpairableLetterWarning
 from stembb.io import REPO_ROOT, VALID_LETTERS
-from stembb.s1.predict import decode_proposals, iter_maps, load_s1_model, predict_maps
 from stembb.s2 import crf
 from stembb.s2.assemble import MIN_LOOP
-from stembb.s2.engine import S2_KINDS, S2_MODELS, S2Model, item_slices
 from stembb.s2.partition import Ensemble
 
+if TYPE_CHECKING:
+    from stembb.s2.engine import S2Model
 
-S2_CHECKPOINT_KINDS = tuple(S2_KINDS) + (crf.KIND,)
+# S1 (stembb.s1) and the box models (stembb.s2.engine and its networks) are imported
+# only by the predictors that run them: a grammar model that gives S1 no weight (the
+# shipped one) folds without loading any network code.
+S2_CHECKPOINT_KINDS = (S2_BOX_KIND, S2_GNN_KIND, crf.KIND)
 
 
 def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2Model | None, dict]:
@@ -33,6 +39,7 @@ def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2
     if state["kind"] == crf.KIND:
         model, spec = crf.build_grammar(state["config"]), None
     else:
+        from stembb.s2.engine import S2_KINDS, S2_MODELS
         spec = S2_MODELS[S2_KINDS[state["kind"]]]
         model = spec.build(state["config"]).to(device)
     model.load_state_dict(state["model"])
@@ -43,6 +50,7 @@ def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2
 def evidence_maps(s1_model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
                   show_progress: bool = False) -> list[np.ndarray]:
     """S1's ``p_on`` map (L, L) of each sequence: the grammar model's evidence."""
+    from stembb.s1.predict import iter_maps
     out: list = [None] * len(seqs)
     for k, maps in iter_maps(s1_model, seqs, device, batch_size, show_progress):
         out[k] = maps["p_on"]
@@ -118,11 +126,21 @@ class Predictor:
     timings: dict = field(default_factory=lambda: {"s1_forward": 0.0, "s1_decode": 0.0, "s2": 0.0, "structure": 0.0})
 
     @classmethod
-    def from_checkpoints(cls, s1_path: Path | None, s2_path: Path, device: torch.device, gamma: float | None = None,
-                         **kwargs) -> "Predictor":
-        """Both models (``s1_path`` None: no S1, for a grammar S2 model that reads none)."""
-        s1 = load_s1_model(s1_path, device)[0] if s1_path is not None else None
+    def from_checkpoints(cls, s1_path: Path | None | str, s2_path: Path, device: torch.device,
+                         gamma: float | None = None, **kwargs) -> "Predictor":
+        """Both models. ``s1_path`` None: no S1, for a grammar S2 model that reads none;
+        ``S1_IF_READ``: the shipped S1 when the S2 model reads S1, else none (nothing of
+        S1 is loaded for a model that gives it no weight)."""
         s2, spec, state = load_s2_model(s2_path, device)
+        if isinstance(s1_path, str) and s1_path == S1_IF_READ:
+            s1_path = SHIPPED_S1 if spec is not None or s2.uses_evidence else None
+            if s1_path is not None and not s1_path.is_file():
+                raise InputError(f"{s1_path}: the shipped S1, which {s2_path} reads, is missing from this checkout; "
+                                 "pass --s1_model or restore models/ (git checkout models/)")
+        s1 = None
+        if s1_path is not None:
+            from stembb.s1.predict import load_s1_model
+            s1 = load_s1_model(s1_path, device)[0]
         decoder = state.get("decode", {"method": "mea", "gamma": state.get("decode_gamma", 1.0), "cut": 0.5})
         gamma = decoder["gamma"] if gamma is None else gamma
         return cls(s1, s2, spec, state["config"], device, gamma=gamma, decoder=decoder, **kwargs)
@@ -130,6 +148,12 @@ class Predictor:
     @property
     def is_grammar(self) -> bool:
         return isinstance(self.s2_model, crf.GrammarFold)
+
+    @property
+    def reads_s1(self) -> bool:
+        """Whether S1 runs: for the box models always, for a grammar model when its
+        evidence has a weight."""
+        return not self.is_grammar or self.s2_model.uses_evidence
 
     def predict(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
         """One structure (sorted 0-based pairs) per sequence (``check_sequence_list``)."""
@@ -203,6 +227,7 @@ class Predictor:
     @torch.no_grad()
     def proposals(self, seqs: Sequence[str]) -> list:
         """S1: the decoded box proposals of each sequence (``stembb.s1.predict.decode_proposals``)."""
+        from stembb.s1.predict import decode_proposals, predict_maps
         t = time.perf_counter()
         maps = predict_maps(self.s1_model, seqs, self.device, self.batch_size)
         self.timings["s1_forward"] += time.perf_counter() - t
@@ -216,6 +241,7 @@ class Predictor:
         """S2 over batches of sequences, then one valid structure per sequence. The network
         runs only when its logits count (a box model whose calibrated logit weight is 0
         decodes from its loop terms alone)."""
+        from stembb.s2.engine import item_slices
         t = time.perf_counter()
         examples = [self.s2_spec.from_proposals(seq, props, self.s2_config) for seq, props in zip(seqs, proposals)]
         logits: list = [None if e is None else np.zeros(self.s2_spec.n_items(e)) for e in examples]
@@ -288,21 +314,34 @@ SHIPPED_S2 = REPO_ROOT / "models" / "stembb_s2.pth"
 SHIPPED_TWO_STAGE_S2 = REPO_ROOT / "models" / "stembb_s2_box.pth"  # the S2 of S1 + S2 as a hard filter
 
 
+S1_IF_READ = "the shipped S1 if read"  # Predictor.from_checkpoints: load S1 only for a model that reads it
+
+
 def add_predictor_args(p: argparse.ArgumentParser) -> None:
-    """The flags every end-to-end script shares: checkpoints, threshold, gamma, device."""
-    p.add_argument("--s1_model", type=Path, default=SHIPPED_S1,
-                   help="S1 checkpoint (default: the shipped models/stembb_s1.pth, see models/MODEL_CARD.md)")
+    """The flags every end-to-end script shares: checkpoints, decoder, S1's threshold and
+    batches, span, device. A flag the chosen model does not read is refused
+    (``refuse_unread_flags``), so every default here is None."""
+    p.add_argument("--s1_model", type=Path, default=None,
+                   help="S1 checkpoint, for an S2 model that reads S1 (default: the shipped models/stembb_s1.pth "
+                        "when the S2 model reads S1; the shipped grammar does not)")
     p.add_argument("--s2_model", type=Path, default=SHIPPED_S2,
-                   help="S2 checkpoint (default: the shipped models/stembb_s2.pth)")
-    p.add_argument("--threshold_p", "--threshold", dest="threshold_p", type=float, default=0.1,
-                   help="S1 p_on threshold in (0, 1)")
+                   help="S2 checkpoint (default: the shipped models/stembb_s2.pth, see models/MODEL_CARD.md)")
+    p.add_argument("--decoder", choices=crf.DECODERS, default=None,
+                   help="grammar models: the structure decoder (default: the one chosen on validation, stored in "
+                        "the checkpoint; the shipped model's is threshold)")
     p.add_argument("--gamma", type=float, default=None,
-                   help="structure decoding: a pair is taken when p > 1/(gamma+1); larger favours recall "
-                        "(default: the value calibrated on S2's validation split, stored in the S2 checkpoint)")
-    p.add_argument("--batch_size", type=int, default=16, help="sequences per S1 and S2 forward pass")
+                   help="the MEA decoders (grammar --decoder mea, box models): a pair is taken when p > 1/(gamma+1); "
+                        "larger favours recall (default: the value calibrated on validation, in the checkpoint)")
+    p.add_argument("--cut", type=float, default=None,
+                   help="grammar --decoder threshold: pairs of probability above this cut, in (0, 1) (default: the "
+                        "value chosen on validation, in the checkpoint)")
+    p.add_argument("--threshold_p", "--threshold", dest="threshold_p", type=float, default=None,
+                   help="box models: S1's p_on threshold for box proposals, in (0, 1) (default: 0.1)")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="sequences per S1 and box S2 forward pass, for models that run S1 (default: 16)")
     p.add_argument("--max_span", type=int, default=None,
                    help="grammar S2 models: pair only bases at most N apart (like RNAfold's --maxBPspan)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="device of S1 and the box models (default: CUDA when present)")
 
 
 def add_letters_arg(p: argparse.ArgumentParser) -> None:
@@ -314,19 +353,54 @@ def add_letters_arg(p: argparse.ArgumentParser) -> None:
 
 def make_predictor(args) -> "Predictor":
     """A Predictor from the flags of ``add_predictor_args``, after checking them."""
-    check_threshold("--threshold_p", args.threshold_p)
+    if args.threshold_p is not None:
+        check_threshold("--threshold_p", args.threshold_p)
+    if args.cut is not None:
+        check_threshold("--cut", args.cut)
     check_positive(args, "gamma")
-    check_at_least_one(args, "batch_size")
-    for flag, path, shipped in (("--s1_model", args.s1_model, SHIPPED_S1), ("--s2_model", args.s2_model, SHIPPED_S2)):
-        if path == shipped and not path.is_file():
-            raise InputError(f"{path}: the shipped model is missing from this checkout; pass {flag} "
-                             "or restore models/ (git checkout models/)")
+    if args.batch_size is not None:
+        check_at_least_one(args, "batch_size")
+    if args.s2_model == SHIPPED_S2 and not SHIPPED_S2.is_file():
+        raise InputError(f"{SHIPPED_S2}: the shipped model is missing from this checkout; pass --s2_model "
+                         "or restore models/ (git checkout models/)")
     device = pick_device(args.device)
-    predictor = Predictor.from_checkpoints(args.s1_model, args.s2_model, device, gamma=args.gamma,
-                                           threshold=args.threshold_p, batch_size=args.batch_size)
+    predictor = Predictor.from_checkpoints(S1_IF_READ if args.s1_model is None else args.s1_model, args.s2_model,
+                                           device, gamma=args.gamma, threshold=args.threshold_p or 0.1,
+                                           batch_size=args.batch_size or 16)
+    refuse_unread_flags(predictor, args)
+    if args.decoder is not None:
+        predictor.decoder = predictor.decoder | {"method": args.decoder}
+    if args.cut is not None:
+        predictor.decoder = predictor.decoder | {"cut": args.cut}
     if args.max_span is not None:
         set_max_span(predictor, args.max_span, "--max_span", args.s2_model)
     return predictor
+
+
+def refuse_unread_flags(predictor: Predictor, args) -> None:
+    """One line for a flag of ``add_predictor_args`` that the chosen model or decoder would
+    not read, saying what would read it, rather than a run that silently ignores it."""
+    model = args.s2_model
+    if args.s1_model is not None and not predictor.reads_s1:
+        raise InputError(f"--s1_model: {model} gives S1 no weight, so no S1 runs; leave --s1_model out, or pass an "
+                         "S2 model that reads S1")
+    if not predictor.is_grammar:
+        for flag, value in (("--decoder", args.decoder), ("--cut", args.cut)):
+            if value is not None:
+                raise InputError(f"{flag} is for grammar S2 models (s2_training/train_s2_crf.py); {model} is a box "
+                                 "model, which decodes by MEA (--gamma)")
+        return
+    if args.threshold_p is not None:
+        raise InputError(f"--threshold_p is S1's box-proposal threshold, read by the two-stage box models; {model} "
+                         "is a grammar model")
+    if args.batch_size is not None and not predictor.reads_s1:
+        raise InputError(f"--batch_size sets S1's forward passes; {model} runs no S1 (it folds as many sequences "
+                         "at once as the cores and the memory allow)")
+    method = args.decoder or predictor.decoder["method"]
+    if args.gamma is not None and method != "mea":
+        raise InputError(f"--gamma is the MEA decoder's; {model} decodes by {method}: add --decoder mea")
+    if args.cut is not None and method != "threshold":
+        raise InputError(f"--cut is the threshold decoder's; {model} decodes by {method}: add --decoder threshold")
 
 
 def set_max_span(predictor: Predictor, span: int, flag: str, s2_path: Path) -> None:

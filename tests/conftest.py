@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_MINIGENOME = REPO.parent / "shared" / "data" / "minigenome"
 
 
+# fixtures that generate data and train models with the real scripts: a test that uses
+# one is slow (``make test-fast`` leaves it out), whatever its own time
+SLOW_FIXTURES = {"tiny_s1_data", "s2_models"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def run_script(script: str, *args, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
     """Run one of the project's scripts as a user would, from ``cwd``: in a new interpreter,
     or, with ``check=False`` (the error-path tests), in this one (``run_in_process``)."""

@@ -103,6 +103,7 @@ def test_allowed_pairs_and_span():
     assert {tuple(p) for p in spanned.tolist()} == {tuple(p) for p in pairs.tolist() if p[1] - p[0] <= 8}
 
 
+@pytest.mark.slow
 def test_train_predict_with_pair_probabilities_and_evaluate(s2_models, tiny_s1_data, tmp_path):
     """train_s2_crf.py with S1 evidence on generator data -> predict_structure --bpp -> run_end_to_end."""
     _, s1, box, _ = s2_models
@@ -142,6 +143,7 @@ def test_bpp_needs_a_grammar_model(s2_models, tmp_path):
     assert proc.returncode == 2 and "--bpp needs a grammar S2 model" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_max_span_never_pairs_farther_and_the_whole_span_changes_nothing(tmp_path):
     rng = np.random.default_rng(4)
     seq = "GGGGGAAAACCCCC" + "".join(rng.choice(list("ACGU"), 60)) + "GGGGCGAAAGCCCC"
@@ -162,6 +164,7 @@ def test_max_span_never_pairs_farther_and_the_whole_span_changes_nothing(tmp_pat
     assert "--max_span must be above 3" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_a_long_rna_folds_with_a_span_in_memory_linear_in_its_length(tmp_path):
     """12,000 nt with a span of 40, in its own process: folded whole, its tables alone
     would take over 5 GB; spanned, the fold adds under 0.3 GB to the process's peak

@@ -112,6 +112,7 @@ def test_s2_training_outputs_next_to_log(tiny_models):
     assert {"epoch", "split", "loss", "decoded_f1"} <= set(terms.columns) and terms["epoch"].nunique() == 3
 
 
+@pytest.mark.slow
 def test_end_to_end_on_pickle_and_references(tiny_models, tiny_s1_data, tmp_path):
     _, s1, s2 = tiny_models
     out = tmp_path / "e2e.csv"
@@ -133,6 +134,7 @@ def test_end_to_end_on_pickle_and_references(tiny_models, tiny_s1_data, tmp_path
     assert list(r["name"].unique()) == ["r1", "r2"]
 
 
+@pytest.mark.slow
 def test_predict_structure_formats_and_errors(tiny_models, tmp_path):
     _, s1, s2 = tiny_models
     fasta = tmp_path / "in.fa"

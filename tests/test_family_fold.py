@@ -77,6 +77,7 @@ def test_training_references_made_producible_by_reason_and_cropped_to_domains():
     assert crf.domains(outer, 32, 20) == [(0, 11), (14, 25)]  # the pair longer than the crop is left out
 
 
+@pytest.mark.slow
 def test_family_fold_end_to_end_on_three_small_families(tmp_path):
     families = {"famA": ["GGGCGAAAGCCC", "GGACUUCGGUCC", "GCGCAAAAGCGC"],
                 "famB": ["GGGAAACCCAGGGAAACCC", "GCGCAUAGCGCAAGGCAAGCC", "CCCCAAAAGGGG"],

@@ -32,6 +32,7 @@ def test_same_seed_same_pickle_with_one_and_two_workers(tmp_path):
 
 @pytest.mark.parametrize("script, size", [(MULTI, ["--len", 30, "--num_data", 60, "--num_sample", 3]),
                                           (VARLEN, ["--len_min", 20, "--len_max", 60, "--num_seq", 50])])
+@pytest.mark.slow
 def test_shards_merge_into_the_unsharded_output_and_dask_matches_one_worker(tmp_path, script, size):
     common = [*size, "--chromosomes", "chr3", "--seed", 1]
     run_script(script, *common, "--out", tmp_path / "full.pkl.gz")

@@ -123,12 +123,14 @@ def test_duplicate_reference_names_and_long_references(tmp_path, s2_models):
     assert "longer than --max_length 20" in error_line(proc)
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_s1_run_says_so(tiny_s1_data, tmp_path):
     train_s1(tiny_s1_data, tmp_path / "r", "--epoch", 1)
     proc = train_s1(tiny_s1_data, tmp_path / "r", "--epoch", 1, "--resume", tmp_path / "r", check=False)
     assert "already has 1 epochs" in error_line(proc)
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_passes_on_cpu(tmp_path):
     """scripts/gpu_check.sh --dry-run: the GPU check's every step, tiny, on CPU, with the
     same script a lent GPU machine runs (so it cannot rot between GPU loans)."""
@@ -249,6 +251,7 @@ def test_a_data_pickle_that_would_run_code_is_refused_before_the_call(tmp_path):
     pd.testing.assert_frame_equal(read_pickle(plain, required=("seq",)), frame.drop(columns="payload"))
 
 
+@pytest.mark.slow
 def test_outputs_through_links_fifos_devices_and_standard_output(tmp_path):
     import stat
     import threading
@@ -282,6 +285,7 @@ def test_outputs_through_links_fifos_devices_and_standard_output(tmp_path):
     assert stat.S_ISCHR(device.stat().st_mode)  # still a device, not replaced by a regular file
 
 
+@pytest.mark.slow
 def test_a_new_run_refuses_a_folder_holding_another_runs_checkpoints(tiny_s1_data, tmp_path):
     run = tmp_path / "run_x"
     train_s1(tiny_s1_data, run, "--epoch", 1)
@@ -293,6 +297,7 @@ def test_a_new_run_refuses_a_folder_holding_another_runs_checkpoints(tiny_s1_dat
     assert sorted(p.name for p in run.glob("*.pth")) == ["model_ckpt_ep_0.pth", "model_ckpt_ep_1.pth"]
 
 
+@pytest.mark.slow
 def test_dask_addresses_that_are_not_a_scheduler_stop_with_one_line(tmp_path):
     import socket
     import threading
@@ -313,6 +318,7 @@ def test_dask_addresses_that_are_not_a_scheduler_stop_with_one_line(tmp_path):
     assert not (tmp_path / "never.pkl.gz").exists()
 
 
+@pytest.mark.slow
 def test_small_input_checks(tiny_s1_data, tmp_path):
     import pickle
 
@@ -368,6 +374,7 @@ def test_a_loader_worker_reports_errors_but_not_the_connection_its_main_process_
     assert "ValueError: a real fault" in proc.stderr and "ConnectionResetError" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_training_run_and_its_loader_workers_prints_one_line(tiny_s1_data, tmp_path):
     script = REPO / "s1_training" / "train_conv_pixel_stem_bb.py"
     proc = subprocess.Popen([sys.executable, str(script), "--data", str(tiny_s1_data), "--result", str(tmp_path / "run"),

@@ -135,6 +135,7 @@ def test_trainers_split_column_leaves_test_rows_out():
         train_val_rows(df.assign(split=["train", None, "val", "train", "val"]), 0.5, 0)
 
 
+@pytest.mark.slow
 def test_init_loads_weights_and_refuses_another_architecture(tiny_s1_data, tmp_path):
     train_s1(tiny_s1_data, tmp_path / "base", "--epoch", 1)
     ckpt = tmp_path / "base" / "model_ckpt_ep_0.pth"
@@ -159,6 +160,7 @@ def test_init_loads_weights_and_refuses_another_architecture(tiny_s1_data, tmp_p
     assert "another architecture" in error_line(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_RFAM.is_file(), reason="../shared Rfam seed subset absent")
 def test_shared_rfam_subset_reads_whole():
     records, counts = read_structures(SHARED_RFAM)
@@ -170,6 +172,7 @@ def test_shared_rfam_subset_reads_whole():
     assert all(i < j < len(sample.seq) for i, j in sample.pairs)
 
 
+@pytest.mark.slow
 def test_train_on_real_structures_and_evaluate_by_family(tmp_path):
     """make_structure_dataset -> S1 -> S2 data -> S2 -> run_end_to_end --split test."""
     data = tmp_path / "real.pkl.gz"
@@ -208,6 +211,7 @@ def test_train_on_real_structures_and_evaluate_by_family(tmp_path):
     assert "family-macro F1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_in_family_split_and_a_comparison_table(tmp_path):
     """make_structure_dataset twice -> in_family_split -> train_s2_crf (no epoch: the energy
     fit, decoder chosen) -> compare_predictors beside RNAfold, by length and family size."""

@@ -72,6 +72,7 @@ def random_fasta(path, n: int, seed: int) -> None:
                             for k in range(n)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["dot-bracket", "ct"])
 def test_resume_continues_a_cut_partial_file_to_the_same_bytes(tmp_path, fmt):
     fasta = tmp_path / "in.fa"
@@ -99,6 +100,7 @@ def test_resume_continues_a_cut_partial_file_to_the_same_bytes(tmp_path, fmt):
     assert "is not 'r0' of this input" in error_line(proc) and "another run's output" in error_line(proc)
 
 
+@pytest.mark.slow
 def test_a_prediction_killed_on_the_way_keeps_its_records_and_resumes_byte_identical(tmp_path):
     fasta = tmp_path / "big.fa"
     random_fasta(fasta, 500, 3)
@@ -240,3 +242,43 @@ def test_small_things_energies_help_and_the_api_span_hint(monkeypatch):
     monkeypatch.setattr(pipeline, "available_memory", lambda: 1000)
     with pytest.raises(InputError, match=r"pass a smaller max_span: stembb.load_predictor\(max_span=300\)"):
         stembb.fold("GGGGAAACCCC" * 10)
+
+
+def test_the_fold_path_loads_no_network_code_and_no_s1():
+    code = ("import sys, stembb; print(stembb.fold('GGGGAAACCCC')[0]); p = stembb.load_predictor(); "
+            "print(p.s1_model is None, ' '.join(sorted(m for m in sys.modules if m.startswith('stembb'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    structure, line = proc.stdout.splitlines()
+    no_s1, modules = line.split(" ", 1)
+    assert structure == "((((...))))" and no_s1 == "True"
+    assert set(modules.split()) == {"stembb", "stembb.api", "stembb.checkpoint", "stembb.cli", "stembb.distributed",
+                                    "stembb.errors", "stembb.io", "stembb.pipeline", "stembb.s2", "stembb.s2.assemble",
+                                    "stembb.s2.crf", "stembb.s2.decode", "stembb.s2.partition", "stembb.structure"}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gamma", "2"], "--gamma is the MEA decoder's; {m} decodes by threshold: add --decoder mea"),
+    (["--decoder", "mea", "--cut", "0.2"], "--cut is the threshold decoder's; {m} decodes by mea"),
+    (["--threshold_p", "0.2"], "--threshold_p is S1's box-proposal threshold, read by the two-stage box models"),
+    (["--batch_size", "4"], "--batch_size sets S1's forward passes; {m} runs no S1"),
+    (["--s1_model", REPO / "models" / "stembb_s1.pth"], "--s1_model: {m} gives S1 no weight"),
+    (["--decoder", "max", "--s2_model", REPO / "models" / "stembb_s2_box.pth"], "--decoder is for grammar S2 models"),
+])
+def test_a_flag_the_model_would_not_read_is_refused(tmp_path, flags, message):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nGGGGAAACCCC\n")
+    proc = run_script(PREDICT, "--fasta", fasta, *flags, check=False)
+    assert message.format(m=REPO / "models" / "stembb_s2.pth") in error_line(proc)
+
+
+@pytest.mark.slow
+def test_the_decoder_and_its_settings_are_chosen_by_flag(tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\nGGGGAAACCCCAUAUGGGCGAAAGCCCUU\n")
+    shipped = structures_of(run_script(PREDICT, "--fasta", fasta).stdout)["a"]
+    assert structures_of(run_script(PREDICT, "--fasta", fasta, "--decoder", "threshold").stdout)["a"] == shipped
+    strict = structures_of(run_script(PREDICT, "--fasta", fasta, "--cut", "0.999").stdout)["a"]
+    assert strict.count("(") < shipped.count("(")
+    loose = structures_of(run_script(PREDICT, "--fasta", fasta, "--decoder", "mea", "--gamma", "50").stdout)["a"]
+    assert loose.count("(") >= shipped.count("(")
+    assert structures_of(run_script(PREDICT, "--fasta", fasta, "--decoder", "max").stdout)["a"].count("(") > 0

@@ -134,6 +134,7 @@ def test_box_table_counts_medians_and_maxima_per_source():
     assert box_table(proposals_from_lists([])).shape == (0, len(BOX_COLUMNS))
 
 
+@pytest.mark.slow
 def test_train_infer_csv_png_and_s2_features_round_trip(tiny_s1_data, tmp_path):
     train_s1(tiny_s1_data, tmp_path / "runs" / "run_a", "--epoch", 1)
     train_s1(tiny_s1_data, tmp_path / "runs" / "run_b", "--epoch", 2, "--save_every", 1)

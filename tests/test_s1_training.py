@@ -177,6 +177,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
         assert torch.equal(v, again(x)[k])
 
 
+@pytest.mark.slow
 def test_script_outputs_and_resume_continues_at_next_epoch(tiny_s1_data, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     train_s1(tiny_s1_data, full, "--epoch", 3, "--save_every", 1)
@@ -199,6 +200,7 @@ def test_script_outputs_and_resume_continues_at_next_epoch(tiny_s1_data, tmp_pat
                                   rtol=1e-4)  # same split, same order, same result
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_write_one_set_of_outputs(tiny_s1_data, tmp_path):
     result = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -234,6 +236,7 @@ def test_unreadable_pickle_error(tmp_path):
     assert f"{bad}: not a readable pandas pickle" in error_line(proc)
 
 
+@pytest.mark.slow
 def test_resume_with_other_hyperparameters_is_refused(tiny_s1_data, tmp_path):
     train_s1(tiny_s1_data, tmp_path / "r", "--epoch", 1)
     proc = train_s1(tiny_s1_data, tmp_path / "r", "--epoch", 2, "--mask", "0.5", "--resume", tmp_path / "r", check=False)
@@ -259,6 +262,7 @@ def test_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
         init_distributed("cuda:0")
 
 
+@pytest.mark.slow
 def test_a_diverging_training_loss_is_reported(tiny_s1_data, tmp_path):
     proc = train_s1(tiny_s1_data, tmp_path / "run", "--epochs", 3, "--lr", "1e6")
     assert "the run is diverging; --lr 1e+06 is likely too high" in proc.stderr

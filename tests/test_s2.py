@@ -326,6 +326,7 @@ def test_gnn_baseline_and_box_model_both_predict(s2_models, tiny_s1_data, tmp_pa
     assert (tmp_path / "ablation.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_s2_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(s2_models, tmp_path):
     root, _, box, _ = s2_models
     common = ["--input_data", root / "s2.pkl.gz", "--epochs", 1, "--batch_size", 8, "--layers", 1, "--heads", 2,

@@ -1,4 +1,5 @@
-"""Structure assembly with learned loop terms: the decoder the box transformer trains through.
+"""The loop grammar's terms (``LoopTerms``) and its best structure (``assemble``): the
+shipped model's score (``stembb.s2.crf``), also the decoder the box transformer trains through.
 
 A nested structure ``y`` made of candidate pairs is scored loop by loop, in the shape of
 a nearest-neighbour energy model (the loop decomposition of Turner 2004 with dangles on

@@ -36,9 +36,10 @@ from torch import nn
 from stembb.boxes import anti_diagonal
 from stembb.s2.assemble import N_PAIR_TYPES, PAIR_TYPE, LoopTerms, base_at
 from stembb.s2.candidates import BOX_COLUMNS
+from stembb.checkpoint import S2_BOX_KIND
 from stembb.structure import base_codes
 
-KIND = "s2_box2"
+KIND = S2_BOX_KIND
 N_RELATIONS = 17
 LOOP_BUCKETS = np.array([1, 3, 6, 11, 21])  # enclosed unpaired bases: 0 | 1-2 | 3-5 | 6-10 | 11-20 | 21+
 STACK_PAD = N_PAIR_TYPES * N_PAIR_TYPES

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from stembb.s2.candidates import N_PAIR_FEATURES
+from stembb.checkpoint import S2_GNN_KIND
 from stembb.structure import base_codes
 
-KIND = "s2_gnn"
+KIND = S2_GNN_KIND
 EDGE_FEATURES = 2 + N_PAIR_FEATURES  # [backbone, pair] + the S1 features of a candidate pair
 
 
