@@ -19,7 +19,8 @@ from stembb.s2.decode import decode_structure
 from stembb.s2.assemble import (SMALL_LOOPS, TERM_SHAPES, LoopTerms, assemble, loop_counts, pair_type,
                                 small_loop_slot, structure_score)
 from stembb.s2.decode import decode_gains
-from stembb.s2.engine import (S2_MODELS, _terms_hinge, calibrate_gamma, fit_terms, fit_terms_to_energies, pair_max,
+from stembb.s2.energy_fit import fit_terms_to_energies
+from stembb.s2.engine import (S2_MODELS, _terms_hinge, calibrate_gamma, fit_terms, pair_max,
                               run_epoch, structured_hinge)
 from stembb.structure import base_codes, canonical_pair_matrix, is_nested, pairs_from_db, stem_boxes, validate_pairs
 

@@ -143,7 +143,7 @@ def special_loop(codes: np.ndarray, i: np.ndarray, n: int) -> np.ndarray:
     return np.where((bases < 4).all(1), slot, 4 ** (n + 2))
 
 
-def _neighbours(seq: str, pairs: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def pair_neighbours(seq: str, pairs: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Index triples (pair type, base, base) of the mismatch / dangle terms of each
     candidate pair (i, j), as seen from each side: ``inside`` (t(i, j), i+1, j-1),
     ``from_loop`` (t(j, i), j+1, i-1: the pair as the inner pair of an interior loop),
@@ -216,7 +216,7 @@ def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, 
     codes = base_codes(seq)
     t = pair_type(codes, i, j)
     end = terms["end"]
-    near = _neighbours(seq, pairs)
+    near = pair_neighbours(seq, pairs)
     index_of = np.full((length, int((j - i).max()) + 1), -1, dtype=np.int64)
     index_of[i, j - i] = np.arange(len(pairs))
     n = j - i - 1
@@ -246,7 +246,7 @@ def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np
     cands, _ = candidates(seq, pairs, unary, terms)
     if cands is None:
         return []
-    out, _ = _fill_and_trace(*cands)
+    out, _ = fill_and_trace(*cands)
     return sorted(map(tuple, out.tolist()))
 
 
@@ -352,7 +352,7 @@ def interior_loops(c, pi, pj, t, end, mismatch, interior, asymmetry, stack_table
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch,
+def fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_multi, branch, multi_branch,
                     interior, asymmetry, stack_table, small, small_start, codes, index_of, row_cands, row_rank,
                     starts, start_base, slot_of):  # pragma: no cover (compiled)
     """The recursions of ``assemble`` over spans of growing length, then the traceback.
@@ -496,7 +496,7 @@ def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
     rows of ``hairpin_mismatch``, ``loop_mismatch``, ``mismatch_1x1`` and ``dangle``."""
     pairs = np.asarray(sorted(structure), dtype=np.int64).reshape(-1, 2)
     codes = base_codes(seq)
-    near = {name: np.stack(v, axis=1) for name, v in _neighbours(seq, pairs).items()} if len(pairs) else {}
+    near = {name: np.stack(v, axis=1) for name, v in pair_neighbours(seq, pairs).items()} if len(pairs) else {}
     row = {p: k for k, p in enumerate(map(tuple, pairs.tolist()))}
     types = dict(zip(row, pair_type(codes, pairs[:, 0], pairs[:, 1]).tolist()))
     children: dict = {(-1, len(seq)): []}

@@ -18,7 +18,7 @@ of the decoded structures (``calibrate_gamma``).
 Training is binary cross-entropy over items, plus, for the box transformer, optionally a
 structured margin loss on the assembled structure (``structured_hinge``). The box
 transformer's loop terms are by default fitted to ViennaRNA energies by least squares
-(``fit_terms_to_energies``) and then fixed; the margin loss (``fit_terms`` and
+(``stembb.s2.energy_fit``) and then fixed; the margin loss (``fit_terms`` and
 ``--struct_weight``) is how they learn from structures alone.
 """
 from __future__ import annotations
@@ -194,42 +194,6 @@ def fit_terms(model, examples: list[dict], epochs: int, lr: float, batch_size: i
             on_epoch(epoch, total / max(len(examples), 1))
 
 
-def fit_terms_to_energies(terms, samples, damp: float = 0.01) -> float:
-    """Set the loop terms and ``pair_bias`` to the least-squares fit of ``S(y)`` (every
-    pair scoring ``pair_bias``; ``pair_weight`` set to 0) to minus the free energy of each
-    structure ``y`` of ``samples``: ``(seq, structures as pair lists, energies in
-    kcal/mol)`` per sequence. ``S(y)`` is linear in the terms (``loop_counts``), so this is
-    one sparse linear least-squares problem (LSQR, ridge ``damp``: entries no structure
-    uses stay 0). Returns the fit's root-mean-square error, kcal/mol."""
-    names = list(TERM_SHAPES)
-    import scipy.sparse.linalg  # training only: prediction imports this module without it
-
-    rows, cols, values, target = [], [], [], []
-    for seq, structures, energies in samples:
-        for y, energy in zip(structures, energies):
-            pairs, counts = loop_counts(seq, y)
-            vector = np.concatenate([counts[name] for name in names] + [[len(pairs)]])
-            nonzero = np.flatnonzero(vector)
-            rows.append(np.full(len(nonzero), len(target)))
-            cols.append(nonzero)
-            values.append(vector[nonzero])
-            target.append(-energy)
-    n_terms = sum(int(np.prod(TERM_SHAPES[name])) for name in names) + 1
-    counts = scipy.sparse.csr_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
-                                     shape=(len(target), n_terms))
-    target = np.asarray(target)
-    theta = scipy.sparse.linalg.lsqr(counts, target, damp=damp, atol=1e-8, btol=1e-8, iter_lim=20000)[0]
-    start = 0
-    with torch.no_grad():
-        for name in names:
-            param = getattr(terms, name)
-            param.copy_(torch.as_tensor(theta[start:start + param.numel()].reshape(param.shape)))
-            start += param.numel()
-        terms.pair_bias.fill_(float(theta[-1]))
-        terms.pair_weight.zero_()
-    return float(np.sqrt(np.mean((counts @ theta - target) ** 2)))
-
-
 def _terms_hinge(examples: list[dict], terms) -> torch.Tensor:
     """Mean ``structured_hinge`` of ``examples`` with every pair scoring ``pair_bias``,
     written with ``loop_counts``: S(pred) - S(reference) is linear in the terms, so the
@@ -272,7 +236,7 @@ def size_batches(sizes, batch_size: int, rng: np.random.Generator | None) -> lis
 
 def item_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """auROC, auPRC and F1 at a few probability thresholds over scored items."""
-    from sklearn.metrics import average_precision_score, roc_auc_score  # training only, as scipy above
+    from sklearn.metrics import average_precision_score, roc_auc_score  # training only: kept off the import
 
     both = 0 < labels.sum() < len(labels)
     out = {"auroc": float(roc_auc_score(labels, probs)) if both else float("nan"),

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 
 from stembb.s2.assemble import (HAIRPIN_EDGES, LOOP_EDGES, MAX_ASYMMETRY, MAX_INNER, MAX_LOOP, SMALL_LOOPS,
-                                TERM_SHAPES, Candidates, _fill_and_trace, _neighbours, candidates, first_start,
+                                TERM_SHAPES, Candidates, fill_and_trace, pair_neighbours, candidates, first_start,
                                 interior_loops, small_loop_slot, special_loop)
 from stembb.structure import base_codes
 
@@ -94,7 +94,7 @@ def _best_score_per_base(seq: str, cands: Candidates, terms: dict[str, np.ndarra
         cands, _ = candidates(seq, np.stack([cands.pi, cands.pj], axis=1)[near], cands.unary[near], terms)
         if cands is None:
             return 0.0
-    return max(float(_fill_and_trace(*cands)[1]), 0.0) / len(seq)
+    return max(float(fill_and_trace(*cands)[1]), 0.0) / len(seq)
 
 
 class Weights(NamedTuple):
@@ -325,7 +325,7 @@ def _loop_counts(seq: str, cands, out) -> dict[str, np.ndarray]:
     ``assemble.candidates``."""
     _, q, stack_count, interior_count, asym_count, small_count = out
     pairs = np.stack([cands.pi, cands.pj], axis=1)
-    near = _neighbours(seq, pairs)
+    near = pair_neighbours(seq, pairs)
     counts = {name: np.zeros(int(np.prod(shape))) for name, shape in TERM_SHAPES.items()}
 
     def add(name, index, weight):
