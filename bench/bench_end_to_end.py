@@ -10,7 +10,7 @@ grammar model computes). Models:
 --s1_model/--s2_model checkpoints (scripts/demo.sh writes them), or random small networks
 (box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, at 200
 nt: the structure assembly alone, and the grammar's partition function (inside-outside,
-``stembb.s2.partition``) over every canonical pair against one S1 forward pass (medians
+``stembb.grammar.partition``) over every canonical pair against one S1 forward pass (medians
 of 5). With a grammar S2 model, long RNAs (--long, LENGTH:SPAN, SPAN "whole" for none):
 one random sequence folded in a fresh process by the predictor with that --max_span and
 by RNAfold (``RNA.fold_compound`` MFE with the same ``max_bp_span``), each process's
@@ -35,11 +35,11 @@ from stembb.data.folding import fold
 from stembb.pipeline import Predictor
 from stembb.s1.model import named_network
 from stembb.s1.predict import predict_maps
-from stembb.s2.assemble import LoopTerms, assemble
+from stembb.grammar.assemble import LoopTerms, assemble
 from stembb.s2.boxnet import BoxNetConfig, build_boxnet
-from stembb.s2.crf import allowed_pairs
+from stembb.grammar.crf import allowed_pairs
 from stembb.s2.engine import S2_MODELS
-from stembb.s2.partition import ensemble
+from stembb.grammar.partition import ensemble
 
 
 def median_seconds(call, repeats: int = 5) -> float:

@@ -31,7 +31,7 @@ from stembb.pipeline import Predictor, check_max_span, set_max_span
 from stembb.report import (LENGTH_BINS, add_reference_args, reference_records, rnafold_pairs, score_row, span_note,
                            summarize)
 from stembb.runlog import start_run
-from stembb.s2.crf import DECODERS
+from stembb.grammar.crf import DECODERS
 
 FAMILY_SIZE_BINS = (0, 5, 20, 10 ** 9)
 LENGTH_COLUMNS = tuple(f"({low}, {high}]" for low, high in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]))

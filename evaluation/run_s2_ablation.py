@@ -10,7 +10,7 @@ Rows (one S1 checkpoint, one test set, one run):
 - one row per ``--s2_models`` checkpoint (box transformer or graph network), decoded at
   the gamma calibrated on its validation split (or ``--gamma``).
 
-The oracle and S1 rows are decoded by the MEA DP (``stembb.s2.decode``); each S2 row by
+The oracle and S1 rows are decoded by the MEA DP (``stembb.grammar.decode``); each S2 row by
 its own decoder (the box transformer: the structure assembly with its loop terms; the
 graph network: the MEA DP). Writes --out (the table: precision,
 recall, F1 exact and with slip, F1 per length bin, seconds per sequence), <out>_per_seq.csv
@@ -38,7 +38,7 @@ from stembb.report import add_reference_args, reference_records, score_row, summ
 from stembb.runlog import start_run
 from stembb.s1.predict import load_s1_model
 from stembb.s2.candidates import pair_features
-from stembb.s2.decode import decode_structure
+from stembb.grammar.decode import decode_structure
 from stembb.s2.engine import GAMMA_GRID, S2_KINDS
 
 

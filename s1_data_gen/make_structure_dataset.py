@@ -35,7 +35,7 @@ from stembb.errors import InputError, run_main
 from stembb.io import STRUCTURE_COLUMNS, read_pickle, write_pickle
 from stembb.plots import plt, save_figure
 from stembb.runlog import start_run
-from stembb.s2 import crf
+from stembb.grammar import crf
 from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from_pairs, pairs_from_one_idx
 
 

@@ -3,7 +3,7 @@
 --model box (default): the box transformer, one token per distinct S1 box, relation-
 biased attention between boxes (stembb.s2.boxnet; flags --dim --layers --heads --dropout
 --max_boxes), decoded by the structure assembly with learned loop terms
-(stembb.s2.assemble). First the loop terms are fitted without the network: by default
+(stembb.grammar.assemble). First the loop terms are fitted without the network: by default
 (--terms_from_energies 20) by least squares to ViennaRNA's free energies of the MFE
 structure and up to 20 Boltzmann samples of every training sequence (training time
 only: prediction never calls ViennaRNA), and then they stay fixed; with
@@ -49,7 +49,7 @@ from stembb.runlog import start_run
 from stembb.train import checkpoint_state, is_save_epoch, load_resume, record_epoch, refuse_mixed_runs
 from stembb.data.splits import train_val_rows
 from stembb.s2.boxnet import BoxNetConfig
-from stembb.s2.energy_fit import fit_terms_to_energies
+from stembb.grammar.energy_fit import fit_terms_to_energies
 from stembb.s2.engine import (F1_THRESHOLDS, S2_MODELS, calibrate_gamma, calibrate_pair_weight, decoded_f1, fit_terms,
                                run_epoch)
 from stembb.s2.gnn import GNNConfig
@@ -271,7 +271,7 @@ def terms_only_f1(model, spec, val, val_refs) -> float | None:
 def fit_terms_from_energies(model, spec, train, val, val_refs, args, log) -> None:
     """``--terms_from_energies``: the loop terms fitted to ViennaRNA's free energies of each
     training sequence's MFE structure and Boltzmann samples
-    (``stembb.s2.energy_fit.fit_terms_to_energies``), drawn with seeds from ``--seed``."""
+    (``stembb.grammar.energy_fit.fit_terms_to_energies``), drawn with seeds from ``--seed``."""
     from stembb.data.folding import sampled_energies_of  # ViennaRNA: only this step needs it
 
     started = time.perf_counter()

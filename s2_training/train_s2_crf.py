@@ -1,4 +1,4 @@
-"""Train the probabilistic S2 (stembb.s2.crf): the loop grammar over every canonical pair,
+"""Train the probabilistic S2 (stembb.grammar.crf): the loop grammar over every canonical pair,
 S1's maps as evidence, by conditional log-likelihood of reference structures.
 
 Reads structure pickles (seq, one_idx; a ``split`` column, as make_structure_dataset.py
@@ -8,7 +8,7 @@ energy-fitted S2 checkpoint (--init_terms, default the shipped models/stembb_s2.
 divided by kT (from a grammar checkpoint: the fit it was trained from), and are pulled
 toward that start with strength --pull; --freeze_terms
 keeps them fixed and trains only the pair bias and the evidence weights. With --s1_model,
-each allowed pair gets S1's evidence (stembb.s2.crf.EVIDENCE) and its weights are
+each allowed pair gets S1's evidence (stembb.grammar.crf.EVIDENCE) and its weights are
 learned; without it the model is the grammar alone.
 
 Each epoch records the training NLL and the validation F1 (MEA, gamma 1) in
@@ -41,8 +41,8 @@ from stembb.metrics import pair_scores
 from stembb.pipeline import SHIPPED_S2, evidence_maps
 from stembb.runlog import start_run
 from stembb.s1.predict import load_s1_model
-from stembb.s2 import crf
-from stembb.s2.assemble import LoopTerms
+from stembb.grammar import crf
+from stembb.grammar.assemble import LoopTerms
 from stembb.s2.boxnet import KIND as BOX_KIND
 from stembb.structure import pairs_from_one_idx
 from stembb.train import record_epoch

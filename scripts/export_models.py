@@ -14,7 +14,7 @@ from stembb.cli import HelpFormatter
 from stembb.checkpoint import S1_KIND, export_weights, load_checkpoint
 from stembb.errors import InputError, run_main
 from stembb.pipeline import S2_CHECKPOINT_KINDS, SHIPPED_S1, SHIPPED_S2, SHIPPED_TWO_STAGE_S2
-from stembb.s2.crf import KIND as GRAMMAR_KIND
+from stembb.grammar.crf import KIND as GRAMMAR_KIND
 from stembb.runlog import git_commit
 
 

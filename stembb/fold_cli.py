@@ -235,10 +235,14 @@ def main(args) -> None:
     except BaseException as exc:
         if sink is not sys.stdout:
             sink.close()
-        if partial is not None and not done:
+        if partial is None:
+            raise
+        # what the file holds, not a counter: a signal can land between a record's write and its count
+        kept = resume_point(partial, records, args.format)[0] if partial.exists() else 0
+        if not kept:
             partial.unlink(missing_ok=True)
-        elif partial is not None and isinstance(exc, KeyboardInterrupt):
-            raise KeyboardInterrupt(f"interrupted: {done} of {len(records)} records are finished in {partial}; "
+        elif isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"interrupted: {kept} of {len(records)} records are finished in {partial}; "
                                     "rerun the same command with --resume to continue") from None
         raise
     if sink is not sys.stdout:

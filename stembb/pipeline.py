@@ -19,9 +19,9 @@ from stembb.cli import check_at_least_one, check_positive, check_threshold
 from stembb.distributed import pick_device
 from stembb.errors import InputError, UnpairableLetterWarning
 from stembb.io import REPO_ROOT, VALID_LETTERS
-from stembb.s2 import crf
-from stembb.s2.assemble import MIN_LOOP
-from stembb.s2.partition import Ensemble
+from stembb.grammar import crf
+from stembb.grammar.assemble import MIN_LOOP
+from stembb.grammar.partition import Ensemble
 
 if TYPE_CHECKING:
     from stembb.s2.engine import S2Model
@@ -34,7 +34,7 @@ S2_CHECKPOINT_KINDS = (S2_BOX_KIND, S2_GNN_KIND, crf.KIND)
 
 def load_s2_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, S2Model | None, dict]:
     """The model of an S2 checkpoint of any kind, in eval mode; its spec (None for the
-    grammar model, ``stembb.s2.crf``, which runs on the CPU); the checkpoint."""
+    grammar model, ``stembb.grammar.crf``, which runs on the CPU); the checkpoint."""
     state = load_checkpoint(path, S2_CHECKPOINT_KINDS, map_location=device)
     if state["kind"] == crf.KIND:
         model, spec = crf.build_grammar(state["config"]), None

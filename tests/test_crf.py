@@ -9,7 +9,7 @@ import torch
 
 from conftest import error_line, run_script
 from stembb.io import REPO_ROOT
-from stembb.s2 import crf
+from stembb.grammar import crf
 from stembb.structure import is_nested
 from test_s2 import random_terms
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO, error_line, random_candidates, run_script
 from stembb.errors import InputError
-from stembb.s2.decode import decode_structure
+from stembb.grammar.decode import decode_structure
 from stembb.data.folding import fold
 from stembb.data.formats import format_record, read_bpseq, read_ct, read_fasta, read_references
 from stembb.metrics import pair_scores

@@ -12,7 +12,7 @@ from stembb.data.formats import format_record, read_bpseq, read_references
 from stembb.errors import InputError
 from stembb.metrics import pair_scores
 from stembb.report import score_row
-from stembb.s2 import crf
+from stembb.grammar import crf
 from stembb.structure import pairs_from_db
 
 HAIRPIN = ("GGGCGAAAGCCC", [(0, 11), (1, 10), (2, 9), (3, 8)])

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import random_candidates
-from stembb.s2 import crf, partition
-from stembb.s2.assemble import TERM_SHAPES, LoopTerms, candidates, loop_counts
-from stembb.s2.partition import ensemble
+from stembb.grammar import crf, partition
+from stembb.grammar.assemble import TERM_SHAPES, LoopTerms, candidates, loop_counts
+from stembb.grammar.partition import ensemble
 from stembb.structure import canonical_pair_matrix, is_nested
 from test_s2 import random_terms
 

@@ -15,11 +15,11 @@ from stembb.metrics import pair_scores
 from stembb.pipeline import Predictor, add_predictor_args, load_s2_model, make_predictor
 from stembb.s2 import boxnet
 from stembb.s2.candidates import BOX_COLUMNS
-from stembb.s2.decode import decode_structure
-from stembb.s2.assemble import (SMALL_LOOPS, TERM_SHAPES, LoopTerms, assemble, loop_counts, pair_type,
+from stembb.grammar.decode import decode_structure
+from stembb.grammar.assemble import (SMALL_LOOPS, TERM_SHAPES, LoopTerms, assemble, loop_counts, pair_type,
                                 small_loop_slot, structure_score)
-from stembb.s2.decode import decode_gains
-from stembb.s2.energy_fit import fit_terms_to_energies
+from stembb.grammar.decode import decode_gains
+from stembb.grammar.energy_fit import fit_terms_to_energies
 from stembb.s2.engine import (S2_MODELS, _terms_hinge, calibrate_gamma, fit_terms, pair_max,
                               run_epoch, structured_hinge)
 from stembb.structure import base_codes, canonical_pair_matrix, is_nested, pairs_from_db, stem_boxes, validate_pairs

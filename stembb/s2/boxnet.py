@@ -20,7 +20,7 @@ which stems exclude, continue or enclose one another.
 The network gives one logit per box: whether all its pairs are reference pairs.
 Examples carry the box-to-pair map (``pairs``, ``entry_pair``, ``entry_item``): a pair
 lies on the anti-diagonal of one or more boxes, and takes the largest of their logits as
-its score in the structure assembly (``stembb.s2.assemble``).
+its score in the structure assembly (``stembb.grammar.assemble``).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stembb.boxes import anti_diagonal
-from stembb.s2.assemble import N_PAIR_TYPES, PAIR_TYPE, LoopTerms, base_at
+from stembb.grammar.assemble import N_PAIR_TYPES, PAIR_TYPE, LoopTerms, base_at
 from stembb.s2.candidates import BOX_COLUMNS
 from stembb.checkpoint import S2_BOX_KIND
 from stembb.structure import base_codes

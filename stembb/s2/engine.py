@@ -9,8 +9,8 @@ Every example maps its items to candidate pairs (``pairs``, ``entry_pair``,
 ``entry_item``): a pair takes the largest logit of its items (``pair_max``).
 
 Decoding: the box transformer assembles structures with its learned loop terms
-(``stembb.s2.assemble``; pair scores = logits + log gamma); the graph network uses the
-maximum-expected-accuracy DP on probabilities (``stembb.s2.decode``; gain
+(``stembb.grammar.assemble``; pair scores = logits + log gamma); the graph network uses the
+maximum-expected-accuracy DP on probabilities (``stembb.grammar.decode``; gain
 ``(gamma + 1) p - 1``). Either way larger ``gamma`` favours recall, and after training
 ``gamma`` is chosen on the validation split as the value with the best mean base-pair F1
 of the decoded structures (``calibrate_gamma``).
@@ -18,7 +18,7 @@ of the decoded structures (``calibrate_gamma``).
 Training is binary cross-entropy over items, plus, for the box transformer, optionally a
 structured margin loss on the assembled structure (``structured_hinge``). The box
 transformer's loop terms are by default fitted to ViennaRNA energies by least squares
-(``stembb.s2.energy_fit``) and then fixed; the margin loss (``fit_terms`` and
+(``stembb.grammar.energy_fit``) and then fixed; the margin loss (``fit_terms`` and
 ``--struct_weight``) is how they learn from structures alone.
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ from stembb.metrics import pair_scores
 from stembb.s1.predict import Proposals
 from stembb.s2 import boxnet, gnn
 from stembb.s2.candidates import box_table, pair_features
-from stembb.s2.assemble import TERM_SHAPES, assemble, loop_counts, structure_score
-from stembb.s2.decode import decode_structure
+from stembb.grammar.assemble import TERM_SHAPES, assemble, loop_counts, structure_score
+from stembb.grammar.decode import decode_structure
 from stembb.structure import pairs_from_one_idx
 
 # fine near 1: for energy-fitted loop terms log(gamma) is a bonus per pair in kcal/mol

@@ -1,5 +1,5 @@
 """The loop grammar's terms (``LoopTerms``) and its best structure (``assemble``): the
-shipped model's score (``stembb.s2.crf``), also the decoder the box transformer trains through.
+shipped model's score (``stembb.grammar.crf``), also the decoder the box transformer trains through.
 
 A nested structure ``y`` made of candidate pairs is scored loop by loop, in the shape of
 a nearest-neighbour energy model (the loop decomposition of Turner 2004 with dangles on

@@ -1,10 +1,10 @@
 """The partition function of the loop grammar: base-pair probabilities and expected counts.
 
-``stembb.s2.assemble`` finds the candidate structure of maximum score ``S(y)``; here the
+``stembb.grammar.assemble`` finds the candidate structure of maximum score ``S(y)``; here the
 same loop decomposition is summed instead of maximised (McCaskill's inside-outside
 recursions) with each structure weighted ``exp(S(y))``: ``S`` is read as a log-weight in
 nats, so a model whose terms are minus free energies in kcal/mol must divide them by kT
-first (``stembb.s2.crf``). What comes out:
+first (``stembb.grammar.crf``). What comes out:
 
 - ``log_z``: log of ``Z = sum over structures y of exp(S(y))`` (the empty structure
   counts, with S = 0);
@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from stembb.s2.assemble import (HAIRPIN_EDGES, LOOP_EDGES, MAX_ASYMMETRY, MAX_INNER, MAX_LOOP, SMALL_LOOPS,
+from stembb.grammar.assemble import (HAIRPIN_EDGES, LOOP_EDGES, MAX_ASYMMETRY, MAX_INNER, MAX_LOOP, SMALL_LOOPS,
                                 TERM_SHAPES, Candidates, fill_and_trace, pair_neighbours, candidates, first_start,
                                 interior_loops, small_loop_slot, special_loop)
 from stembb.structure import base_codes

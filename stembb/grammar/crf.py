@@ -12,7 +12,7 @@ model is the grammar alone and needs no S1; S1 is worth exactly what ``w`` adds.
 
 Training maximises the conditional log-likelihood of reference structures,
 ``S(ref) - log Z``, whose gradient is observed minus expected counts of each term
-(``stembb.s2.partition``), plus an L2 pull of the loop terms toward their starting point
+(``stembb.grammar.partition``), plus an L2 pull of the loop terms toward their starting point
 (the fit to ViennaRNA's energies, divided by ``KT``), so the model learns from real
 structures without forgetting its physics.
 
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from stembb.s2.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, loop_counts, structure_score
-from stembb.s2.decode import decode_structure
-from stembb.s2.partition import Ensemble, ensemble
+from stembb.grammar.assemble import MAX_LOOP, MIN_LOOP, TERM_SHAPES, LoopTerms, assemble, loop_counts, structure_score
+from stembb.grammar.decode import decode_structure
+from stembb.grammar.partition import Ensemble, ensemble
 from stembb.structure import CANONICAL_TABLE, base_codes, canonical_pair_matrix, is_nested, stems
 
 KIND = "s2_grammar"

@@ -1,5 +1,5 @@
 """The loop grammar's energy fit: its terms set to the least-squares fit of ViennaRNA's
-free energies of sampled structures. Both the shipped grammar (``stembb.s2.crf``, which
+free energies of sampled structures. Both the shipped grammar (``stembb.grammar.crf``, which
 starts from this fit and is pulled toward it) and the box transformer start from it."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
-from stembb.s2.assemble import TERM_SHAPES, loop_counts
+from stembb.grammar.assemble import TERM_SHAPES, loop_counts
 
 
 def fit_terms_to_energies(terms, samples, damp: float = 0.01) -> float:
