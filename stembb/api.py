@@ -49,4 +49,4 @@ def fold(seq: str) -> tuple[str, float | None]:
     if predictor.is_grammar:
         structures, _, energies = predictor.fold_checked([seq])
         return db_from_pairs(structures[0], len(seq)), energies[0]
-    return db_from_pairs(predictor.structures([seq], predictor.proposals([seq]))[0], len(seq)), None
+    return db_from_pairs(predictor.predict_checked([seq])[0], len(seq)), None

@@ -167,11 +167,12 @@ def chunks(records: list, start: int, threads: int):
 
 
 def fold_records(predictor, records) -> tuple[list, list, list]:
-    """Structures, pair probabilities (grammar models; else empty) and energies of ``records``."""
+    """Structures, pair probabilities (grammar models; else empty) and energies of ``records``,
+    which ``check_sequences`` has checked."""
     seqs = [r.seq for r in records]
     if predictor.is_grammar:
-        return predictor.fold(seqs, [r.name for r in records])
-    return predictor.predict(seqs), [], [None] * len(records)
+        return predictor.fold_checked(seqs, [r.name for r in records])
+    return predictor.predict_checked(seqs), [], [None] * len(records)
 
 
 def main(args) -> None:

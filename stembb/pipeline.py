@@ -132,7 +132,7 @@ class Predictor:
         ``S1_IF_READ``: the shipped S1 when the S2 model reads S1, else none (nothing of
         S1 is loaded for a model that gives it no weight)."""
         s2, spec, state = load_s2_model(s2_path, device)
-        if isinstance(s1_path, str) and s1_path == S1_IF_READ:
+        if s1_path == S1_IF_READ:
             s1_path = SHIPPED_S1 if spec is not None or s2.uses_evidence else None
             if s1_path is not None and not s1_path.is_file():
                 raise InputError(f"{s1_path}: the shipped S1, which {s2_path} reads, is missing from this checkout; "
@@ -158,6 +158,10 @@ class Predictor:
     def predict(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
         """One structure (sorted 0-based pairs) per sequence (``check_sequence_list``)."""
         check_sequence_list(seqs, "Predictor.predict")
+        return self.predict_checked(seqs)
+
+    def predict_checked(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """``predict`` of sequences its caller has already checked."""
         if self.is_grammar:
             return self.fold_checked(seqs)[0]
         return self.structures(seqs, self.proposals(seqs))
@@ -364,9 +368,9 @@ def make_predictor(args) -> "Predictor":
         raise InputError(f"{SHIPPED_S2}: the shipped model is missing from this checkout; pass --s2_model "
                          "or restore models/ (git checkout models/)")
     device = pick_device(args.device)
+    given = {k: v for k, v in (("threshold", args.threshold_p), ("batch_size", args.batch_size)) if v is not None}
     predictor = Predictor.from_checkpoints(S1_IF_READ if args.s1_model is None else args.s1_model, args.s2_model,
-                                           device, gamma=args.gamma, threshold=args.threshold_p or 0.1,
-                                           batch_size=args.batch_size or 16)
+                                           device, gamma=args.gamma, **given)
     refuse_unread_flags(predictor, args)
     if args.decoder is not None:
         predictor.decoder = predictor.decoder | {"method": args.decoder}
