@@ -11,11 +11,13 @@ grammar model computes). Models:
 (box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, at 200
 nt: the structure assembly alone, and the grammar's partition function (inside-outside,
 ``stembb.grammar.partition``) over every canonical pair against one S1 forward pass (medians
-of 5). With a grammar S2 model, long RNAs (--long, LENGTH:SPAN, SPAN "whole" for none):
+of 5). With a grammar model, long RNAs (--long, LENGTH:SPAN, SPAN "whole" for none):
 one random sequence folded in a fresh process by the predictor with that --max_span and
 by RNAfold (``RNA.fold_compound`` MFE with the same ``max_bp_span``), each process's
 fold time (after start-up and a warm-up fold) and peak memory (whole process, model and
-libraries included).
+libraries included). With a grammar model, last: one 100-nt sequence from the shell, the
+whole process (``stembb-fold`` against ``python -c "import RNA; RNA.fold(...)"``, medians of
+--shell_runs runs).
 
     python bench/bench_end_to_end.py [--s1_model S1.pth --s2_model S2.pth] [--num 10]
 """
@@ -24,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,12 +35,14 @@ from dataclasses import asdict
 
 from stembb.cli import HelpFormatter
 from stembb.data.folding import fold
-from stembb.pipeline import Predictor
+from stembb.pipeline import Predictor, predictor_from_checkpoints
 from stembb.s1.model import named_network
 from stembb.s1.predict import predict_maps
-from stembb.grammar.assemble import LoopTerms, assemble
+from stembb.grammar.assemble import assemble
 from stembb.s2.boxnet import BoxNetConfig, build_boxnet
-from stembb.grammar.crf import allowed_pairs
+from stembb.grammar.model import allowed_pairs
+from stembb.grammar.terms import LoopTerms
+from stembb.s2.predictor import BoxPredictor
 from stembb.s2.engine import S2_MODELS
 from stembb.grammar.partition import ensemble
 
@@ -57,7 +62,7 @@ def random_predictor(rng) -> Predictor:
     probe = "".join(rng.choice(list("ACGU"), 100))
     p_on = predict_maps(s1, [probe], torch.device("cpu"))[0]["p_on"][np.triu_indices(100, 1)]
     config = asdict(BoxNetConfig())
-    return Predictor(s1, build_boxnet(config).eval(), S2_MODELS["box"], config, torch.device("cpu"),
+    return BoxPredictor(s1, build_boxnet(config).eval(), S2_MODELS["box"], config, torch.device("cpu"),
                      threshold=float(np.quantile(p_on, 0.97)))
 
 
@@ -68,16 +73,17 @@ def main():
     p.add_argument("--num", type=int, default=16, help="sequences per length (and the batch size)")
     p.add_argument("--num_long", type=int, default=4, help="sequences of 1,000 nt")
     p.add_argument("--long", nargs="*", default=["2000:whole", "5000:300"],
-                   help="LENGTH:SPAN cases of the long-RNA section (grammar S2 models)")
+                   help="LENGTH:SPAN cases of the long-RNA section (grammar models)")
+    p.add_argument("--shell_runs", type=int, default=5, help="runs of the whole-process start-up timing")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     cpu = torch.device("cpu")
-    predictor = (Predictor.from_checkpoints(args.s1_model, args.s2_model, cpu) if args.s1_model
+    predictor = (predictor_from_checkpoints(args.s1_model, args.s2_model, "cpu") if args.s1_model
                  else random_predictor(rng))
     predictor.batch_size = args.num
     predictor.predict(["".join(rng.choice(list("ACGU"), 60))])  # warm-up
     if predictor.is_grammar:
-        s2 = f"grammar S2, S1 evidence {'used' if predictor.s2_model.uses_evidence else 'unused (weight 0)'}"
+        s2 = f"grammar model, S1 evidence {'used' if predictor.reads_s1 else 'unused (weight 0)'}"
     else:
         s2 = f"S2 network {'runs' if predictor.s2_spec.uses_logits(predictor.s2_model) else 'skipped (logit weight 0)'}"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; models: "
@@ -104,7 +110,7 @@ def main():
         batched = time.perf_counter() - t
         parts = ", ".join(f"{k} {1000 * v / num:.1f}" for k, v in timings.items())
         after = ""
-        if not predictor.is_grammar or predictor.s2_model.uses_evidence:  # else S1 does not run
+        if predictor.reads_s1:  # else S1 does not run
             share = (timings["s1_decode"] + timings["s2"] + timings["structure"]) / timings["s1_forward"]
             after = (f"; after the S1 forward: {100 * share:.0f}% of it; structure "
                      f"{100 * timings['structure'] / timings['s1_forward']:.0f}%")
@@ -140,6 +146,12 @@ def main():
             print(f"{length} nt, span {span}: stembb {ours['seconds']:.1f} s, peak {ours['peak_gb']:.2f} GB | "
                   f"RNAfold {vienna['seconds']:.1f} s, peak {vienna['peak_gb']:.2f} GB | "
                   f"stembb / RNAfold time {ours['seconds'] / vienna['seconds']:.2f}x")
+        seq = "".join(rng.choice(list("ACGU"), 100))
+        ours = shell_seconds([str(Path(sys.executable).with_name("stembb-fold")), "--s2_model", args.s2_model],
+                             f">one\n{seq}\n", args.shell_runs)
+        vienna = shell_seconds([sys.executable, "-c", f"import RNA; print(RNA.fold({seq!r})[0])"], "", args.shell_runs)
+        print(f"one 100-nt sequence from the shell, whole process: stembb-fold {ours:.2f} s | python + RNA.fold "
+              f"{vienna:.2f} s | {ours / vienna:.1f}x")
 
 
 CHILD = """
@@ -164,6 +176,16 @@ with open("/proc/self/status") as f:  # VmHWM: this process's peak; ru_maxrss wo
     peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": seconds, "peak_gb": peak_kb / 1e6}))
 """
+
+
+def shell_seconds(command: list[str], stdin: str, runs: int) -> float:
+    """Median wall time of ``command`` as a new process (start-up, imports and all)."""
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(command, input=stdin, capture_output=True, text=True, check=True)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
 
 def fold_in_child(tool: str, seq: str, span: int | None, s1=None, s2=None) -> dict:

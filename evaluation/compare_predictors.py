@@ -27,11 +27,11 @@ from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
 from stembb.io import atomic_path, write_csv
 from stembb.peers import eternafold_pairs
-from stembb.pipeline import Predictor, check_max_span, set_max_span
+from stembb.pipeline import Predictor, check_max_span, predictor_from_checkpoints, set_max_span
 from stembb.report import (LENGTH_BINS, add_reference_args, reference_records, rnafold_pairs, score_row, span_note,
                            summarize)
 from stembb.runlog import start_run
-from stembb.grammar.crf import DECODERS
+from stembb.grammar.model import DECODERS
 
 FAMILY_SIZE_BINS = (0, 5, 20, 10 ** 9)
 LENGTH_COLUMNS = tuple(f"({low}, {high}]" for low, high in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]))
@@ -69,15 +69,13 @@ def parse_models(specs: list[list[str]]) -> list[tuple[str, Path | None, Path, s
 
 def make_model(s1: Path | None, s2: Path, method: str | None, device, batch_size: int,
                max_span: int | None = None) -> Predictor:
-    predictor = Predictor.from_checkpoints(s1, s2, device, batch_size=batch_size)
+    predictor = predictor_from_checkpoints(s1, s2, device, batch_size=batch_size)
     if max_span is not None and predictor.is_grammar:
         set_max_span(predictor, max_span, "--max_span", s2)
     if method is not None:
         if not predictor.is_grammar:
-            raise InputError(f"{s2}: a decoding method is for grammar S2 models (s2_training/train_s2_crf.py)")
+            raise InputError(f"{s2}: a decoding method is for grammar models (s2_training/train_s2_grammar.py)")
         predictor.decoder = predictor.decoder | {"method": method}
-    if predictor.s1_model is None and (not predictor.is_grammar or predictor.s2_model.uses_evidence):
-        raise InputError(f"{s2}: this S2 model reads S1's output; give an S1 checkpoint instead of -")
     return predictor
 
 

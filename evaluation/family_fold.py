@@ -10,7 +10,7 @@ held-out family F, under --out/F/:
   them: crossing, non-canonical and neighbouring pairs are scored); the other families'
   records, less exact duplicates and any sequence of F, split into train and a seeded
   --val_fraction of each family as val;
-- ``grammar.pth``: s2_training/train_s2_crf.py on that split (--epochs, --lr, --pull ...;
+- ``grammar.pth``: s2_training/train_s2_grammar.py on that split (--epochs, --lr, --pull ...;
   the best validation epoch kept, the decoder chosen on validation), and
   ``energy_fit.pth``: the same with no epoch (the energy-fitted start, decoder chosen on
   the same validation records);
@@ -45,7 +45,7 @@ from stembb.plots import plt, save_figure
 from stembb.runlog import start_run
 from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from_pairs
 
-TRAINER = REPO_ROOT / "s2_training" / "train_s2_crf.py"
+TRAINER = REPO_ROOT / "s2_training" / "train_s2_grammar.py"
 COMPARE = REPO_ROOT / "evaluation" / "compare_predictors.py"
 ORDER = ("RNAfold MFE", "RNAfold MEA", "EternaFold MEA", "energy fit", "shipped", "trained")
 

@@ -32,7 +32,7 @@ from stembb.cli import HelpFormatter, check_at_least_one, check_num, check_outpu
 from stembb.distributed import pick_device
 from stembb.errors import run_main
 from stembb.io import write_csv
-from stembb.pipeline import Predictor, load_s2_model
+from stembb.s2.predictor import BoxPredictor, load_box_model
 from stembb.plots import plt, save_figure
 from stembb.report import add_reference_args, reference_records, score_row, summarize
 from stembb.runlog import start_run
@@ -93,10 +93,10 @@ def main(args) -> None:
     s1, _ = load_s1_model(args.s1_model, device)
     predictors = {}
     for path in args.s2_models:
-        s2, spec, state = load_s2_model(path, device)
+        s2, spec, state = load_box_model(path, device)
         gamma = state.get("decode_gamma", 1.0) if args.gamma is None else args.gamma
         name = f"{S2_KINDS[spec.kind]}:{path.name}"
-        predictors[name] = Predictor(s1, s2, spec, state["config"], device, args.threshold_p, gamma, args.batch_size)
+        predictors[name] = BoxPredictor(s1, s2, spec, state["config"], device, args.threshold_p, gamma, args.batch_size)
         log.info("%s: gamma %g", name, gamma)
     first = next(iter(predictors.values()))
     proposals = first.proposals(seqs)

@@ -35,7 +35,7 @@ from stembb.errors import InputError, run_main
 from stembb.io import STRUCTURE_COLUMNS, read_pickle, write_pickle
 from stembb.plots import plt, save_figure
 from stembb.runlog import start_run
-from stembb.grammar import crf
+from stembb.grammar.references import PRODUCIBLE_DROPS, trainable_reference
 from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from_pairs, pairs_from_one_idx
 
 
@@ -102,11 +102,11 @@ def build_frame(records: list, len_min: int, len_max: int | None) -> tuple[pd.Da
 
 def not_producible(df: pd.DataFrame) -> dict[str, int]:
     """Pairs of ``df``'s references the loop grammar cannot produce, by reason
-    (``crf.PRODUCIBLE_DROPS``), and the structures it cannot produce at all."""
+    (``PRODUCIBLE_DROPS``), and the structures it cannot produce at all."""
     drops, left_out = Counter(), 0
     for seq, one_idx in zip(df["seq"], df["one_idx"]):
-        left_out += crf.trainable_reference(seq, pairs_from_one_idx(one_idx), counts=drops) is None
-    return {why: int(drops[why]) for why in crf.PRODUCIBLE_DROPS} | {
+        left_out += trainable_reference(seq, pairs_from_one_idx(one_idx), counts=drops) is None
+    return {why: int(drops[why]) for why in PRODUCIBLE_DROPS} | {
         "structures with an interior loop over the grammar's longest": left_out}
 
 

@@ -56,7 +56,7 @@ echo "== S2 data: S1 proposals -> candidate boxes and pairs"
 
 echo "== S2 training: loop terms fitted to ViennaRNA energies of samples, then the box transformer; decoding gamma calibrated"
 rm -f s2_training/result/s2_box_$TAG.*
-(cd s2_training && $PY s2_train_gnn.py --input_data ../$S2_CANDIDATES --training_proportion 0.9 \
+(cd s2_training && $PY train_s2_box.py --input_data ../$S2_CANDIDATES --training_proportion 0.9 \
   --learning_rate 0.002 --epochs $S2_EPOCHS --batch_size 16 --workers 2 \
   --log result/s2_box_$TAG.log --no_progress)
 S2=$(ls s2_training/result/s2_box_$TAG.model_ckpt_ep_*.pth | sort -V | tail -1)

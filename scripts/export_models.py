@@ -1,5 +1,5 @@
 """Export an S1 and an S2 checkpoint as the shipped model (models/stembb_s1.pth, and
-models/stembb_s2.pth for a grammar S2, the default of the end-to-end scripts, or
+models/stembb_s2.pth for a grammar model, the default of the end-to-end scripts, or
 models/stembb_s2_box.pth for a box or graph S2, the two-stage model kept for comparison):
 weights and configuration only, no optimizer state, with the exporting commit recorded.
 A tree with uncommitted changes to tracked files is refused (the recorded commit would
@@ -11,10 +11,9 @@ import argparse
 from pathlib import Path
 
 from stembb.cli import HelpFormatter
-from stembb.checkpoint import S1_KIND, export_weights, load_checkpoint
+from stembb.checkpoint import S1_KIND, S2_GRAMMAR_KIND, export_weights, load_checkpoint
 from stembb.errors import InputError, run_main
 from stembb.pipeline import S2_CHECKPOINT_KINDS, SHIPPED_S1, SHIPPED_S2, SHIPPED_TWO_STAGE_S2
-from stembb.grammar.crf import KIND as GRAMMAR_KIND
 from stembb.runlog import git_commit
 
 
@@ -29,7 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> None:
     load_checkpoint(args.s1, S1_KIND)  # both readable and of their kind before models/ changes: never half a pair
-    s2_dst = SHIPPED_S2 if load_checkpoint(args.s2, S2_CHECKPOINT_KINDS)["kind"] == GRAMMAR_KIND else SHIPPED_TWO_STAGE_S2
+    s2_dst = SHIPPED_S2 if load_checkpoint(args.s2, S2_CHECKPOINT_KINDS)["kind"] == S2_GRAMMAR_KIND else SHIPPED_TWO_STAGE_S2
     commit = git_commit()
     if commit.endswith("-dirty") and not args.allow_dirty:
         raise InputError(f"the tree has uncommitted changes ({commit}); commit them first, so that models/ records "

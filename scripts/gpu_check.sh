@@ -83,7 +83,7 @@ grep "sequences/s" "$OUT/s1_eval.log" | cut -c21-
 echo "== S2 data and training"
 $PY s2_data_gen/s1_pred_stem_processing.py --data "$WORK/train.pkl.gz" --threshold_p 0.05 --model "$S1" \
   --out_file "$WORK/s2.pkl.gz" --include_all --num $N_S2 $DEV 2> "$OUT/s2_data.log"
-$PY s2_training/s2_train_gnn.py --input_data "$WORK/s2.pkl.gz" --epochs 2 --batch_size 16 --struct_weight 1 --terms_from_energies 0 \
+$PY s2_training/train_s2_box.py --input_data "$WORK/s2.pkl.gz" --epochs 2 --batch_size 16 --struct_weight 1 --terms_from_energies 0 \
   --log "$WORK/s2/box.log" --no_progress $DEV 2> "$OUT/s2_train.log"  # no ViennaRNA on that machine
 grep -E "device|epoch" "$OUT/s2_train.log" | cut -c21-
 S2="$WORK/s2/box.model_ckpt_ep_1.pth"

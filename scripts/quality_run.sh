@@ -6,7 +6,7 @@
 # data/end_to_end_quality*.csv, ...). Environment variables of demo.sh override sizes.
 # It ends by exporting its S1 and box S2 to models/stembb_s1.pth and stembb_s2_box.pth
 # (models/MODEL_CARD.md; EXPORT_MODELS=0 keeps models/ as it is); its loop terms' energy
-# fit is where the shipped grammar S2 starts (scripts/real_structures.sh INIT=...).
+# fit is where the shipped grammar model starts (scripts/real_structures.sh INIT=...).
 set -euo pipefail
 export EXPORT_MODELS=${EXPORT_MODELS:-1}
 export TAG=quality S1_SEQS=${S1_SEQS:-20000} S1_EPOCHS=${S1_EPOCHS:-6} S2_SEQS=${S2_SEQS:-7500} S2_EPOCHS=${S2_EPOCHS:-1}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README "How well" and docs/RESULTS.md "Real structures": Rfam seed alignments -> a
-# family-held-out split and an in-family split -> the grammar S2 trained on real structures
+# family-held-out split and an in-family split -> the grammar model trained on real structures
 # (with and without S1's evidence) -> every predictor on the same validation, test and
 # in-family sequences, beside RNAfold MFE and MEA -> with SHIP=1, the grammar model exported
 # as models/stembb_s2.pth (the shipped S2).
@@ -38,8 +38,8 @@ $PY s1_training/train_conv_pixel_stem_bb.py --data "$DATA" --result "$D/s1_ft" $
   --mask 0 --local_unmask_offset 2 --batch_size 10 --max_length 200 --cpu 1 --no_progress --lr 0.0005 --epoch 2 \
   --init "$S1V"
 
-echo "== grammar S2 models"
-CRF="$PY s2_training/train_s2_crf.py --data $DATA --init_terms $INIT --no_progress"
+echo "== grammar models"
+CRF="$PY s2_training/train_s2_grammar.py --data $DATA --init_terms $INIT --no_progress"
 $CRF --out "$D/grammar_energy.pth" --epochs 0                          # the energy fit alone, decoder chosen
 $CRF --out "$D/grammar_crf.pth" --epochs 3 --lr 0.001 --pull 0.1       # trained on real structures: shipped
 $CRF --out "$D/grammar_s1ev.pth" --epochs 1 --lr 0.01 --freeze_terms --s1_model "$S1V" --keep_last

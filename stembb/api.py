@@ -7,25 +7,27 @@
     long_rna = stembb.load_predictor(max_span=300)      # pairs at most 300 apart: memory linear in length
 
 ``energy`` is the structure's score as a pseudo free energy in kcal/mol (``-kT * S``)
-for a grammar S2 model, ``None`` for the box and graph models.
+for a grammar model, ``None`` for the two-stage box and graph models. The grammar model
+folds with numpy and compiled loops; torch is imported only for a model that runs S1.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-from stembb.distributed import pick_device
-from stembb.pipeline import S1_IF_READ, SHIPPED_S2, Predictor, check_sequence_list, set_max_span
+from stembb.pipeline import S1_IF_READ, SHIPPED_S2, Predictor, predictor_from_checkpoints, set_max_span
+from stembb.sequences import check_sequence_list
 from stembb.structure import db_from_pairs, normalize_seq
 
 
 def load_predictor(s1_model: Path | None | str = S1_IF_READ, s2_model: Path = SHIPPED_S2,
                    device: str | None = None, max_span: int | None = None) -> Predictor:
     """A predictor of two checkpoints (default: the shipped model, ``models/``; S1 only
-    when the S2 model reads it) on ``device`` (default: CUDA when present); with
-    ``max_span`` (grammar S2 models), bases pair at most that far apart."""
-    predictor = Predictor.from_checkpoints(s1_model, s2_model, pick_device(device),
-                                           span_hint="pass a smaller max_span: stembb.load_predictor(max_span=300)")
+    when the S2 model reads it) on ``device`` (default: CUDA when present, for S1 and
+    the box models); with ``max_span`` (grammar models), bases pair at most that far apart."""
+    predictor = predictor_from_checkpoints(s1_model, s2_model, device)
+    if predictor.is_grammar:
+        predictor.span_hint = "pass a smaller max_span: stembb.load_predictor(max_span=300)"
     if max_span is not None:
         set_max_span(predictor, max_span, "max_span", s2_model)
     return predictor
@@ -40,7 +42,7 @@ def fold(seq: str) -> tuple[str, float | None]:
     """``(dot-bracket structure, energy)`` of one sequence with the shipped model.
     Letters outside ACGTU fold as bases that pair with nothing (a UserWarning says
     so); one-line InputError for an empty sequence or a character that is not a letter
-    (``stembb.pipeline.letter_problems``); TypeError for anything but a str."""
+    (``stembb.sequences.letter_problems``); TypeError for anything but a str."""
     if not isinstance(seq, str):
         raise TypeError(f"stembb.fold: takes a sequence as a str, got {type(seq).__name__}")
     seq = normalize_seq(seq.strip())

@@ -6,9 +6,9 @@ or given checkpoints: the ``stembb-fold`` command and ``evaluation/predict_struc
         [--out out.db] [--format dot-bracket|bpseq|ct] [--bpp DIR]
 
 Lowercase, T and U are accepted. Dot-bracket output is FASTA like RNAfold's (name,
-sequence, structure and, for a grammar S2 model, the structure's score as a pseudo free
-energy in kcal/mol); bpseq and ct records are concatenated. With a grammar S2 model
-(s2_training/train_s2_crf.py), --bpp DIR writes each sequence's base-pair probabilities
+sequence, structure and, for a grammar model, the structure's score as a pseudo free
+energy in kcal/mol); bpseq and ct records are concatenated. With a grammar model
+(s2_training/train_s2_grammar.py), --bpp DIR writes each sequence's base-pair probabilities
 to DIR/<n>_<name>.bpp (lines "i j p", 1-based, p > 1e-4) and a dot plot DIR/<n>_<name>.png
 (n: the record's number from 1).
 
@@ -32,7 +32,8 @@ from stembb.cli import HelpFormatter, check_outputs
 from stembb.errors import InputError, run_main
 from stembb.data.formats import format_record, read_fasta
 from stembb.io import atomic_path, streams
-from stembb.pipeline import add_letters_arg, add_predictor_args, check_sequences, make_predictor
+from stembb.pipeline import add_predictor_args, make_predictor
+from stembb.sequences import add_letters_arg, check_sequences
 from stembb.runlog import start_run
 
 
@@ -48,11 +49,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
     p.add_argument("--format", choices=("dot-bracket", "bpseq", "ct"), default="dot-bracket", help="output format")
     p.add_argument("--max_length", type=int, default=None,
-                   help="a longer record is an error (default: no limit for grammar S2 models, whose memory need is "
+                   help="a longer record is an error (default: no limit for grammar models, whose memory need is "
                         f"checked before folding, with or without --max_span; {BOX_MAX_LENGTH} nt for the box "
                         "model, whose S1 image grows with L^2)")
     p.add_argument("--bpp", type=Path, default=None,
-                   help="folder for base-pair probabilities and dot plots (grammar S2 models)")
+                   help="folder for base-pair probabilities and dot plots (grammar models)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: its finished records wait in OUT.partial; the output equals an "
                         "uninterrupted run's byte for byte")
@@ -198,7 +199,7 @@ def main(args) -> None:
         log.info("note: %d of %d sequences are longer than %d nt, the longest of the shipped model's training and "
                  "validation sequences", longer, len(records), TRAINED_LENGTH)
     if args.bpp is not None and not predictor.is_grammar:
-        raise InputError(f"--bpp needs a grammar S2 model (s2_training/train_s2_crf.py); {args.s2_model} is not one")
+        raise InputError(f"--bpp needs a grammar model (s2_training/train_s2_grammar.py); {args.s2_model} is not one")
     if predictor.is_grammar:  # every record's memory need, before any work
         predictor.folds_at_once([r.seq for r in records], [r.name for r in records])
     done = 0

@@ -49,13 +49,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable
-
-import pandas as pd
-from pandas.compat.pickle_compat import _class_locations_map
+from typing import TYPE_CHECKING, Iterable
 
 from stembb.errors import WRITE_ERRNOS, InputError, RunFailed
 from stembb.structure import StructureError, normalize_box, pairs_from_one_idx
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
@@ -189,6 +189,7 @@ class _SafeUnpickler(pickle.Unpickler):
         self.path = path
 
     def find_class(self, module: str, name: str):
+        from pandas.compat.pickle_compat import _class_locations_map
         mapped = _class_locations_map.get((module, name), (module, name))
         if mapped[1] not in SAFE_GLOBALS.get(mapped[0], ()) and not (
                 mapped[0] == "numpy.dtypes" and name.endswith("DType")):
@@ -220,6 +221,7 @@ def read_pickle(path: Path, required: Iterable[str] = STRUCTURE_COLUMNS, check_l
     ``bounding_boxes`` are normalised to ``Box`` tuples (legacy kind spellings mapped).
     Raises InputError naming the file, and the row and column when one is malformed.
     """
+    import pandas as pd  # here, not above: the fold path reads no pickle and starts faster without pandas
     path = Path(path)
     required = tuple(required)
     if not path.exists():

@@ -13,7 +13,7 @@ from stembb.data.splits import SPLITS
 from stembb.errors import InputError
 from stembb.io import read_pickle
 from stembb.metrics import pair_scores
-from stembb.pipeline import add_letters_arg, check_sequences
+from stembb.sequences import add_letters_arg, check_sequences
 from stembb.structure import crossing_pairs, pairs_from_db, pairs_from_one_idx
 
 LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 10 ** 6)

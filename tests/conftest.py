@@ -137,8 +137,8 @@ def s2_models(tiny_s1_data, tmp_path_factory):
                "--out_file", s2_data, "--features", "--include_all")
     common = ["--input_data", s2_data, "--training_proportion", 0.7, "--learning_rate", 0.01, "--epochs", 2,
               "--batch_size", 8, "--save_every", 1, "--no_progress"]
-    run_script("s2_training/s2_train_gnn.py", *common, "--model", "gnn", "--hid", 8, 8, "--kmer", 2,
+    run_script("s2_training/train_s2_box.py", *common, "--model", "gnn", "--hid", 8, 8, "--kmer", 2,
                "--embed_dim", 4, "--log", root / "result" / "gnn.log")
-    run_script("s2_training/s2_train_gnn.py", *common, "--dim", 16, "--layers", 1, "--heads", 2, "--terms_epochs", 3,
+    run_script("s2_training/train_s2_box.py", *common, "--dim", 16, "--layers", 1, "--heads", 2, "--terms_epochs", 3,
                "--log", root / "result" / "box.log")
     return root, s1, root / "result" / "box.model_ckpt_ep_1.pth", root / "result" / "gnn.model_ckpt_ep_1.pth"

@@ -1,4 +1,4 @@
-"""The probabilistic S2: likelihood gradients, training steps, decoders, the scripts."""
+"""The grammar model and its training: likelihood gradients, training steps, decoders, the scripts."""
 import subprocess
 import sys
 
@@ -8,14 +8,18 @@ import pytest
 import torch
 
 from conftest import error_line, run_script
+from stembb.errors import InputError
 from stembb.io import REPO_ROOT
-from stembb.grammar import crf
+from stembb.checkpoint import S2_GRAMMAR_KIND
+from stembb.grammar import crf, references
+from stembb.grammar import model as grammar
+from stembb.grammar.partition import Ensemble
 from stembb.structure import is_nested
 from test_s2 import random_terms
 
 
 def tiny_model(rng, n_evidence=2):
-    model = crf.GrammarFold(n_evidence)
+    model = crf.GrammarCRF(n_evidence)
     model.terms.load_state_dict(random_terms(rng).state_dict())
     with torch.no_grad():
         for p in model.terms.parameters():
@@ -51,7 +55,7 @@ def test_nll_gradient_equals_finite_differences():
 
 def test_training_steps_raise_the_likelihood_of_the_references():
     rng = np.random.default_rng(1)
-    model = crf.GrammarFold(0)
+    model = crf.GrammarCRF(0)
     seqs = ["".join(rng.choice(list("ACGU"), int(n))) for n in rng.integers(30, 60, 12)]
     examples = []
     for seq in seqs:
@@ -62,7 +66,7 @@ def test_training_steps_raise_the_likelihood_of_the_references():
         for p in ref:
             if is_nested(kept + [p]) and not {*p} & {b for q in kept for b in q}:
                 kept.append(p)
-        examples.append(crf.Example(seq, ex.pairs, None, crf.trainable_reference(seq, kept)))
+        examples.append(grammar.Example(seq, ex.pairs, None, references.trainable_reference(seq, kept)))
     optimizer = torch.optim.Adam(model.parameters(), 0.05)
     losses = []
     for _ in range(15):
@@ -79,44 +83,44 @@ def test_trainable_reference_drops_what_the_grammar_cannot_make():
     seq = "GGGGAAAACCCCAAAAGGGGAAAACCCC"
     # a 4-pair stem 0-11, a 2-pair stem crossing it, a non-canonical pair and a too-short one
     ref = [(0, 11), (1, 10), (2, 9), (3, 8), (5, 18), (6, 17), (12, 13), (16, 19)]
-    assert crf.trainable_reference(seq, ref) == [(0, 11), (1, 10), (2, 9), (3, 8)]
+    assert references.trainable_reference(seq, ref) == [(0, 11), (1, 10), (2, 9), (3, 8)]
     long_loop = "G" + "A" * 40 + "GAAAAC" + "A" * 3 + "C"
-    assert crf.trainable_reference(long_loop, [(0, len(long_loop) - 1), (41, 46)]) is None
-    assert crf.trainable_reference(long_loop, [(0, len(long_loop) - 1)]) == [(0, len(long_loop) - 1)]
+    assert references.trainable_reference(long_loop, [(0, len(long_loop) - 1), (41, 46)]) is None
+    assert references.trainable_reference(long_loop, [(0, len(long_loop) - 1)]) == [(0, len(long_loop) - 1)]
 
 
 def test_threshold_decoder_takes_mutual_best_partners_nested():
     pairs = np.array([[0, 10], [1, 9], [0, 9], [2, 14], [11, 20]])
-    ens = crf.Ensemble(pairs, np.array([0.6, 0.55, 0.3, 0.45, 0.42]), 0.0)
+    ens = Ensemble(pairs, np.array([0.6, 0.55, 0.3, 0.45, 0.42]), 0.0)
     # (0, 9) is not the best partner of 0; (2, 14) crosses (0, 10) and loses to it
-    assert crf.threshold_structure(ens, 0.4) == [(0, 10), (1, 9), (11, 20)]
-    assert crf.threshold_structure(ens, 0.58) == [(0, 10)]
+    assert grammar.threshold_structure(ens, 0.4) == [(0, 10), (1, 9), (11, 20)]
+    assert grammar.threshold_structure(ens, 0.58) == [(0, 10)]
 
 
 def test_allowed_pairs_and_span():
     seq = "GCAUGCAUGCAUGCAUGCAU"
-    pairs = crf.allowed_pairs(seq)
+    pairs = grammar.allowed_pairs(seq)
     assert (pairs[:, 1] - pairs[:, 0] > 3).all()
     assert all(seq[i] + seq[j] in ("AU", "UA", "GC", "CG", "GU", "UG") for i, j in pairs.tolist())
-    spanned = crf.allowed_pairs(seq, max_span=8)
+    spanned = grammar.allowed_pairs(seq, max_span=8)
     assert (spanned[:, 1] - spanned[:, 0] <= 8).all()
     assert {tuple(p) for p in spanned.tolist()} == {tuple(p) for p in pairs.tolist() if p[1] - p[0] <= 8}
 
 
 @pytest.mark.slow
 def test_train_predict_with_pair_probabilities_and_evaluate(s2_models, tiny_s1_data, tmp_path):
-    """train_s2_crf.py with S1 evidence on generator data -> predict_structure --bpp -> run_end_to_end."""
+    """train_s2_grammar.py with S1 evidence on generator data -> predict_structure --bpp -> run_end_to_end."""
     _, s1, box, _ = s2_models
     out = tmp_path / "crf.pth"
-    proc = run_script("s2_training/train_s2_crf.py", "--data", tiny_s1_data, "--out", out, "--s1_model", s1,
+    proc = run_script("s2_training/train_s2_grammar.py", "--data", tiny_s1_data, "--out", out, "--s1_model", s1,
                       "--init_terms", box, "--epochs", 2, "--batch_size", 8, "--lr", 0.01, "--evidence_lr", 0.05,
                       "--keep_last", "--no_progress")
     assert "decoder chosen on validation" in proc.stderr and out.is_file()
     assert "kept epoch 1 " in proc.stderr and "as --keep_last asks" in proc.stderr
     assert len(pd.read_csv(tmp_path / "crf.metrics.csv")) == 4 and (tmp_path / "crf.metrics.png").stat().st_size
     state = torch.load(out, weights_only=True)
-    assert state["kind"] == crf.KIND and state["decode"]["method"] in crf.DECODERS
-    assert state["model"]["evidence.weight"].shape == (1, len(crf.EVIDENCE)) and state["epoch"] == 1
+    assert state["kind"] == S2_GRAMMAR_KIND and state["decode"]["method"] in grammar.DECODERS
+    assert state["model"]["evidence.weight"].shape == (1, len(grammar.EVIDENCE)) and state["epoch"] == 1
     assert state["model"]["evidence.weight"].abs().sum() > 0  # learned, and S1 runs at prediction
     fasta = tmp_path / "in.fa"
     fasta.write_text(">first one\nGGGGAAACCCCAUAUGGGCUUCGGCCCAUAU\n>two\nACGUACGUAGCUAGCUAGGCAUCGAUCGAUGCAUG\n")
@@ -140,7 +144,7 @@ def test_bpp_needs_a_grammar_model(s2_models, tmp_path):
     fasta.write_text(">a\nGGGGAAACCCC\n")
     proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", box, "--fasta", fasta,
                       "--bpp", tmp_path / "bpp", check=False)
-    assert proc.returncode == 2 and "--bpp needs a grammar S2 model" in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "--bpp needs a grammar model" in proc.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -194,20 +198,21 @@ def test_long_folds_run_one_at_a_time_when_two_would_not_fit(monkeypatch):
     available (a machine with room for one long fold at a time, simulated by what
     /proc/meminfo would say); each fold itself is real."""
     import stembb
-    from stembb import pipeline
+    from stembb import memory, pipeline
 
+    monkeypatch.setattr(pipeline, "SMALL_FOLDS", 0)  # these folds are small enough to go unchecked otherwise
     predictor = stembb.load_predictor(max_span=50)
     predictor.threads = 2
     rng = np.random.default_rng(5)
     seqs = ["".join(rng.choice(list("ACGU"), n)) for n in (3000, 2500, 60)]
-    need = crf.fold_memory(seqs[0], 50, predictor.decoder["method"])
+    need = grammar.fold_memory(seqs[0], 50, predictor.decoder["method"])
     assert predictor.folds_at_once(seqs) == 2  # this machine: room for both
-    monkeypatch.setattr(pipeline, "available_memory", lambda: int(1.5 * need))
+    monkeypatch.setattr(memory, "available_memory", lambda: int(1.5 * need))
     assert predictor.folds_at_once(seqs) == 1
     structures, _, _ = predictor.fold(seqs)
     assert all(j - i <= 50 for y in structures for i, j in y) and len(structures[0]) > 100
-    monkeypatch.setattr(pipeline, "available_memory", lambda: need // 2)
-    with pytest.raises(pipeline.InputError, match=r"sequence 1 \(3000 nt\): folding it with pairs at most 50 apart needs"):
+    monkeypatch.setattr(memory, "available_memory", lambda: need // 2)
+    with pytest.raises(InputError, match=r"sequence 1 \(3000 nt\): folding it with pairs at most 50 apart needs"):
         predictor.fold(seqs)
 
 
@@ -215,7 +220,7 @@ def test_a_scheduler_memory_limit_counts_as_the_memory_available(tmp_path):
     """A SLURM job's cgroup (v2, the limit on the job, the process in a step below it;
     v1's memory controller) leaves less than the machine's MemAvailable: the headroom
     under each limit on the way up is found."""
-    from stembb.pipeline import cgroup_headroom
+    from stembb.memory import cgroup_headroom
 
     mount = tmp_path / "cgroup"
     job = mount / "system.slice" / "slurmstepd.scope" / "job_7"

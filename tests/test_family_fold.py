@@ -12,7 +12,7 @@ from stembb.data.formats import format_record, read_bpseq, read_references
 from stembb.errors import InputError
 from stembb.metrics import pair_scores
 from stembb.report import score_row
-from stembb.grammar import crf
+from stembb.grammar import references
 from stembb.structure import pairs_from_db
 
 HAIRPIN = ("GGGCGAAAGCCC", [(0, 11), (1, 10), (2, 9), (3, 8)])
@@ -68,13 +68,13 @@ def test_training_references_made_producible_by_reason_and_cropped_to_domains():
     seq = "GGGCGAAAGCCCAAGGGCGAAAGCCCAAGCAU"
     ref = [(0, 11), (1, 10), (2, 9), (3, 8), (14, 25), (15, 24), (16, 23), (17, 22), (28, 29), (4, 20), (7, 31)]
     counts = Counter()
-    kept = crf.trainable_reference(seq, ref, counts=counts)
+    kept = references.trainable_reference(seq, ref, counts=counts)
     assert kept == [(0, 11), (1, 10), (2, 9), (3, 8), (14, 25), (15, 24), (16, 23), (17, 22)]
-    assert counts == {reason: 1 for reason in crf.PRODUCIBLE_DROPS}  # G-A; a hairpin of none; (7, 31) crosses
-    assert crf.domains(kept, len(seq), 40) == [(0, len(seq) - 1)]
-    assert crf.domains(kept, len(seq), 20) == [(0, 11), (14, 25)]
+    assert counts == {reason: 1 for reason in references.PRODUCIBLE_DROPS}  # G-A; a hairpin of none; (7, 31) crosses
+    assert references.domains(kept, len(seq), 40) == [(0, len(seq) - 1)]
+    assert references.domains(kept, len(seq), 20) == [(0, 11), (14, 25)]
     outer = [(0, 31)] + kept
-    assert crf.domains(outer, 32, 20) == [(0, 11), (14, 25)]  # the pair longer than the crop is left out
+    assert references.domains(outer, 32, 20) == [(0, 11), (14, 25)]  # the pair longer than the crop is left out
 
 
 @pytest.mark.slow

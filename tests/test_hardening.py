@@ -61,7 +61,7 @@ def test_sigterm_removes_the_partial_file_and_outputs_honour_the_umask(tmp_path)
 
 def test_failed_run_log_ends_with_the_error(tiny_s1_data, tmp_path):
     log = tmp_path / "s2.log"
-    proc = run_script("s2_training/s2_train_gnn.py", "--input_data", tiny_s1_data, "--log", log, check=False)
+    proc = run_script("s2_training/train_s2_box.py", "--input_data", tiny_s1_data, "--log", log, check=False)
     line = error_line(proc)
     assert "missing column" in line and log.read_text().strip().splitlines()[-1] == line
     for flags, message in ((["--learning_rate", "-1"], "--learning_rate must be a positive finite number"),
@@ -69,7 +69,7 @@ def test_failed_run_log_ends_with_the_error(tiny_s1_data, tmp_path):
                            (["--model", "gnn", "--terms_epochs", "3"], "--model gnn has none"),
                            (["--seed", "-1"], "argument --seed: must be from 0 to 2**32 - 1, got -1"),
                            (["--seed", "x"], "argument --seed: 'x' is not a whole number")):
-        proc = run_script("s2_training/s2_train_gnn.py", "--input_data", tiny_s1_data, "--log", log, *flags,
+        proc = run_script("s2_training/train_s2_box.py", "--input_data", tiny_s1_data, "--log", log, *flags,
                           check=False)
         assert message in error_line(proc)
 
@@ -77,12 +77,12 @@ def test_failed_run_log_ends_with_the_error(tiny_s1_data, tmp_path):
 def test_s2_resume_takes_the_run_log_and_refuses_a_finished_run(s2_models, tmp_path):
     root, _, _, _ = s2_models
     data = root / "s2.pkl.gz"
-    proc = run_script("s2_training/s2_train_gnn.py", "--input_data", data, "--training_proportion", 0.7,
+    proc = run_script("s2_training/train_s2_box.py", "--input_data", data, "--training_proportion", 0.7,
                       "--learning_rate", 0.01, "--epochs", 2, "--batch_size", 8, "--save_every", 1, "--no_progress",
                       "--dim", 16, "--layers", 1, "--heads", 2, "--terms_epochs", 3, "--log", root / "result" / "box.log",
                       "--resume", root / "result" / "box.log", check=False)
     assert "box.model_ckpt_ep_1.pth: the run already has 2 epochs (--epochs 2)" in error_line(proc)
-    proc = run_script("s2_training/s2_train_gnn.py", "--input_data", data, "--epochs", 1, "--no_progress",
+    proc = run_script("s2_training/train_s2_box.py", "--input_data", data, "--epochs", 1, "--no_progress",
                       "--log", root / "result" / "box.log", check=False)  # a new run over it
     line = error_line(proc)
     assert "already holds another run's checkpoints (box.model_ckpt_ep_0.pth, box.model_ckpt_ep_1.pth)" in line

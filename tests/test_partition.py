@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import random_candidates
-from stembb.grammar import crf, partition
-from stembb.grammar.assemble import TERM_SHAPES, LoopTerms, candidates, loop_counts
+from stembb.grammar import partition
+from stembb.grammar.model import allowed_pairs
+from stembb.grammar.assemble import TERM_SHAPES, candidates, loop_counts, loop_score
+from stembb.grammar.terms import LoopTerms
 from stembb.grammar.partition import ensemble
 from stembb.structure import canonical_pair_matrix, is_nested
 from test_s2 import random_terms
@@ -32,7 +34,9 @@ def brute_force(seq, pairs, unary, terms):
     for y in structures:
         found, c = loop_counts(seq, list(y))
         rows = [index[p] for p in map(tuple, found.tolist())]
-        scores.append(unary[rows].sum() + sum(c[name] @ terms[name].ravel() for name in TERM_SHAPES))
+        loops = sum(c[name] @ terms[name].ravel() for name in TERM_SHAPES)
+        assert loop_score(seq, list(y), terms)[1] == pytest.approx(loops, abs=1e-9)  # prediction's shortcut
+        scores.append(unary[rows].sum() + loops)
         used.append(rows)
         counts.append(c)
     scores = np.array(scores)
@@ -117,7 +121,7 @@ def test_a_long_sequence_with_short_pairs_sums_its_exterior_in_logs():
     sum is not, and the unscaled sums (exterior in logs) agree with scaled ones."""
     rng = np.random.default_rng(11)
     seq = "".join(rng.choice(list("ACGU"), 3000))
-    pairs = crf.allowed_pairs(seq, max_span=30)
+    pairs = allowed_pairs(seq, max_span=30)
     terms = random_terms(rng).numpy()
     cands, _ = candidates(seq, pairs, rng.normal(size=len(pairs)), terms)
     assert cands.index_of.shape == (3000, 31)
@@ -134,7 +138,7 @@ def test_a_whole_long_fold_scaled_by_its_short_pairs_equals_one_scaled_by_its_be
     sums scaled by the best structure's own score per base."""
     rng = np.random.default_rng(13)
     seq = "".join(rng.choice(list("ACGU"), 700))
-    pairs = crf.allowed_pairs(seq)
+    pairs = allowed_pairs(seq)
     terms = LoopTerms().numpy()
     terms["stack"][:6, :6], terms["hairpin"][:], terms["multi"][:] = 2.0, -4.0, (-5.0, -0.5)
     unary = np.full(len(pairs), -0.5)

@@ -192,7 +192,7 @@ def test_train_on_real_structures_and_evaluate_by_family(tmp_path):
     s2_data = tmp_path / "s2.pkl.gz"
     run_script("s2_data_gen/s1_pred_stem_processing.py", "--data", data, "--threshold_p", 0.05, "--model", s1,
                "--out_file", s2_data, "--include_all")
-    run_script("s2_training/s2_train_gnn.py", "--input_data", s2_data, "--epochs", 1, "--batch_size", 8,
+    run_script("s2_training/train_s2_box.py", "--input_data", s2_data, "--epochs", 1, "--batch_size", 8,
                "--dim", 16, "--layers", 1, "--heads", 2, "--no_progress", "--log", tmp_path / "s2" / "box.log")
     assert "split: the data's split column" in (tmp_path / "s2" / "box.log").read_text()
     s2 = tmp_path / "s2" / "box.model_ckpt_ep_0.pth"
@@ -213,7 +213,7 @@ def test_train_on_real_structures_and_evaluate_by_family(tmp_path):
 
 @pytest.mark.slow
 def test_in_family_split_and_a_comparison_table(tmp_path):
-    """make_structure_dataset twice -> in_family_split -> train_s2_crf (no epoch: the energy
+    """make_structure_dataset twice -> in_family_split -> train_s2_grammar (no epoch: the energy
     fit, decoder chosen) -> compare_predictors beside RNAfold, by length and family size."""
     made = {}
     for n in (2, 5):
@@ -231,7 +231,7 @@ def test_in_family_split_and_a_comparison_table(tmp_path):
     assert held.groupby("family").size().max() <= 2 and set(held["seq"]) <= set(more["seq"])
 
     grammar = tmp_path / "grammar.pth"
-    proc = run_script("s2_training/train_s2_crf.py", "--data", made[2], "--init_terms", REPO / "models" / "stembb_s2.pth",
+    proc = run_script("s2_training/train_s2_grammar.py", "--data", made[2], "--init_terms", REPO / "models" / "stembb_s2.pth",
                       "--out", grammar, "--epochs", 0, "--no_progress")
     assert "kept epoch -1 (validation F1" in proc.stderr
     out = tmp_path / "compare.csv"
@@ -251,7 +251,7 @@ def test_in_family_split_and_a_comparison_table(tmp_path):
     assert "METHOD one of mea, threshold, max" in error_line(proc)
     s1_needed = run_script("evaluation/compare_predictors.py", "--data", in_family, "--model", "box", "-",
                            REPO / "models" / "stembb_s2_box.pth", "--out", tmp_path / "bad.csv", check=False)
-    assert "give an S1 checkpoint instead of -" in error_line(s1_needed)
+    assert "this S2 model reads S1's output; give it an S1 checkpoint" in error_line(s1_needed)
 
     held_out = tmp_path / "held_out.pkl.gz"  # the long-RNA set's recipe: families and clans f2 never trained on
     run_script("s1_data_gen/make_structure_dataset.py", "--inputs", SAMPLE, "--out", held_out, "--held_out_from",

@@ -186,16 +186,16 @@ def test_the_grammar_trainer_refuses_splits_it_cannot_use_with_one_line(tmp_path
     for split, why in (("val", "no training rows (the data's split column"), ("train", "no validation rows")):
         one_side = tmp_path / f"{split}.pkl.gz"
         write_pickle(df.assign(split=split), one_side)
-        proc = run_script("s2_training/train_s2_crf.py", "--data", one_side, "--out", tmp_path / "m.pth", *common,
+        proc = run_script("s2_training/train_s2_grammar.py", "--data", one_side, "--out", tmp_path / "m.pth", *common,
                           check=False)
         assert why in error_line(proc) and not (tmp_path / "m.pth").exists()
     plain = tmp_path / "plain.pkl.gz"
     write_pickle(df.drop(columns="split"), plain)
     for value in ("1.5", "0", "1"):
-        proc = run_script("s2_training/train_s2_crf.py", "--data", plain, "--out", tmp_path / "m.pth", *common,
+        proc = run_script("s2_training/train_s2_grammar.py", "--data", plain, "--out", tmp_path / "m.pth", *common,
                           "--training_proportion", value, check=False)
         assert f"--training_proportion must be in (0, 1), got {float(value)}" in error_line(proc)
-    proc = run_script("s2_training/train_s2_crf.py", "--data", data, "--out", "/dev/full", *common, check=False)
+    proc = run_script("s2_training/train_s2_grammar.py", "--data", data, "--out", "/dev/full", *common, check=False)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == ("error: /dev/full: could not be written (No space left on "
                                                     "device); what was there before is kept")
@@ -235,26 +235,29 @@ def test_a_protected_family_listed_for_validation_goes_to_test_with_a_note():
 
 def test_small_things_energies_help_and_the_api_span_hint(monkeypatch):
     import stembb
-    from stembb import pipeline
+    from stembb import memory
     assert format_record("e", "ACGU", [], "dot-bracket", -0.001).splitlines()[2] == ".... (  0.00)"
     helped = run_script(PREDICT, "--help").stdout
     assert "(default: 16)" in helped and "(default: dot-bracket)" in helped and "(default: None)" not in helped
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 1000)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1000)
     with pytest.raises(InputError, match=r"pass a smaller max_span: stembb.load_predictor\(max_span=300\)"):
-        stembb.fold("GGGGAAACCCC" * 10)
+        stembb.fold("GGGGAAACCCC" * 300)
 
 
-def test_the_fold_path_loads_no_network_code_and_no_s1():
+def test_the_fold_path_loads_no_network_code_no_s1_and_no_torch():
+    """The shipped model folds with numpy and the compiled passes: no torch, no pandas,
+    no S1, no network or training code."""
     code = ("import sys, stembb; print(stembb.fold('GGGGAAACCCC')[0]); p = stembb.load_predictor(); "
-            "print(p.s1_model is None, ' '.join(sorted(m for m in sys.modules if m.startswith('stembb'))))")
+            "print(p.s1_model is None, 'torch' in sys.modules, 'pandas' in sys.modules, "
+            "' '.join(sorted(m for m in sys.modules if m.startswith('stembb'))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     structure, line = proc.stdout.splitlines()
-    no_s1, modules = line.split(" ", 1)
-    assert structure == "((((...))))" and no_s1 == "True"
+    no_s1, torch_loaded, pandas_loaded, modules = line.split(" ", 3)
+    assert structure == "((((...))))" and no_s1 == "True" and torch_loaded == pandas_loaded == "False"
     assert set(modules.split()) == {
-        "stembb", "stembb.api", "stembb.checkpoint", "stembb.cli", "stembb.distributed", "stembb.errors", "stembb.io",
-        "stembb.pipeline", "stembb.structure", "stembb.grammar", "stembb.grammar.assemble", "stembb.grammar.crf",
-        "stembb.grammar.decode", "stembb.grammar.partition"}
+        "stembb", "stembb.api", "stembb.checkpoint", "stembb.cli", "stembb.errors", "stembb.io", "stembb.memory",
+        "stembb.pipeline", "stembb.sequences", "stembb.structure", "stembb.grammar", "stembb.grammar.assemble",
+        "stembb.grammar.decode", "stembb.grammar.model", "stembb.grammar.partition"}
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -263,7 +266,7 @@ def test_the_fold_path_loads_no_network_code_and_no_s1():
     (["--threshold_p", "0.2"], "--threshold_p is S1's box-proposal threshold, read by the two-stage box models"),
     (["--batch_size", "4"], "--batch_size sets S1's forward passes; {m} runs no S1"),
     (["--s1_model", REPO / "models" / "stembb_s1.pth"], "--s1_model: {m} gives S1 no weight"),
-    (["--decoder", "max", "--s2_model", REPO / "models" / "stembb_s2_box.pth"], "--decoder is for grammar S2 models"),
+    (["--decoder", "max", "--s2_model", REPO / "models" / "stembb_s2_box.pth"], "--decoder is for grammar models"),
 ])
 def test_a_flag_the_model_would_not_read_is_refused(tmp_path, flags, message):
     fasta = tmp_path / "in.fa"
@@ -283,3 +286,44 @@ def test_the_decoder_and_its_settings_are_chosen_by_flag(tmp_path):
     loose = structures_of(run_script(PREDICT, "--fasta", fasta, "--decoder", "mea", "--gamma", "50").stdout)["a"]
     assert loose.count("(") >= shipped.count("(")
     assert structures_of(run_script(PREDICT, "--fasta", fasta, "--decoder", "max").stdout)["a"].count("(") > 0
+
+
+def test_checkpoints_read_without_torch_equal_torch_load(tmp_path):
+    """read_arrays (no torch) gives what torch.load gives, tensors as arrays of the same
+    dtype and values, for every shipped checkpoint; a file of another layout goes to
+    torch.load and its one-line error."""
+    import torch
+    from stembb.checkpoint import read_arrays
+    from stembb.pipeline import S2_CHECKPOINT_KINDS
+
+    def same(a, t):
+        if isinstance(t, dict):
+            assert list(a) == list(t)
+            return all(same(a[k], t[k]) for k in t)
+        if isinstance(t, (list, tuple)):
+            return len(a) == len(t) and all(same(x, y) for x, y in zip(a, t))
+        if isinstance(t, torch.Tensor):
+            return isinstance(a, np.ndarray) and a.dtype == t.numpy().dtype and np.array_equal(a, t.numpy())
+        return a == t
+
+    kinds = ("s1_stem_bb", *S2_CHECKPOINT_KINDS)
+    for path in sorted((REPO / "models").glob("*.pth")):
+        assert same(read_arrays(path, kinds), torch.load(path, weights_only=True)), path
+    transposed = tmp_path / "t.pth"
+    torch.save({"kind": "s2_grammar", "model": {"w": torch.arange(6.0).reshape(2, 3).t()}}, transposed)
+    assert np.array_equal(read_arrays(transposed, "s2_grammar")["model"]["w"], np.arange(6.0).reshape(2, 3).T)
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match=r"bad.pth: not a readable torch checkpoint"):
+        read_arrays(tmp_path / "bad.pth", "s2_grammar")
+
+
+def test_small_folds_do_not_read_the_memory_available(monkeypatch):
+    import stembb
+    from stembb import memory
+    reads = []
+    monkeypatch.setattr(memory, "available_memory", lambda: reads.append(1) or 1000)
+    predictor = stembb.load_predictor()
+    assert predictor.fold(["GGGGAAACCCC"])[0] == [[(0, 10), (1, 9), (2, 8), (3, 7)]] and not reads
+    with pytest.raises(InputError, match=r"sequence 1 \(3000 nt\): folding it whole needs about"):
+        predictor.fold(["GC" * 1500])
+    assert reads

@@ -12,12 +12,13 @@ from stembb.checkpoint import load_checkpoint, save_checkpoint
 from stembb.errors import InputError
 from stembb.data.folding import fold, sampled_energies_of
 from stembb.metrics import pair_scores
-from stembb.pipeline import Predictor, add_predictor_args, load_s2_model, make_predictor
+from stembb.pipeline import add_predictor_args, make_predictor, predictor_from_checkpoints
 from stembb.s2 import boxnet
 from stembb.s2.candidates import BOX_COLUMNS
+from stembb.s2.predictor import BoxPredictor
 from stembb.grammar.decode import decode_structure
-from stembb.grammar.assemble import (SMALL_LOOPS, TERM_SHAPES, LoopTerms, assemble, loop_counts, pair_type,
-                                small_loop_slot, structure_score)
+from stembb.grammar.assemble import SMALL_LOOPS, TERM_SHAPES, assemble, loop_counts, pair_type, small_loop_slot
+from stembb.grammar.terms import LoopTerms, structure_score
 from stembb.grammar.decode import decode_gains
 from stembb.grammar.energy_fit import fit_terms_to_energies
 from stembb.s2.engine import (S2_MODELS, _terms_hinge, calibrate_gamma, fit_terms, pair_max,
@@ -293,12 +294,12 @@ def test_gnn_baseline_and_box_model_both_predict(s2_models, tiny_s1_data, tmp_pa
     _, s1, box, gnn = s2_models
     seqs = pd.read_pickle(tiny_s1_data)["seq"].tolist()[:6]
     for path in (box, gnn):
-        predictor = Predictor.from_checkpoints(s1, path, torch.device("cpu"), threshold=0.05)
+        predictor = BoxPredictor.from_checkpoints(s1, path, torch.device("cpu"), threshold=0.05)
         for seq, pairs in zip(seqs, predictor.predict(seqs)):
             validate_pairs(pairs, len(seq))
             assert is_nested(pairs)
     # a box model whose logits have weight 0 decodes the same without running its network
-    predictor = Predictor.from_checkpoints(s1, box, torch.device("cpu"), threshold=0.05)
+    predictor = BoxPredictor.from_checkpoints(s1, box, torch.device("cpu"), threshold=0.05)
     with torch.no_grad():
         predictor.s2_model.terms.pair_weight.fill_(1.0)
     with_logits = predictor.predict(seqs)
@@ -332,20 +333,20 @@ def test_s2_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(s
     root, _, box, _ = s2_models
     common = ["--input_data", root / "s2.pkl.gz", "--epochs", 1, "--batch_size", 8, "--layers", 1, "--heads", 2,
               "--no_progress", "--init", box]
-    run_script("s2_training/s2_train_gnn.py", *common, "--dim", 16, "--log", tmp_path / "ft.log")
+    run_script("s2_training/train_s2_box.py", *common, "--dim", 16, "--log", tmp_path / "ft.log")
     log = (tmp_path / "ft.log").read_text()
     assert "(--init); new optimizer, epoch 0" in log
     tuned = load_checkpoint(tmp_path / "ft.model_ckpt_ep_0.pth", boxnet.KIND)
     start = load_checkpoint(box, boxnet.KIND)
     assert tuned["epoch"] == 0 and tuned["config"] == start["config"]
-    proc = run_script("s2_training/s2_train_gnn.py", *common, "--dim", 32, "--log", tmp_path / "bad.log", check=False)
+    proc = run_script("s2_training/train_s2_box.py", *common, "--dim", 32, "--log", tmp_path / "bad.log", check=False)
     assert proc.returncode == 2 and "another architecture: dim 16 there vs 32 here" in proc.stderr.splitlines()[-1]
 
 
 def test_an_unknown_s2_checkpoint_kind_is_named(tmp_path):
     save_checkpoint({"kind": "s2_box", "model": {}}, tmp_path / "old.pth")
     with pytest.raises(InputError, match=r"old.pth: not an s2_box2 or s2_gnn or s2_grammar checkpoint \(found 's2_box'\)"):
-        load_s2_model(tmp_path / "old.pth", torch.device("cpu"))
+        predictor_from_checkpoints(None, tmp_path / "old.pth")
 
 
 def test_loop_terms_fitted_to_vienna_energies_fold_like_it():

@@ -1,5 +1,7 @@
-"""The loop grammar, the shipped model: its terms and best structure (``assemble``), its
-partition function and pair probabilities (``partition``), the MEA decoder (``decode``),
-the energy fit it starts from (``energy_fit``) and the likelihood model that owns them
-all (``crf.GrammarFold``). Nothing here imports S1 or the two-stage networks of
+"""The loop grammar, the shipped model, in numpy and compiled loops: its score and best
+structure (``assemble``), partition function and pair probabilities (``partition``),
+MEA decoder (``decode``) and the folding object that owns them (``model.GrammarFold``).
+Training, in torch: the loop terms as parameters (``terms``), the energy fit they start
+from (``energy_fit``), the conditional log-likelihood (``crf``) and the references it
+learns from (``references``). Nothing here imports S1 or the two-stage networks of
 ``stembb.s2``, which import from here."""

@@ -1,9 +1,10 @@
-"""The loop grammar's terms (``LoopTerms``) and its best structure (``assemble``): the
-shipped model's score (``stembb.grammar.crf``), also the decoder the box transformer trains through.
+"""The loop grammar's score ``S(y)`` (the tables of ``TERM_SHAPES``) and its best
+structure (``assemble``), in numpy and compiled loops: what the grammar model
+(``stembb.grammar.model``) folds with.
 
 A nested structure ``y`` made of candidate pairs is scored loop by loop, in the shape of
 a nearest-neighbour energy model (the loop decomposition of Turner 2004 with dangles on
-both sides of every branch) whose every number is learned (``LoopTerms``):
+both sides of every branch) whose every number is learned (``TERM_SHAPES``):
 
     S(y) = sum over pairs (i, j) of u_ij      (pair score: pair_weight * network logit + pair_bias)
          + per pair (i, j), by what it closes (t = pair type, 7 kinds; n = unpaired bases):
@@ -39,8 +40,8 @@ of 0.43 kcal/mol on held-out sequences, with them 0.23 (docs/TRAINING.md, S2 tra
 best structure by dynamic programming over spans, one anti-diagonal at a time (``V``:
 (i, j) paired; ``W1``: best non-empty exterior content; ``WM`` / ``M2``: multiloop
 content with at least one / two branches). The answer is empty when every non-empty
-structure scores below 0. ``structure_score`` computes the same S(y) as a torch
-expression for the margin loss of training (``stembb.s2.engine.structured_hinge``).
+structure scores below 0. ``stembb.grammar.terms`` holds the same tables as torch
+parameters for training, and ``structure_score`` there computes S(y) as a torch expression.
 Hairpins have at least ``MIN_LOOP`` bases.
 """
 from __future__ import annotations
@@ -49,8 +50,6 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-import torch
-from torch import nn
 
 from stembb.structure import base_codes
 
@@ -65,6 +64,21 @@ for _k, (_a, _b) in enumerate(("AU", "UA", "GC", "CG", "GU", "UG")):
     PAIR_TYPE["ACGU".index(_a), "ACGU".index(_b)] = _k
 REVERSED_TYPE = np.array([1, 0, 3, 2, 5, 4, 6])  # t(j, i) from t(i, j)
 SMALL_LOOPS = ("int11", "int21", "int22")  # the tables of small_loop_slot's table numbers 0, 1, 2
+# The shape of every loop-term table of S(y) (``stembb.grammar.terms.LoopTerms`` holds them as
+# parameters); the pair score's own two numbers, pair_weight and pair_bias, are not loop terms.
+TERM_SHAPES = {
+    "stack": (N_PAIR_TYPES, N_PAIR_TYPES),
+    "hairpin": (len(HAIRPIN_EDGES) + 1,),
+    "interior": (2, len(LOOP_EDGES) + 1),  # [bulge, internal] x size
+    "asymmetry": (MAX_ASYMMETRY + 1,),
+    "multi": (2,),  # [closing, per branch]
+    "end": (N_PAIR_TYPES,),
+    **{name: (N_PAIR_TYPES, 5, 5) for name in ("hairpin_mismatch", "loop_mismatch", "mismatch_1x1", "dangle")},
+    # one slot per sequence of the closing pair and loop; the last for any with an N
+    "triloop": (4 ** 5 + 1,),
+    "tetraloop": (4 ** 6 + 1,),
+    **{name: (N_PAIR_TYPES, N_PAIR_TYPES) + (5,) * n_bases for name, n_bases in zip(SMALL_LOOPS, (2, 3, 4))},
+}
 
 
 def base_at(codes: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -77,32 +91,6 @@ def pair_type(codes: np.ndarray, i, j):
     """Pair type (``PAIR_TYPE``) of bases i and j (ints or arrays of positions) of a
     sequence with base ``codes``."""
     return PAIR_TYPE[codes[i], codes[j]]
-
-
-class LoopTerms(nn.Module):
-    """The learned loop terms of ``S(y)``, all zero at the start (a plain pair count)."""
-
-    def __init__(self):
-        super().__init__()
-        self.stack = nn.Parameter(torch.zeros(N_PAIR_TYPES, N_PAIR_TYPES))
-        self.hairpin = nn.Parameter(torch.zeros(len(HAIRPIN_EDGES) + 1))
-        self.interior = nn.Parameter(torch.zeros(2, len(LOOP_EDGES) + 1))  # [bulge, internal] x size
-        self.asymmetry = nn.Parameter(torch.zeros(MAX_ASYMMETRY + 1))
-        self.multi = nn.Parameter(torch.zeros(2))  # [closing, per branch]
-        self.end = nn.Parameter(torch.zeros(N_PAIR_TYPES))
-        for name in ("hairpin_mismatch", "loop_mismatch", "mismatch_1x1", "dangle"):
-            self.register_parameter(name, nn.Parameter(torch.zeros(N_PAIR_TYPES, 5, 5)))
-        # one slot per sequence of the closing pair and loop; the last for any with an N
-        self.triloop = nn.Parameter(torch.zeros(4 ** 5 + 1))
-        self.tetraloop = nn.Parameter(torch.zeros(4 ** 6 + 1))
-        for name, n_bases in zip(SMALL_LOOPS, (2, 3, 4)):
-            self.register_parameter(name, nn.Parameter(torch.zeros((N_PAIR_TYPES, N_PAIR_TYPES) + (5,) * n_bases)))
-        # a pair's score u_ij = pair_weight * (network logit) + pair_bias
-        self.pair_weight = nn.Parameter(torch.ones(()))
-        self.pair_bias = nn.Parameter(torch.zeros(()))
-
-    def numpy(self) -> dict[str, np.ndarray]:
-        return {name: p.detach().cpu().double().numpy() for name, p in self.named_parameters()}
 
 
 @numba.njit(cache=True, nogil=True)
@@ -242,7 +230,7 @@ def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, 
 def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> list[tuple[int, int]]:
     """The candidate structure of maximum ``S(y)``: ``pairs`` (P, 2) candidates with pair
     scores ``unary`` (P,) (``pair_weight`` and ``pair_bias`` already applied); ``terms``
-    from ``LoopTerms.numpy()``. Sorted list of pairs."""
+    from ``LoopTerms.numpy()`` or a model file. Sorted list of pairs."""
     cands, _ = candidates(seq, pairs, unary, terms)
     if cands is None:
         return []
@@ -483,10 +471,6 @@ def fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mul
     return out[:n_out], w1[length - 1]
 
 
-# shape of each loop-term table (the pair score's weight and bias are not loop terms)
-TERM_SHAPES = {name: tuple(p.shape) for name, p in LoopTerms().named_parameters() if not name.startswith("pair_")}
-
-
 def loop_features(seq: str, structure) -> dict[str, np.ndarray]:
     """What ``S(y)`` counts in a nested structure: ``pairs`` (P, 2); ``multi`` [loops,
     branches]; and for every other ``LoopTerms`` table, the index rows of the entries it
@@ -567,13 +551,13 @@ def loop_counts(seq: str, structure) -> tuple[np.ndarray, dict[str, np.ndarray]]
     return f["pairs"], counts | {"multi": f["multi"]}
 
 
-def structure_score(seq: str, structure, pair_index: dict, unary: torch.Tensor, terms: LoopTerms) -> torch.Tensor:
-    """``S(y)`` of a nested candidate structure as a torch scalar (differentiable in the
-    pair scores ``unary`` (P,) and in ``terms``); ``pair_index`` maps a pair to its row."""
-    pairs, counts = loop_counts(seq, structure)
-    rows = torch.as_tensor([pair_index[p] for p in map(tuple, pairs.tolist())], dtype=torch.long, device=unary.device)
-    score = unary[rows].sum()
-    for name, c in counts.items():
-        param = getattr(terms, name)
-        score = score + param.flatten() @ torch.as_tensor(c, dtype=param.dtype, device=param.device)
-    return score
+def loop_score(seq: str, structure, terms: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """``(pairs (P, 2), the loop terms' part of S(y))`` of a nested structure: the sum of
+    ``loop_counts``, read from the entries it uses rather than dotted with whole tables
+    (at 50 nt that took most of a fold's time)."""
+    f = loop_features(seq, structure)
+    total = float(f["multi"] @ terms["multi"])
+    for name in TERM_SHAPES:
+        if name != "multi":
+            total += float(terms[name][tuple(f[name].T)].sum())
+    return f["pairs"], total

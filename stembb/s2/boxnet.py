@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stembb.boxes import anti_diagonal
-from stembb.grammar.assemble import N_PAIR_TYPES, PAIR_TYPE, LoopTerms, base_at
+from stembb.grammar.assemble import N_PAIR_TYPES, PAIR_TYPE, base_at
+from stembb.grammar.terms import LoopTerms
 from stembb.s2.candidates import BOX_COLUMNS
 from stembb.checkpoint import S2_BOX_KIND
 from stembb.structure import base_codes

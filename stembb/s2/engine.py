@@ -35,7 +35,8 @@ from stembb.metrics import pair_scores
 from stembb.s1.predict import Proposals
 from stembb.s2 import boxnet, gnn
 from stembb.s2.candidates import box_table, pair_features
-from stembb.grammar.assemble import TERM_SHAPES, assemble, loop_counts, structure_score
+from stembb.grammar.assemble import TERM_SHAPES, assemble, loop_counts
+from stembb.grammar.terms import structure_score
 from stembb.grammar.decode import decode_structure
 from stembb.structure import pairs_from_one_idx
 

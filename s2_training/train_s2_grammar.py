@@ -1,5 +1,6 @@
-"""Train the probabilistic S2 (stembb.grammar.crf): the loop grammar over every canonical pair,
-S1's maps as evidence, by conditional log-likelihood of reference structures.
+"""Train the grammar model (stembb.grammar.model), the loop grammar over every canonical
+pair with S1's maps as optional evidence, by conditional log-likelihood of reference
+structures (stembb.grammar.crf).
 
 Reads structure pickles (seq, one_idx; a ``split`` column, as make_structure_dataset.py
 writes, names the training and validation rows, and its test rows are never read;
@@ -8,7 +9,7 @@ energy-fitted S2 checkpoint (--init_terms, default the shipped models/stembb_s2.
 divided by kT (from a grammar checkpoint: the fit it was trained from), and are pulled
 toward that start with strength --pull; --freeze_terms
 keeps them fixed and trains only the pair bias and the evidence weights. With --s1_model,
-each allowed pair gets S1's evidence (stembb.grammar.crf.EVIDENCE) and its weights are
+each allowed pair gets S1's evidence (stembb.grammar.model.EVIDENCE) and its weights are
 learned; without it the model is the grammar alone.
 
 Each epoch records the training NLL and the validation F1 (MEA, gamma 1) in
@@ -18,7 +19,7 @@ none beats it), or the last with --keep_last. Then the decoder
 the checkpoint (--out), which evaluation/predict_structure.py and run_end_to_end.py read
 as --s2_model.
 
-    python train_s2_crf.py --data ../data/real/rfam.pkl.gz --out result/s2_crf.pth --epochs 2 \\
+    python train_s2_grammar.py --data ../data/real/rfam.pkl.gz --out result/s2_grammar.pth --epochs 2 \\
         --lr 0.001 --pull 0.1
 """
 import argparse
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stembb.checkpoint import load_checkpoint, save_checkpoint
+from stembb.checkpoint import S2_GRAMMAR_KIND, load_checkpoint, save_checkpoint
 from stembb.cli import HelpFormatter, check_at_least_one, check_outputs, check_positive, seed
 from stembb.data.splits import train_val_rows
 from stembb.distributed import pick_device
@@ -42,7 +43,10 @@ from stembb.pipeline import SHIPPED_S2, evidence_maps
 from stembb.runlog import start_run
 from stembb.s1.predict import load_s1_model
 from stembb.grammar import crf
-from stembb.grammar.assemble import LoopTerms
+from stembb.grammar.assemble import MIN_LOOP
+from stembb.grammar.model import EVIDENCE, decode_ensemble
+from stembb.grammar.references import PRODUCIBLE_DROPS, domains, trainable_reference
+from stembb.grammar.terms import LoopTerms
 from stembb.s2.boxnet import KIND as BOX_KIND
 from stembb.structure import pairs_from_one_idx
 from stembb.train import record_epoch
@@ -105,14 +109,14 @@ def read_splits(paths: list[Path], extra: list[Path], fraction: float, seed: int
     return train, df.iloc[val].reset_index(drop=True)
 
 
-def initial_model(path: Path, n_evidence: int) -> tuple[crf.GrammarFold, dict]:
+def initial_model(path: Path, n_evidence: int) -> tuple[crf.GrammarCRF, dict]:
     """A grammar model whose loop terms and pair bias start from, and are pulled toward,
     an energy fit in nats: a box checkpoint's energy-fitted terms divided by kT, or the
     fit a grammar checkpoint was itself trained from (its ``anchor``), so training from
     the shipped model repeats the training that made it."""
-    state = load_checkpoint(path, (BOX_KIND, crf.KIND))
-    model = crf.GrammarFold(n_evidence)
-    if state["kind"] == crf.KIND:
+    state = load_checkpoint(path, (BOX_KIND, S2_GRAMMAR_KIND))
+    model = crf.GrammarCRF(n_evidence)
+    if state["kind"] == S2_GRAMMAR_KIND:
         with torch.no_grad():
             for name, value in state["anchor"].items():
                 getattr(model.terms, name).copy_(value)
@@ -126,10 +130,10 @@ def initial_model(path: Path, n_evidence: int) -> tuple[crf.GrammarFold, dict]:
 
 
 def examples_of(model, df: pd.DataFrame, maps, train: bool, log, crop: int | None = None) -> list:
-    """One ``crf.Example`` per row. Training references are made producible first
-    (``crf.trainable_reference``; the pairs dropped are logged by reason) and those with
+    """One ``Example`` per row. Training references are made producible first
+    (``trainable_reference``; the pairs dropped are logged by reason) and those with
     no producible structure left out; with ``crop``, a longer one is trained on as its
-    domains of at most ``crop`` bases (``crf.domains``). Validation references are
+    domains of at most ``crop`` bases (``domains``). Validation references are
     scored whole, as they are."""
     out, skipped, drops, cropped = [], Counter(), Counter(), 0
     for k, (seq, one_idx) in enumerate(zip(df["seq"], df["one_idx"])):
@@ -137,11 +141,11 @@ def examples_of(model, df: pd.DataFrame, maps, train: bool, log, crop: int | Non
         if not train:
             out.append(model.example(seq, None if maps is None else maps[k], ref))
             continue
-        ref = crf.trainable_reference(seq, ref, counts=drops)
+        ref = trainable_reference(seq, ref, counts=drops)
         if ref is None or not ref:
             skipped["an interior loop longer than the grammar's" if ref is None else "no producible pair"] += 1
             continue
-        windows = [(0, len(seq) - 1)] if crop is None else crf.domains(ref, len(seq), crop)
+        windows = [(0, len(seq) - 1)] if crop is None else domains(ref, len(seq), crop)
         cropped += windows != [(0, len(seq) - 1)]
         for a, b in windows:
             part = [(i - a, j - a) for i, j in ref if a <= i and j <= b]
@@ -149,22 +153,23 @@ def examples_of(model, df: pd.DataFrame, maps, train: bool, log, crop: int | Non
             out.append(model.example(seq[a:b + 1], p_on, part))
     if train:
         log.info("training references made producible: %s; structures left out: %s%s",
-                 ", ".join(f"{drops[why]} {why}" for why in crf.PRODUCIBLE_DROPS),
+                 ", ".join(f"{drops[why]} {why}" for why in PRODUCIBLE_DROPS),
                  ", ".join(f"{n} ({why})" for why, n in skipped.items()) or "none",
                  f"; {cropped} longer than --crop {crop} trained on as their domains" if crop else "")
     return out
 
 
-def decoded_f1(model, examples, method: str, value: float, ensembles) -> float:
+def decoded_f1(examples, method: str, value: float, ensembles) -> float:
+    """Mean F1 of the structures ``method`` (mea or threshold, at ``value``) decodes from ``ensembles``."""
     kw = {"gamma": value} if method != "threshold" else {"cut": value}
-    return float(np.mean([pair_scores(crf.decode(model, e, method, ens=en, **kw), e.reference)["f1"]
+    return float(np.mean([pair_scores(decode_ensemble(en, e.seq, method, **kw), e.reference)["f1"]
                           for e, en in zip(examples, ensembles)]))
 
 
-def choose_decoder(model, examples, ensembles) -> tuple[dict, dict]:
+def choose_decoder(examples, ensembles) -> tuple[dict, dict]:
     """The decoder of best validation F1 (MEA over GAMMAS, threshold over CUTS)."""
-    scores = {("mea", g): decoded_f1(model, examples, "mea", g, ensembles) for g in GAMMAS}
-    scores |= {("threshold", c): decoded_f1(model, examples, "threshold", c, ensembles) for c in CUTS}
+    scores = {("mea", g): decoded_f1(examples, "mea", g, ensembles) for g in GAMMAS}
+    scores |= {("threshold", c): decoded_f1(examples, "threshold", c, ensembles) for c in CUTS}
     method, value = max(scores, key=lambda k: (scores[k], k[0] == "mea"))
     return {"method": method, "gamma": value if method == "mea" else 1.0,
             "cut": value if method == "threshold" else 0.5}, {f"{m} {v}": f for (m, v), f in scores.items()}
@@ -175,17 +180,17 @@ def main(args) -> None:
     check_at_least_one(args, "batch_size", "threads")
     if not 0 < args.training_proportion < 1:
         raise InputError(f"--training_proportion must be in (0, 1), got {args.training_proportion}")
-    if args.crop is not None and args.crop < 2 * crf.MIN_LOOP + 4:
-        raise InputError(f"--crop must be at least {2 * crf.MIN_LOOP + 4} bases, got {args.crop}")
+    if args.crop is not None and args.crop < 2 * MIN_LOOP + 4:
+        raise InputError(f"--crop must be at least {2 * MIN_LOOP + 4} bases, got {args.crop}")
     if args.epochs < 0:
         raise InputError(f"--epochs must be at least 0 (0: the starting terms, decoder chosen), got {args.epochs}")
     check_positive(args, "lr", "evidence_lr")
     if args.pull < 0:
         raise InputError(f"--pull must be at least 0, got {args.pull}")
-    log = start_run("train_s2_crf", args.seed, args.out.with_suffix(".log"))
+    log = start_run("train_s2_grammar", args.seed, args.out.with_suffix(".log"))
     torch.manual_seed(args.seed)
     train_df, val_df = read_splits(args.data, args.extra_train, args.training_proportion, args.seed, log)
-    model, anchor = initial_model(args.init_terms, len(crf.EVIDENCE) if args.s1_model else 0)
+    model, anchor = initial_model(args.init_terms, len(EVIDENCE) if args.s1_model else 0)
     maps = {"train": None, "val": None}
     if args.s1_model is not None:
         device = pick_device(args.device)
@@ -206,8 +211,8 @@ def main(args) -> None:
     optimizer = torch.optim.Adam(groups, args.lr)
     rng = np.random.default_rng(args.seed)
     history: list = []
-    val_ens = crf.ensembles(model, val, args.threads)
-    best = (decoded_f1(model, val, "mea", 1.0, val_ens), -1, {k: v.clone() for k, v in model.state_dict().items()},
+    val_ens = model.folding().ensembles(val, args.threads)
+    best = (decoded_f1(val, "mea", 1.0, val_ens), -1, {k: v.clone() for k, v in model.state_dict().items()},
             val_ens)
     log.info("validation F1 before training (MEA, gamma 1): %.4f", best[0])
     for epoch in range(args.epochs):
@@ -222,8 +227,8 @@ def main(args) -> None:
             loss.backward()
             optimizer.step()
             total += nll.item() * len(idx)
-        val_ens = crf.ensembles(model, val, args.threads)
-        f1 = decoded_f1(model, val, "mea", 1.0, val_ens)
+        val_ens = model.folding().ensembles(val, args.threads)
+        f1 = decoded_f1(val, "mea", 1.0, val_ens)
         log.info("epoch %d: training NLL %.4f per reference pair, validation F1 %.4f (%.0f s)", epoch,
                  total / len(train), f1, time.perf_counter() - started)
         record_epoch(history, [{"epoch": epoch, "split": "train", "nll": total / len(train)},
@@ -234,12 +239,12 @@ def main(args) -> None:
     model.load_state_dict(best[2])
     log.info("kept epoch %d (validation F1 %.4f; -1 = the start)%s", best[1], best[0],
              " as --keep_last asks" if args.keep_last else "")
-    decoder, scores = choose_decoder(model, val, best[3])  # the kept state's validation probabilities
+    decoder, scores = choose_decoder(val, best[3])  # the kept state's validation probabilities
     log.info("decoder chosen on validation: %s (F1 %.4f)", decoder,
              max(scores.values()))
-    save_checkpoint({"kind": crf.KIND, "model": model.state_dict(), "config": model.config, "args": vars(args),
+    save_checkpoint({"kind": S2_GRAMMAR_KIND, "model": model.state_dict(), "config": model.config, "args": vars(args),
                      "epoch": best[1], "history": history, "decode": decoder, "decode_scores": scores,
-                     "evidence": list(crf.EVIDENCE) if args.s1_model else [], "anchor": anchor}, args.out)
+                     "evidence": list(EVIDENCE) if args.s1_model else [], "anchor": anchor}, args.out)
     log.info("wrote %s", args.out)
 
 

@@ -23,11 +23,11 @@ result/s2_gnn_run_20.metrics.csv / .metrics.png and the checkpoints
 result/s2_gnn_run_20.model_ckpt_ep_{epoch}.pth (epochs from 0), every --save_every epochs
 and at the last.
 
-    python s2_train_gnn.py --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
+    python train_s2_box.py --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
         --learning_rate 0.002 --epochs 1 --batch_size 16 --log result/s2_box_run_1.log
-    python s2_train_gnn.py --input_data ../data/s2_train.pkl.gz --terms_from_energies 0 --struct_weight 1 \\
+    python train_s2_box.py --input_data ../data/s2_train.pkl.gz --terms_from_energies 0 --struct_weight 1 \\
         --learning_rate 0.002 --epochs 5 --batch_size 16 --log result/s2_box_run_2.log
-    python s2_train_gnn.py --model gnn --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
+    python train_s2_box.py --model gnn --input_data ../data/s2_train.pkl.gz --training_proportion 0.9 \\
         --learning_rate 0.001 --epochs 50 --batch_size 10 --hid 32 32 32 --log result/s2_gnn_run_1.log \\
         --kmer 3 --embed_dim 16
 """
