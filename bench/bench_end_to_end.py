@@ -75,6 +75,7 @@ def main():
     p.add_argument("--long", nargs="*", default=["2000:whole", "5000:300"],
                    help="LENGTH:SPAN cases of the long-RNA section (grammar models)")
     p.add_argument("--shell_runs", type=int, default=5, help="runs of the whole-process start-up timing")
+    p.add_argument("--dask_seqs", type=int, default=2000, help="sequences of the Dask section (0: leave it out)")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     cpu = torch.device("cpu")
@@ -141,7 +142,8 @@ def main():
         for case in args.long:
             length, span = case.split(":")
             seq = "".join(rng.choice(list("ACGU"), int(length)))
-            ours = fold_in_child("stembb", seq, None if span == "whole" else int(span), args.s1_model, args.s2_model)
+            ours = fold_in_child("stembb", seq, None if span == "whole" else int(span),
+                                 args.s1_model if predictor.reads_s1 else None, args.s2_model)
             vienna = fold_in_child("RNAfold", seq, None if span == "whole" else int(span))
             print(f"{length} nt, span {span}: stembb {ours['seconds']:.1f} s, peak {ours['peak_gb']:.2f} GB | "
                   f"RNAfold {vienna['seconds']:.1f} s, peak {vienna['peak_gb']:.2f} GB | "
@@ -152,6 +154,8 @@ def main():
         vienna = shell_seconds([sys.executable, "-c", f"import RNA; print(RNA.fold({seq!r})[0])"], "", args.shell_runs)
         print(f"one 100-nt sequence from the shell, whole process: stembb-fold {ours:.2f} s | python + RNA.fold "
               f"{vienna:.2f} s | {ours / vienna:.1f}x")
+        if args.dask_seqs:
+            dask_rates(args.s2_model, args.dask_seqs, rng)
 
 
 CHILD = """
@@ -159,7 +163,7 @@ import json, sys, time
 tool, seq, span, s1, s2 = json.loads(sys.argv[1])
 if tool == "stembb":
     import stembb
-    predictor = stembb.load_predictor(s1, s2, "cpu", max_span=span)
+    predictor = stembb.load_predictor(s2_model=s2, max_span=span, **({"s1_model": s1} if s1 else {}))
     run = lambda s: predictor.predict([s])
 else:
     import RNA
@@ -176,6 +180,28 @@ with open("/proc/self/status") as f:  # VmHWM: this process's peak; ru_maxrss wo
     peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": seconds, "peak_gb": peak_kb / 1e6}))
 """
+
+
+def dask_rates(s2_model: str, num: int, rng) -> None:
+    """``stembb-fold`` over ``num`` random 100-nt sequences, whole process: on one core
+    (``taskset``), on every core of one process (its thread pool), and ``--dask local:N``
+    with N the cores."""
+    import os
+    import tempfile
+    cores = len(os.sched_getaffinity(0))
+    fold_cmd = [str(Path(sys.executable).with_name("stembb-fold")), "--s2_model", s2_model]
+    with tempfile.TemporaryDirectory() as tmp:
+        fasta = Path(tmp) / "many.fa"
+        fasta.write_text("".join(f">r{k}\n{''.join(rng.choice(list('ACGU'), 100))}\n" for k in range(num)))
+        one_core = shell_seconds(["taskset", "-c", str(min(os.sched_getaffinity(0))), *fold_cmd, "--fasta",
+                                  str(fasta), "--out", f"{tmp}/a.db"], "", 1)
+        threads = shell_seconds([*fold_cmd, "--fasta", str(fasta), "--out", f"{tmp}/b.db"], "", 1)
+        dask = shell_seconds([*fold_cmd, "--fasta", str(fasta), "--out", f"{tmp}/c.db", "--dask", f"local:{cores}"],
+                             "", 1)
+        same = (Path(tmp) / "a.db").read_bytes() == (Path(tmp) / "b.db").read_bytes() == (Path(tmp) / "c.db").read_bytes()
+    print(f"{num} sequences of 100 nt, whole process: one core {num / one_core:.0f} seq/s | one process on {cores} "
+          f"cores {num / threads:.0f} seq/s ({one_core / threads:.2f}x) | --dask local:{cores} {num / dask:.0f} seq/s "
+          f"({one_core / dask:.2f}x one core); outputs identical: {same}")
 
 
 def shell_seconds(command: list[str], stdin: str, runs: int) -> float:

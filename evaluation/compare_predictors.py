@@ -4,7 +4,8 @@ Rows: ViennaRNA's MFE and MEA (gamma 1) structures, EternaFold's MEA structure w
 --eternafold (LinearPartition, beam 100; requirements-eval.txt), then each --model NAME S1 S2
 [METHOD]: an S1 and an S2 checkpoint (S1 '-' for a grammar model without S1 evidence),
 decoded as its S2 checkpoint says or, for a grammar model, by METHOD (mea, threshold or
-max). --max_span N folds the ViennaRNA and grammar rows with pairs at most N apart.
+max; with +pk, e.g. threshold+pk, or pk alone for the checkpoint's decoder, the pseudoknot
+layer adds crossing stems: stembb.grammar.pseudoknots). --max_span N folds the ViennaRNA and grammar rows with pairs at most N apart.
 Writes --out (one row per sequence and predictor), <out>_summary.csv (mean scores
 overall, per length bin, per family-size bin when the pickle has make_structure_dataset's
 family_size column, per family and clan, family-macro) and <out>_table.md (the table
@@ -57,9 +58,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def parse_models(specs: list[list[str]]) -> list[tuple[str, Path | None, Path, str | None]]:
     out = []
+    methods = (*DECODERS, *(m + "+pk" for m in DECODERS), "pk")
     for spec in specs:
-        if len(spec) not in (3, 4) or (len(spec) == 4 and spec[3] not in DECODERS):
-            raise InputError(f"--model {' '.join(spec)}: give NAME S1 S2 [METHOD], METHOD one of {', '.join(DECODERS)}")
+        if len(spec) not in (3, 4) or (len(spec) == 4 and spec[3] not in methods):
+            raise InputError(f"--model {' '.join(spec)}: give NAME S1 S2 [METHOD], METHOD one of {', '.join(methods)}")
         if spec[0] in [name for name, *_ in out]:
             raise InputError(f"--model {spec[0]}: this name is given twice; each predictor needs its own row name")
         s1 = None if spec[1] == "-" else Path(spec[1])
@@ -75,7 +77,11 @@ def make_model(s1: Path | None, s2: Path, method: str | None, device, batch_size
     if method is not None:
         if not predictor.is_grammar:
             raise InputError(f"{s2}: a decoding method is for grammar models (s2_training/train_s2_grammar.py)")
-        predictor.decoder = predictor.decoder | {"method": method}
+        decoder = method.removesuffix("pk").removesuffix("+")  # "threshold+pk" -> threshold; "pk" -> as stored
+        if decoder:
+            predictor.decoder = predictor.decoder | {"method": decoder}
+        if method.endswith("pk"):
+            predictor.decoder = predictor.decoder | {"pseudoknots": True}
     return predictor
 
 

@@ -10,30 +10,43 @@ sequence, structure and, for a grammar model, the structure's score as a pseudo 
 energy in kcal/mol); bpseq and ct records are concatenated. With a grammar model
 (s2_training/train_s2_grammar.py), --bpp DIR writes each sequence's base-pair probabilities
 to DIR/<n>_<name>.bpp (lines "i j p", 1-based, p > 1e-4) and a dot plot DIR/<n>_<name>.png
-(n: the record's number from 1).
+(n: the record's number from 1). --pseudoknots adds stems crossing the nested
+structure (dot-bracket ``[]``, ``{}``, ``<>``; BPSEQ and CT carry every pair).
 
 Records are written as they finish: to standard output, or to OUT.partial, renamed onto
 --out when the last is done, so a reader never finds half a file under that name. A run
 killed on the way (a scheduler's time limit) keeps its finished records there, and the
 same command with --resume folds only the rest; the output is the same, byte for byte.
+
+A FASTA file is read a record at a time, twice: once to check every record (and the
+memory its fold needs) before any work, once to fold, so its size is not bounded by
+memory (standard input and pipes are read whole). Beyond one process: --shard K/N folds
+the K-th of N equal runs of records (the N outputs, concatenated in order, are the
+unsharded output), and --dask ADDRESS|local:N folds batches on a Dask cluster, written
+in input order; both outputs equal one process's, byte for byte.
 """
 import argparse
+import copy
 import fcntl
 import os
 import re
 import sys
 import time
+from collections import deque
+from itertools import islice
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from stembb.cli import HelpFormatter, check_outputs
+from stembb.cluster import check_dask, dask_client, parse_shard
 from stembb.errors import InputError, run_main
-from stembb.data.formats import format_record, read_fasta
+from stembb.data.formats import FastaFile, format_record, read_fasta
 from stembb.io import atomic_path, streams
 from stembb.pipeline import add_predictor_args, make_predictor
-from stembb.sequences import add_letters_arg, check_sequences
+from stembb.sequences import add_letters_arg, check_record
 from stembb.runlog import start_run
 
 
@@ -54,6 +67,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "model, whose S1 image grows with L^2)")
     p.add_argument("--bpp", type=Path, default=None,
                    help="folder for base-pair probabilities and dot plots (grammar models)")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="fold only the K-th of N equal runs of the input's records (0-based): the outputs of shards "
+                        "0 .. N-1, concatenated in order, are the unsharded output (a SLURM array: README)")
+    p.add_argument("--dask", default=None, metavar="ADDRESS|local:N",
+                   help="fold on a dask.distributed cluster: a running scheduler's address, or local:N for N local "
+                        "processes; the output is the same as one process's, in input order")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: its finished records wait in OUT.partial; the output equals an "
                         "uninterrupted run's byte for byte")
@@ -153,11 +172,11 @@ def open_partial(partial: Path, resuming: bool):
 CHUNK_BASES = 10_000  # records folded between writes: a kill loses at most about this much work
 
 
-def chunks(records: list, start: int, threads: int):
-    """``records[start:]`` in runs of about ``CHUNK_BASES`` nucleotides, at least
-    ``threads`` records each (the folds of a run go in parallel)."""
+def chunks(records: Iterable, threads: int) -> Iterator[list]:
+    """``records`` in runs of about ``CHUNK_BASES`` nucleotides, at least ``threads``
+    records each (the folds of a run go in parallel)."""
     batch, bases = [], 0
-    for rec in records[start:]:
+    for rec in records:
         batch.append(rec)
         bases += len(rec.seq)
         if bases >= CHUNK_BASES and len(batch) >= threads:
@@ -167,18 +186,72 @@ def chunks(records: list, start: int, threads: int):
         yield batch
 
 
-def fold_records(predictor, records) -> tuple[list, list, list]:
-    """Structures, pair probabilities (grammar models; else empty) and energies of ``records``,
-    which ``check_sequences`` has checked."""
+def fold_records(predictor, records, want_pairs: bool = True) -> tuple[list, list, list]:
+    """Structures, pair probabilities (grammar models, when ``want_pairs``; else empty)
+    and energies of ``records``, which ``check_record`` has checked."""
     seqs = [r.seq for r in records]
     if predictor.is_grammar:
-        return predictor.fold_checked(seqs, [r.name for r in records])
+        structures, ensembles, energies = predictor.fold_checked(seqs, [r.name for r in records])
+        return structures, ensembles if want_pairs else [], energies
     return predictor.predict_checked(seqs), [], [None] * len(records)
+
+
+def folded_chunks(predictor, batches: Iterable[list], dask: str | None, want_pairs: bool) -> Iterator[tuple]:
+    """``(batch, structures, pair probabilities, energies)`` of each batch, in input
+    order: folded here, or on a Dask cluster (``--dask``), where each worker holds a copy
+    of the predictor folding one batch at a time and at most two batches per worker
+    wait, so the input is read only as fast as it is folded."""
+    if dask is None:
+        for batch in batches:
+            yield (batch, *fold_records(predictor, batch, want_pairs))
+        return
+    client, cluster = dask_client(dask)
+    try:
+        remote = copy.copy(predictor)
+        remote.threads = 1  # a worker is one process of one thread; more folds at once means more workers
+        shared = client.scatter(remote, broadcast=True)
+        ahead = 2 * max(len(client.scheduler_info()["workers"]), 1)
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, client.submit(fold_records, shared, batch, want_pairs, pure=False)))
+            if len(pending) >= ahead:
+                done, future = pending.popleft()
+                yield (done, *future.result())
+        while pending:
+            done, future = pending.popleft()
+            yield (done, *future.result())
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def checked_count(args, records, predictor, log) -> int:
+    """How many records the input holds, after checking every one (letters, length, and
+    the memory its fold needs) before any work; the input is read once for this, a
+    record at a time."""
+    max_length = args.max_length if args.max_length is not None else (
+        float("inf") if predictor.is_grammar else BOX_MAX_LENGTH)
+    total = longer = 0
+    for rec in records:
+        if not check_record(args.fasta, rec, max_length, args.strict_letters, log):
+            raise InputError(f"{args.fasta}: record {rec.name!r} is {len(rec.seq)} nt, longer than --max_length "
+                             f"{max_length}")
+        if predictor.is_grammar:
+            predictor.folds_at_once([rec.seq], [rec.name])
+        total += 1
+        longer += len(rec.seq) > TRAINED_LENGTH
+    if longer:
+        log.info("note: %d of %d sequences are longer than %d nt, the longest of the shipped model's training and "
+                 "validation sequences", longer, total, TRAINED_LENGTH)
+    return total
 
 
 def main(args) -> None:
     check_outputs([args.out], [None if str(args.fasta) == "-" else args.fasta, args.s1_model, args.s2_model])
     check_bpp(args.bpp, args.out)
+    shard = parse_shard(args.shard)
+    check_dask(args.dask)
     stream = args.out is None or streams(args.out)
     if args.resume and stream:
         raise InputError("--resume continues an --out file; give --out FILE (standard output and devices cannot "
@@ -189,20 +262,19 @@ def main(args) -> None:
         raise InputError(f"{partial}: an interrupted run's output is there; pass --resume to continue it, or "
                          "remove it")
     log = start_run("predict_structure")
-    records = read_fasta(args.fasta)
+    records = read_fasta(args.fasta) if streams(args.fasta) else FastaFile(args.fasta)  # a pipe is read once
     predictor = make_predictor(args)
-    max_length = args.max_length if args.max_length is not None else (
-        float("inf") if predictor.is_grammar else BOX_MAX_LENGTH)
-    check_sequences(args.fasta, records, max_length, strict_letters=args.strict_letters, log=log)
-    longer = sum(len(r.seq) > TRAINED_LENGTH for r in records)
-    if longer:
-        log.info("note: %d of %d sequences are longer than %d nt, the longest of the shipped model's training and "
-                 "validation sequences", longer, len(records), TRAINED_LENGTH)
     if args.bpp is not None and not predictor.is_grammar:
         raise InputError(f"--bpp needs a grammar model (s2_training/train_s2_grammar.py); {args.s2_model} is not one")
-    if predictor.is_grammar:  # every record's memory need, before any work
-        predictor.folds_at_once([r.seq for r in records], [r.name for r in records])
-    done = 0
+    total = checked_count(args, records, predictor, log)
+    first, end = (total * shard[0] // shard[1], total * (shard[0] + 1) // shard[1]) if shard else (0, total)
+    if shard:
+        log.info("shard %s: records %d to %d of %d", args.shard, first + 1, end, total)
+
+    def mine() -> Iterator:
+        return islice(iter(records), first, end)
+
+    count, done = end - first, 0
     if partial is None:
         sink = sys.stdout if str(args.out or "-") == "-" else open(args.out, "a")
     else:
@@ -211,21 +283,24 @@ def main(args) -> None:
         sink = open_partial(partial, resuming)
         try:
             if resuming:
-                done, offset = resume_point(partial, records, args.format)
+                done, offset = resume_point(partial, mine(), args.format)
                 sink.truncate(offset)
-                log.info("resuming: %d of %d records were finished in %s", done, len(records), partial)
+                log.info("resuming: %d of %d records were finished in %s", done, count, partial)
             elif args.resume:
                 log.info("--resume: no %s, so nothing to resume; folding every record", partial)
         except BaseException:
             sink.close()
             raise
+    if args.dask:
+        log.info("folding on Dask: %s", args.dask)
     started = time.perf_counter()
     try:
-        with tqdm(total=len(records), initial=done, desc="fold", unit="seq", disable=len(records) - done < 2) as bar:
-            for batch in chunks(records, done, predictor.threads):
-                structures, ensembles, energies = fold_records(predictor, batch)
+        with tqdm(total=count, initial=done, desc="fold", unit="seq", disable=count - done < 2) as bar:
+            batches = chunks(islice(mine(), done, None), predictor.threads)
+            for batch, structures, ensembles, energies in folded_chunks(predictor, batches, args.dask,
+                                                                       args.bpp is not None):
                 if args.bpp is not None:
-                    for k, (r, ens) in enumerate(zip(batch, ensembles), done + 1):
+                    for k, (r, ens) in enumerate(zip(batch, ensembles), first + done + 1):
                         write_pair_probabilities(args.bpp, k, r.name, r.seq, ens)
                 sink.write("".join(format_record(r.name, r.seq, pairs, args.format, energy)
                                    for r, pairs, energy in zip(batch, structures, energies)))
@@ -240,11 +315,11 @@ def main(args) -> None:
         if partial is None:
             raise
         # what the file holds, not a counter: a signal can land between a record's write and its count
-        kept = resume_point(partial, records, args.format)[0] if partial.exists() else 0
+        kept = resume_point(partial, mine(), args.format)[0] if partial.exists() else 0
         if not kept:
             partial.unlink(missing_ok=True)
         elif isinstance(exc, KeyboardInterrupt):
-            raise KeyboardInterrupt(f"interrupted: {kept} of {len(records)} records are finished in {partial}; "
+            raise KeyboardInterrupt(f"interrupted: {kept} of {count} records are finished in {partial}; "
                                     "rerun the same command with --resume to continue") from None
         raise
     if sink is not sys.stdout:
@@ -252,10 +327,10 @@ def main(args) -> None:
     if partial is not None:
         os.replace(partial, final)
     seconds = time.perf_counter() - started
-    log.info("predicted %d structures in %.2f s (%.1f sequences/s, %s)", len(records), seconds,
-             len(records) / max(seconds, 1e-9), predictor.device)
+    log.info("predicted %d structures in %.2f s (%.1f sequences/s, %s)", count, seconds, count / max(seconds, 1e-9),
+             args.dask or predictor.device)
     if args.bpp is not None:
-        log.info("wrote pair probabilities and dot plots of %d sequences to %s", len(records), args.bpp)
+        log.info("wrote pair probabilities and dot plots of %d sequences to %s", count, args.bpp)
 
 
 def run() -> None:

@@ -22,6 +22,7 @@ from stembb.errors import InputError
 from stembb.grammar.assemble import MIN_LOOP
 from stembb.grammar.model import DECODERS, GrammarFold, fold_memory
 from stembb.grammar.partition import Ensemble
+from stembb.grammar.pseudoknots import PSEUDOKNOT_CUT
 from stembb.io import REPO_ROOT
 from stembb.sequences import check_sequence_list
 
@@ -91,7 +92,8 @@ class GrammarPredictor:
     def fold(self, seqs: Sequence[str], names: Sequence[str] | None = None
              ) -> tuple[list[list[tuple[int, int]]], list[Ensemble], list[float]]:
         """One structure per sequence, its pair probabilities, and the structure's score
-        as a pseudo free energy (``GrammarFold.energy``, kcal/mol). The sequences are
+        as a pseudo free energy (``GrammarFold.energy``, kcal/mol; of its nested part,
+        when the pseudoknot layer adds crossing stems). The sequences are
         checked (``check_sequence_list``), and a sequence whose folding would not fit in
         the memory available is a one-line InputError naming it (``names``, default
         "sequence k"), before any work."""
@@ -110,8 +112,9 @@ class GrammarPredictor:
         ensembles = self.model.ensembles(examples, threads)
         self.timings["s2"] += time.perf_counter() - t
         t = time.perf_counter()
-        out = [self.model.decode(e, ens) for e, ens in zip(examples, ensembles)]
-        energies = [self.model.energy(e, y) for e, y in zip(examples, out)]
+        nested = [self.model.decode(e, ens) for e, ens in zip(examples, ensembles)]
+        energies = [self.model.energy(e, y) for e, y in zip(examples, nested)]
+        out = [sorted(y + self.model.pseudoknots(y, ens)) for y, ens in zip(nested, ensembles)]
         self.timings["structure"] += time.perf_counter() - t
         return out, ensembles, energies
 
@@ -220,6 +223,12 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
                    help="box models: S1's p_on threshold for box proposals, in (0, 1) (default: 0.1)")
     p.add_argument("--batch_size", type=int, default=None,
                    help="sequences per S1 and box S2 forward pass, for models that run S1 (default: 16)")
+    p.add_argument("--pseudoknots", action="store_true",
+                   help="grammar models: add stems that cross the nested structure, from its pair probabilities "
+                        "(dot-bracket shows them as [], {}, <>; the energy is the nested part's)")
+    p.add_argument("--pseudoknot_cut", type=float, default=None,
+                   help=f"with --pseudoknots: the pair probability a crossing pair must exceed, in (0, 1) (default: "
+                        f"{PSEUDOKNOT_CUT}, chosen on PDB TR1)")
     p.add_argument("--max_span", type=int, default=None,
                    help="grammar models: pair only bases at most N apart (like RNAfold's --maxBPspan)")
     p.add_argument("--device", default=None, help="device of S1 and the box models (default: CUDA when present)")
@@ -231,6 +240,8 @@ def make_predictor(args) -> Predictor:
         check_threshold("--threshold_p", args.threshold_p)
     if args.cut is not None:
         check_threshold("--cut", args.cut)
+    if args.pseudoknot_cut is not None:
+        check_threshold("--pseudoknot_cut", args.pseudoknot_cut)
     check_positive(args, "gamma")
     if args.batch_size is not None:
         check_at_least_one(args, "batch_size")
@@ -248,6 +259,9 @@ def make_predictor(args) -> Predictor:
         predictor.decoder = predictor.decoder | {"method": args.decoder}
     if args.cut is not None:
         predictor.decoder = predictor.decoder | {"cut": args.cut}
+    if args.pseudoknots:
+        predictor.decoder = predictor.decoder | {"pseudoknots": True} | (
+            {"pseudoknot_cut": args.pseudoknot_cut} if args.pseudoknot_cut is not None else {})
     if args.max_span is not None:
         set_max_span(predictor, args.max_span, "--max_span", args.s2_model)
     return predictor
@@ -265,8 +279,11 @@ def refuse_unread_flags(predictor: Predictor, args) -> None:
     if args.s1_model is not None and not predictor.reads_s1:
         raise InputError(f"--s1_model: {model} gives S1 no weight, so no S1 runs; leave --s1_model out, or pass an "
                          "S2 model that reads S1")
+    if args.pseudoknot_cut is not None and not args.pseudoknots:
+        raise InputError("--pseudoknot_cut is the pseudoknot layer's; add --pseudoknots")
     if not predictor.is_grammar:
-        for flag, value in (("--decoder", args.decoder), ("--cut", args.cut)):
+        for flag, value in (("--decoder", args.decoder), ("--cut", args.cut),
+                            ("--pseudoknots", args.pseudoknots or None)):
             if value is not None:
                 raise InputError(f"{flag} is for grammar models (s2_training/train_s2_grammar.py); {model} is a box "
                                  "model, which decodes by MEA (--gamma)")

@@ -59,22 +59,30 @@ def check_sequence_list(seqs, where: str) -> None:
                           stacklevel=3)
 
 
-def check_sequences(path: Path, records, max_length: int, skip_long: bool = False, strict_letters: bool = False,
+def check_record(path: Path, rec, max_length: float, strict_letters: bool = False, log=None) -> bool:
+    """Whether ``rec`` is at most ``max_length`` long, after a one-line InputError for an
+    empty sequence, a character that is not a letter, or (``strict_letters``) a letter
+    outside ACGTUN (``letter_problems``); letters outside ACGTU fold unpaired, with a
+    note on ``log``."""
+    error, letters = letter_problems(rec.seq, strict_letters)
+    if error:
+        raise InputError(f"{path}: record {rec.name!r}: {error}")
+    if letters and log is not None:
+        log.info("note: record %r: %s", rec.name, unpairable_note(rec.seq, letters))
+    return len(rec.seq) <= max_length
+
+
+def check_sequences(path: Path, records, max_length: float, skip_long: bool = False, strict_letters: bool = False,
                     log=None) -> list:
-    """The records to predict: one-line InputError naming the first record that is empty,
-    holds a character that is not a letter, or (``strict_letters``) a letter outside
-    ACGTUN (``letter_problems``); letters outside ACGTU fold unpaired, with a note per
-    record on ``log``. Records longer than ``max_length`` are an error too, or, with
-    ``skip_long``, left out (the caller reports how many)."""
+    """The records to predict, each checked by ``check_record``. Records longer than
+    ``max_length`` are an error too, or, with ``skip_long``, left out (the caller
+    reports how many)."""
+    kept = []
     for rec in records:
-        error, letters = letter_problems(rec.seq, strict_letters)
-        if error:
-            raise InputError(f"{path}: record {rec.name!r}: {error}")
-        if letters and log is not None:
-            log.info("note: record %r: %s", rec.name, unpairable_note(rec.seq, letters))
-        if len(rec.seq) > max_length and not skip_long:
+        if check_record(path, rec, max_length, strict_letters, log):
+            kept.append(rec)
+        elif not skip_long:
             raise InputError(f"{path}: record {rec.name!r} is {len(rec.seq)} nt, longer than --max_length {max_length}")
-    kept = [rec for rec in records if len(rec.seq) <= max_length]
     if not kept:
         raise InputError(f"{path}: no record of at most --max_length {max_length} nt")
     return kept

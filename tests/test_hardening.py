@@ -100,7 +100,7 @@ def test_truncated_annotation_and_gzipped_fasta(tmp_path, s2_models):
     fasta.write_bytes(gzip.compress(b"\xef\xbb\xbf>a\nGGGGAAACCCCAUGCGAAAGCAUG\n>a\nGGGAAACCCAAAA\n"))
     proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", box, "--fasta", fasta)
     assert proc.stdout.splitlines()[0] == ">a" and len(proc.stdout.splitlines()) == 6
-    for text, message in ((b">a\nGGG\xa0AAACCC\n", "not UTF-8 text (byte 6"),
+    for text, message in ((b">a\nGGG\xa0AAACCC\n", "not UTF-8 text (line 2, byte 4"),
                           (">a\nGGG\u00a0AAACCC\n".encode(), "'\\xa0' (U+00A0)")):
         fasta.write_bytes(text)
         proc = run_script("evaluation/predict_structure.py", "--s1_model", s1, "--s2_model", box, "--fasta", fasta,

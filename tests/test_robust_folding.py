@@ -3,6 +3,7 @@ survive a kill and resume byte for byte, --bpp checks and long dot plots, spans 
 by the ViennaRNA rows, and one-line errors of the grammar trainer; real processes, files
 and folds throughout."""
 import fcntl
+import os
 import logging
 import signal
 import subprocess
@@ -327,3 +328,89 @@ def test_small_folds_do_not_read_the_memory_available(monkeypatch):
     with pytest.raises(InputError, match=r"sequence 1 \(3000 nt\): folding it whole needs about"):
         predictor.fold(["GC" * 1500])
     assert reads
+
+
+
+def test_shards_concatenated_are_the_unsharded_output(tmp_path):
+    fasta = tmp_path / "in.fa"
+    random_fasta(fasta, 40, 8)
+    whole = run_script(PREDICT, "--fasta", fasta, "--format", "bpseq").stdout
+    parts = []
+    for k in range(3):
+        out = tmp_path / f"part{k}.bpseq"
+        run_script(PREDICT, "--fasta", fasta, "--format", "bpseq", "--shard", f"{k}/3", "--out", out,
+                   *(["--bpp", tmp_path / "bpp"] if k == 1 else []))
+        parts.append(out.read_text())
+    assert "".join(parts) == whole and all(parts)
+    assert sorted(p.name for p in (tmp_path / "bpp").glob("*.bpp"))[0] == "14_r13.bpp"  # numbered in the whole input
+    for shard, message in (("3/3", "--shard K/N needs 0 <= K < N"), ("a/b", "--shard must be K/N")):
+        assert message in error_line(run_script(PREDICT, "--fasta", fasta, "--shard", shard, check=False))
+
+
+def test_a_fasta_file_is_read_a_record_at_a_time(tmp_path):
+    """The records come as the file is read: the first arrives before a bad line further
+    on is reached; a gzipped pipe is read once."""
+    from stembb.data.formats import iter_fasta
+    bad = tmp_path / "bad.fa"
+    bad.write_bytes(b">a\nGGGGAAACCCC\n>b\nGGG\xffAAA\n")
+    records = iter_fasta(bad)
+    assert next(records).seq == "GGGGAAACCCC"
+    with pytest.raises(InputError, match=r"bad.fa: not UTF-8 text \(line 4, byte 4"):
+        next(records)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = subprocess.Popen(f"printf '>q\\nGGGGAAACCCC\\n' | gzip > {pipe}", shell=True)
+    proc = run_script(PREDICT, "--fasta", pipe)
+    writer.wait(30)
+    assert proc.stdout.splitlines()[:3] == [">q", "GGGGAAACCCC", "((((...)))) ( -3.82)"]
+
+
+@pytest.mark.slow
+def test_dask_folds_give_one_process_output(tmp_path):
+    fasta = tmp_path / "in.fa"
+    random_fasta(fasta, 400, 9)
+    one, dask = tmp_path / "one.db", tmp_path / "dask.db"
+    run_script(PREDICT, "--fasta", fasta, "--out", one)
+    proc = run_script(PREDICT, "--fasta", fasta, "--out", dask, "--dask", "local:2")
+    assert "folding on Dask: local:2" in proc.stderr and dask.read_bytes() == one.read_bytes()
+    assert "--dask local:N needs a number" in error_line(
+        run_script(PREDICT, "--fasta", fasta, "--dask", "local:0", check=False))
+
+
+def test_the_pseudoknot_layer_adds_crossing_stems_of_unpaired_bases():
+    from stembb.grammar.partition import Ensemble
+    from stembb.grammar.pseudoknots import crossing_stems
+    nested = [(0, 10), (1, 9), (2, 8)]
+    pairs = np.array([[4, 15], [5, 14], [6, 13], [12, 20], [16, 22], [3, 18], [11, 19], [7, 16]])
+    ens = Ensemble(pairs, np.array([0.3, 0.2, 0.005, 0.5, 0.4, 0.6, 0.9, 0.25]), 0.0)
+    # (4, 15) and (5, 14) cross (0, 10) and stack; (6, 13) is below the cut; (12, 20), (16, 22)
+    # and (11, 19) cross nothing; (3, 18) crosses but stacks on nothing; (7, 16) crosses
+    # (4, 15), more probable, taken before it
+    assert crossing_stems(nested, ens, 0.01, 2) == [(4, 15), (5, 14)]
+    assert crossing_stems(nested, ens, 0.01, 1) == [(3, 18), (4, 15), (5, 14)]
+    assert crossing_stems(nested, ens, 0.22, 1) == [(3, 18), (4, 15)]
+    assert crossing_stems([], ens) == []
+
+
+PSEUDOKNOTTED = "AAGUUUACCACUGACCGAUAUGUGGUAUAUAAAUGGUCGGGUUGA"  # PDB 4rmo chain B (SPOT-RNA TR1)
+
+
+def test_pseudoknots_flag_writes_brackets_that_read_back(tmp_path):
+    from stembb.structure import crossing_pairs, pairs_from_db
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(f">pk\n{PSEUDOKNOTTED}\n")
+    nested_lines = run_script(PREDICT, "--fasta", fasta).stdout.splitlines()
+    knotted_lines = run_script(PREDICT, "--fasta", fasta, "--pseudoknots").stdout.splitlines()
+    nested, knotted = nested_lines[2].split()[0], knotted_lines[2].split()[0]
+    assert "[" not in nested and "[" in knotted
+    assert set(pairs_from_db(nested)) < set(pairs_from_db(knotted))  # the layer only adds
+    assert crossing_pairs(pairs_from_db(knotted)) and nested_lines[2][len(nested):] == knotted_lines[2][len(knotted):]
+    bpseq = run_script(PREDICT, "--fasta", fasta, "--pseudoknots", "--format", "bpseq").stdout
+    partners = [int(line.split()[2]) for line in bpseq.splitlines() if line and not line.startswith("#")]
+    assert sum(p > 0 for p in partners) == 2 * len(pairs_from_db(knotted))
+    assert "--pseudoknot_cut is the pseudoknot layer's; add --pseudoknots" in error_line(
+        run_script(PREDICT, "--fasta", fasta, "--pseudoknot_cut", "0.1", check=False))
+    assert "--pseudoknots is for grammar models" in error_line(run_script(
+        PREDICT, "--fasta", fasta, "--pseudoknots", "--s2_model", REPO / "models" / "stembb_s2_box.pth", check=False))
+    import stembb
+    assert crossing_pairs(stembb.load_predictor(pseudoknots=True).predict([PSEUDOKNOTTED])[0])

@@ -17,8 +17,6 @@ import argparse
 import gc
 import math
 import multiprocessing
-import re
-import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections import Counter, deque
@@ -33,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from stembb.cli import check_outputs, seed
+from stembb.cluster import check_dask, dask_client, parse_shard
 from stembb.errors import InputError, RunFailed, pool_worker_start
 from stembb.data.dot_brackets import structure_columns_of
 from stembb.data.folding import WORKER_DIED, fold, sampling_seed
@@ -48,8 +47,6 @@ SKIP_UNSTRUCTURED = "no base pair"
 SHARD_BLOCK = 256  # tasks per shard block, at most (smaller for small runs: see shard_block)
 SHARD_SLACK = 0.1  # a shard folds this share more than its part, so merged shards cover --num_data
 FOLD_CHUNK = 8  # segments per pool or Dask task (amortizes the per-task cost)
-DASK_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx)://)?[\w.-]+:\d+")  # a scheduler: [protocol://]host:port
-DASK_CONNECT_SECONDS = 15
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -120,19 +117,6 @@ def provenance(seg: Segment, index: int) -> dict:
             "end": seg.end, "gene_id": seg.gene.gene_id, "segment_index": index}
 
 
-def parse_shard(value: str | None) -> tuple[int, int] | None:
-    """``--shard K/N`` -> ``(K, N)`` with 0 <= K < N; one-line InputError otherwise."""
-    if value is None:
-        return None
-    try:
-        k, n = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise InputError(f"--shard must be K/N (e.g. 0/4), got {value!r}") from None
-    if not 0 <= k < n:
-        raise InputError(f"--shard K/N needs 0 <= K < N, got {value!r}")
-    return k, n
-
-
 def shard_block(num_wanted: int, n_shards: int) -> int:
     """Tasks per block: small enough that every shard folds many blocks, so the shards
     advance through the task stream together."""
@@ -150,28 +134,6 @@ def fold_batch(job: FoldJob, tasks: list[tuple[int, str]]) -> list[tuple[list[di
     return [rows_for_segment(job, t) for t in tasks]
 
 
-def _connect(client_class, address: str):
-    """A Dask client of the scheduler at ``address``, or a one-line InputError when none
-    answers within ``DASK_CONNECT_SECONDS``: refused, unreachable, or a service that
-    accepts and never speaks Dask (the client's own timeout does not cover that one, so
-    the connection is made on a daemon thread that the run does not wait for)."""
-    outcome: list = []
-
-    def connect():
-        try:
-            outcome.append(client_class(address, timeout=DASK_CONNECT_SECONDS))
-        except Exception as exc:  # whatever the connection raised is reported below
-            outcome.append(exc)
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(DASK_CONNECT_SECONDS + 5)
-    if not outcome or isinstance(outcome[0], Exception):
-        why = type(outcome[0]).__name__ if outcome else "no answer"
-        raise InputError(f"--dask {address}: no Dask scheduler answered within {DASK_CONNECT_SECONDS} s ({why})")
-    return outcome[0]
-
-
 class Folder:
     """Where segments are folded: this process, a local process pool, or a Dask cluster.
     ``submit(tasks)`` returns a handle, ``results(handle)`` the rows in task order.
@@ -183,14 +145,7 @@ class Folder:
     def __init__(self, job: FoldJob, workers: int = 1, dask: str | None = None):
         self.job, self.workers, self.pool, self.client, self.cluster = job, workers, None, None, None
         if dask:
-            from dask.distributed import Client, LocalCluster
-            if dask.startswith("local:"):
-                n = int(dask.split(":", 1)[1])
-                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                            dashboard_address=None)
-                self.client = Client(self.cluster)
-            else:
-                self.client = _connect(Client, dask)
+            self.client, self.cluster = dask_client(dask)
             self.workers = max(len(self.client.scheduler_info()["workers"]), 1)
         elif workers > 1:
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
@@ -363,11 +318,7 @@ def run_generator(args: argparse.Namespace, job: FoldJob, num_wanted: int, desc:
         longest = max(g.end - g.start + 1 for g in genes)
         raise InputError(f"--len/--len_min {shortest}: every usable gene is shorter (the longest is {longest} nt)")
     shard = parse_shard(args.shard)
-    n_local = args.dask[len("local:"):] if args.dask and args.dask.startswith("local:") else None
-    if n_local is not None and not (n_local.isdigit() and int(n_local) >= 1):
-        raise InputError(f"--dask local:N needs a number of processes N >= 1, got {args.dask!r}")
-    if args.dask and n_local is None and not DASK_ADDRESS.fullmatch(args.dask):
-        raise InputError(f"--dask {args.dask!r}: expected a scheduler address such as tcp://host:8786, or local:N")
+    check_dask(args.dask)
     if args.dask:
         log.info("folding on Dask: %s", args.dask)
     segments = iter_segments(genes, args.seed, args.max_per_gene, **segment_shape)

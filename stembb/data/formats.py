@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -175,23 +176,43 @@ def _joined_sequence(lines: list[str]) -> str:
 _ASCII_WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
 
 
-def read_fasta(path: Path, with_structure: bool = False, strict: bool = False,
-               counts: Counter | None = None) -> list[Record]:
-    """FASTA records; with ``with_structure``, each sequence line is followed by a
-    dot-bracket line (an RNAfold-style trailing energy is ignored; ``strict`` and
-    ``counts`` as ``read_bpseq``). ``-`` reads standard input; pipes and FIFOs
-    (``/dev/stdin``) are read as files are."""
+def text_lines(path: Path) -> Iterator[str]:
+    """The lines of a text file, gzip-compressed or not, read as they are needed (a
+    UTF-8 byte-order mark dropped); ``-`` reads standard input. One-line InputError
+    naming the line that is not UTF-8 text, or a damaged gzip stream."""
+    if str(path) == "-":
+        yield from sys.stdin
+        return
+    with open(path, "rb") as raw_file:
+        compressed = raw_file.peek(2)[:2] == b"\x1f\x8b"  # peek, not read: a FIFO cannot be opened twice
+        f = gzip.GzipFile(fileobj=raw_file) if compressed else raw_file
+        try:
+            for number, raw in enumerate(f, 1):
+                try:
+                    yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputError(f"{path}: not UTF-8 text (line {number}, byte {exc.start + 1}: "
+                                     f"{raw[exc.start:exc.start + 1]!r})") from None
+        except (OSError, EOFError) as exc:
+            if not compressed:
+                raise
+            raise InputError(f"{path}: damaged gzip file ({exc})") from None
+
+
+def iter_fasta(path: Path, with_structure: bool = False, strict: bool = False,
+               counts: Counter | None = None) -> Iterator[Record]:
+    """FASTA records as they are read (a file of any size is never held whole); with
+    ``with_structure``, each sequence line is followed by a dot-bracket line (an
+    RNAfold-style trailing energy is ignored; ``strict`` and ``counts`` as
+    ``read_bpseq``). ``-`` reads standard input; pipes and FIFOs (``/dev/stdin``) are
+    read as files are."""
     path = Path(path)
     counts = Counter() if counts is None else counts
     if str(path) != "-" and (not path.exists() or path.is_dir()):
         raise InputError(f"{path}: file not found")
-    records: list[Record] = []
-    body: list[str] = []
+    rec, body, number = None, [], 0
 
-    def flush():
-        if not records:
-            return
-        rec = records[-1]
+    def finished(rec: Record, body: list[str]) -> Record:
         if with_structure:
             if len(body) < 2:
                 raise InputError(f"{path}: record {rec.name!r} has no dot-bracket line")
@@ -206,24 +227,41 @@ def read_fasta(path: Path, with_structure: bool = False, strict: bool = False,
                 raise InputError(f"{path}: record {rec.name!r}: structure length {len(db)} != sequence length {len(rec.seq)}")
         else:
             rec.seq = _joined_sequence(body)
+        return rec
 
-    text = sys.stdin.read() if str(path) == "-" else read_text(path)
-    for line in text.splitlines():
+    for line in text_lines(path):
         line = line.strip()
         if not line or line.startswith(";"):
             continue
         if line.startswith(">"):
-            flush()
-            records.append(Record(line[1:].split()[0] if line[1:].split() else f"seq{len(records) + 1}", ""))
-            body = []
-        elif not records:
+            if rec is not None:
+                yield finished(rec, body)
+            number += 1
+            rec, body = Record(line[1:].split()[0] if line[1:].split() else f"seq{number}", ""), []
+        elif rec is None:
             raise InputError(f"{path}: not FASTA (first record does not start with '>')")
         else:
             body.append(line)
-    flush()
-    if not records:
+    if rec is None:
         raise InputError(f"{path}: no FASTA record")
-    return records
+    yield finished(rec, body)
+
+
+def read_fasta(path: Path, with_structure: bool = False, strict: bool = False,
+               counts: Counter | None = None) -> list[Record]:
+    """``iter_fasta``'s records, as a list."""
+    return list(iter_fasta(path, with_structure, strict, counts))
+
+
+class FastaFile:
+    """The records of a FASTA file, read again from the file on every pass
+    (``iter_fasta``), so that a pass over millions of records holds one at a time."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter_fasta(self.path)
 
 
 def read_structure_file(path: Path, strict: bool = False, counts: Counter | None = None) -> list[Record]:

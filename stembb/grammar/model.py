@@ -11,6 +11,8 @@ bases and are at most ``max_span`` apart when that is set.
 Decoding (``DECODERS``) reads the pair probabilities: ``mea`` (maximum expected
 accuracy, a pair gains ``(gamma + 1) p - 1``), ``threshold`` (pairs above a cut that are
 the most probable partner of both bases), or ``max`` (the structure of maximum ``S``).
+With ``pseudoknots`` set in the decoder, stems crossing that nested structure are added
+from the same pair probabilities (``stembb.grammar.pseudoknots``).
 Its training (the conditional log-likelihood, torch) is ``stembb.grammar.crf``.
 """
 from __future__ import annotations
@@ -26,13 +28,14 @@ from stembb.checkpoint import S2_GRAMMAR_KIND, read_arrays
 from stembb.grammar.assemble import MIN_LOOP, TERM_SHAPES, assemble, loop_score
 from stembb.grammar.decode import decode_structure
 from stembb.grammar.partition import Ensemble, ensemble
+from stembb.grammar.pseudoknots import PSEUDOKNOT_CUT, crossing_stems
 from stembb.structure import CANONICAL_TABLE, base_codes, is_nested
 
 KT = 0.61632  # RT at 37 C in kcal/mol: a score in minus kcal/mol over KT is a log-weight
 EVIDENCE = ("s1_logit", "s1_stack_logit")
 LOGIT_CLIP = 9.0
 DECODERS = ("mea", "threshold", "max")
-DEFAULT_DECODER = {"method": "mea", "gamma": 1.0, "cut": 0.5}
+DEFAULT_DECODER = {"method": "mea", "gamma": 1.0, "cut": 0.5, "pseudoknots": False, "pseudoknot_cut": PSEUDOKNOT_CUT}
 
 
 def allowed_pairs(seq: str, max_span: int | None = None) -> np.ndarray:
@@ -206,6 +209,13 @@ class GrammarFold:
             return self.max_structure(example, math.log(gamma))
         ens = self.ensemble(example) if ens is None else ens
         return decode_ensemble(ens, example.seq, method, gamma, self.decoder["cut"] if cut is None else cut)
+
+    def pseudoknots(self, nested: list[tuple[int, int]], ens: Ensemble) -> list[tuple[int, int]]:
+        """The crossing pairs the pseudoknot layer adds to ``nested``; none unless the
+        decoder's ``pseudoknots`` is set."""
+        if not self.decoder["pseudoknots"]:
+            return []
+        return crossing_stems(nested, ens, self.decoder["pseudoknot_cut"])
 
     def ensembles(self, examples: list[Example], threads: int = 1) -> list[Ensemble]:
         """Each example's pair probabilities, ``threads`` partition functions at a time
