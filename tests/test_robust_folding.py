@@ -258,7 +258,7 @@ def test_the_fold_path_loads_no_network_code_no_s1_and_no_torch():
     assert set(modules.split()) == {
         "stembb", "stembb.api", "stembb.checkpoint", "stembb.cli", "stembb.errors", "stembb.io", "stembb.memory",
         "stembb.pipeline", "stembb.sequences", "stembb.structure", "stembb.grammar", "stembb.grammar.assemble",
-        "stembb.grammar.decode", "stembb.grammar.model", "stembb.grammar.partition"}
+        "stembb.grammar.decode", "stembb.grammar.model", "stembb.grammar.partition", "stembb.grammar.pseudoknots"}
 
 
 @pytest.mark.parametrize("flags, message", [
