@@ -1,5 +1,6 @@
 """The grammar model, the one that ships: ``GrammarFold`` folds with the loop terms of a
-checkpoint of kind ``s2_grammar`` in numpy and the compiled passes, no torch.
+checkpoint of kind ``s2_grammar`` (read by ``stembb.checkpoint.read_arrays``) in numpy and the
+compiled passes, no torch.
 
 A structure ``y`` has probability ``exp(S(y)) / Z``: ``S`` is the loop grammar's score in
 nats (``stembb.grammar.assemble``) plus, for every pair, ``u_ij = pair_bias + w . f_ij``,
@@ -20,11 +21,9 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from stembb.checkpoint import S2_GRAMMAR_KIND, read_arrays
 from stembb.grammar.assemble import MIN_LOOP, TERM_SHAPES, assemble, loop_score
 from stembb.grammar.decode import decode_structure
 from stembb.grammar.partition import Ensemble, ensemble
@@ -154,10 +153,6 @@ class GrammarFold:
         decoder = DEFAULT_DECODER | state.get("decode", {})
         return cls(terms, None if evidence is None else evidence.reshape(-1).astype(np.float32),
                    state["config"].get("max_span"), decoder)
-
-    @classmethod
-    def load(cls, path: Path) -> "GrammarFold":
-        return cls.from_state(read_arrays(path, S2_GRAMMAR_KIND))
 
     @property
     def reads_evidence(self) -> bool:
