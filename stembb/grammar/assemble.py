@@ -63,6 +63,7 @@ PAIR_TYPE = np.full((5, 5), N_PAIR_TYPES - 1, dtype=np.int64)
 for _k, (_a, _b) in enumerate(("AU", "UA", "GC", "CG", "GU", "UG")):
     PAIR_TYPE["ACGU".index(_a), "ACGU".index(_b)] = _k
 REVERSED_TYPE = np.array([1, 0, 3, 2, 5, 4, 6])  # t(j, i) from t(i, j)
+INDEX = np.int32  # candidate and base indices of the recursions' tables: half of int64's memory (P, L < 2 ** 31)
 SMALL_LOOPS = ("int11", "int21", "int22")  # the tables of small_loop_slot's table numbers 0, 1, 2
 # The shape of every loop-term table of S(y) (``stembb.grammar.terms.LoopTerms`` holds them as
 # parameters); the pair score's own two numbers, pair_weight and pair_bias, are not loop terms.
@@ -205,8 +206,8 @@ def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, 
     t = pair_type(codes, i, j)
     end = terms["end"]
     near = pair_neighbours(seq, pairs)
-    index_of = np.full((length, int((j - i).max()) + 1), -1, dtype=np.int64)
-    index_of[i, j - i] = np.arange(len(pairs))
+    index_of = np.full((length, int((j - i).max()) + 1), -1, dtype=INDEX)
+    index_of[i, j - i] = np.arange(len(pairs), dtype=INDEX)
     n = j - i - 1
     hairpin = terms["hairpin"][np.digitize(n, HAIRPIN_EDGES)] + end[t]
     hairpin[n > 3] += terms["hairpin_mismatch"][near["inside"]][n > 3]
@@ -221,7 +222,7 @@ def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, 
     asymmetry = terms["asymmetry"][np.minimum(sizes, MAX_ASYMMETRY)]
     small = np.concatenate([terms[name].ravel() for name in SMALL_LOOPS])
     small_start = np.cumsum([0] + [terms[name].size for name in SMALL_LOOPS])
-    return Candidates(length, i, j, t, np.ascontiguousarray(unary), hairpin, end[t], np.ascontiguousarray(mismatch),
+    return Candidates(length, i.astype(INDEX), j.astype(INDEX), t.astype(INDEX), np.ascontiguousarray(unary), hairpin, end[t], np.ascontiguousarray(mismatch),
                       closing_multi, branch, float(terms["multi"][1]), np.ascontiguousarray(interior), asymmetry,
                       np.ascontiguousarray(terms["stack"]), small, small_start, codes, index_of,
                       *_rows(pairs, length, index_of.shape[1]), *_starts_by_end(pairs, length)), keep
@@ -248,7 +249,7 @@ def _rows(pairs: np.ndarray, length: int, width: int) -> tuple[np.ndarray, np.nd
     order = np.lexsort((pairs[:, 1], pairs[:, 0]))
     counts = np.bincount(pairs[:, 0], minlength=length)
     slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
-    row_cands = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    row_cands = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=INDEX)
     row_cands[pairs[order, 0], slot] = order
     per_span = np.bincount(pairs[:, 0] * (width + 1) + pairs[:, 1] - pairs[:, 0] + 1, minlength=length * (width + 1))
     return row_cands, np.cumsum(per_span.reshape(length, width + 1), axis=1, dtype=np.int32)
@@ -264,11 +265,11 @@ def _starts_by_end(pairs: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarr
     order = np.lexsort((pairs[:, 0], pairs[:, 1]))
     counts = np.bincount(pairs[:, 1], minlength=length)
     slot = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
-    starts = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=np.int64)
+    starts = np.full((length, max(int(counts.max(initial=0)), 1)), -1, dtype=INDEX)
     starts[pairs[order, 1], slot] = order
-    start_base = np.full(starts.shape, length, dtype=np.int64)
+    start_base = np.full(starts.shape, length, dtype=INDEX)
     start_base[pairs[order, 1], slot] = pairs[order, 0]
-    slot_of = np.empty(len(pairs), dtype=np.int64)
+    slot_of = np.empty(len(pairs), dtype=INDEX)
     slot_of[order] = slot
     return starts, start_base, slot_of
 
@@ -358,14 +359,14 @@ def fill_and_trace(length, pi, pj, t, unary, hairpin, end, mismatch, closing_mul
     width = index_of.shape[1]
     neg = -np.inf
     v = np.full(n_cands, neg)
-    choice = np.zeros(n_cands, dtype=np.int64)
-    inner = np.full(n_cands, -1, dtype=np.int64)
+    choice = np.zeros(n_cands, dtype=np.int32)
+    inner = np.full(n_cands, -1, dtype=np.int32)
     loop_inner = np.zeros(MAX_INNER, dtype=np.int64)
     loop_value = np.zeros(MAX_INNER)
     wm = np.full((length, width), neg)
     m2 = np.full((length, width), neg)
-    wm_arg = np.full((length, width), -1, dtype=np.int64)
-    m2_arg = np.full((length, width), -1, dtype=np.int64)
+    wm_arg = np.full((length, width), -1, dtype=np.int32)
+    m2_arg = np.full((length, width), -1, dtype=np.int32)
     stems = np.full(starts.shape, neg)  # v + branch of each branch, laid out as starts
     order = np.argsort(pj - pi, kind="mergesort")
     ptr = 0
