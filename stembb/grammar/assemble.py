@@ -137,10 +137,10 @@ def pair_neighbours(seq: str, pairs: np.ndarray) -> dict[str, tuple[np.ndarray, 
     candidate pair (i, j), as seen from each side: ``inside`` (t(i, j), i+1, j-1),
     ``from_loop`` (t(j, i), j+1, i-1: the pair as the inner pair of an interior loop),
     ``closing`` (t(j, i), j-1, i+1) and ``outside`` (t(i, j), i-1, j+1). Base 4 = none."""
-    codes = base_codes(seq)
+    padded = np.concatenate([[4], base_codes(seq), [4]])  # one "no base" each side: candidates reach one past
 
     def base(pos):
-        return base_at(codes, pos)
+        return padded[pos + 1]
 
     i, j = pairs[:, 0], pairs[:, 1]
     ci, cj = base(i), base(j)
