@@ -83,7 +83,7 @@ class GrammarPredictor:
     def predict(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
         """One structure (sorted 0-based pairs) per sequence (``check_sequence_list``)."""
         check_sequence_list(seqs, "Predictor.predict")
-        return self.fold_checked(seqs)[0]
+        return self.predict_checked(seqs)
 
     def predict_checked(self, seqs: Sequence[str]) -> list[list[tuple[int, int]]]:
         """``predict`` of sequences its caller has already checked."""
