@@ -43,17 +43,20 @@ from stembb.io import REPO_ROOT, atomic_path, write_csv, write_pickle
 from stembb.pipeline import SHIPPED_S2
 from stembb.plots import plt, save_figure
 from stembb.runlog import start_run
+from stembb.s1.model import DEEP_NETWORKS
 from stembb.structure import crossing_pairs, local_structure_boxes, one_idx_from_pairs
 
 TRAINER = REPO_ROOT / "s2_training" / "train_s2_grammar.py"
 COMPARE = REPO_ROOT / "evaluation" / "compare_predictors.py"
-ORDER = ("RNAfold MFE", "RNAfold MEA", "EternaFold MEA", "energy fit", "shipped", "trained")
+ORDER = ("RNAfold MFE", "RNAfold MEA", "EternaFold MEA", "energy fit", "shipped", "trained", "shipped + deep S1",
+         "shipped + deep S1 + pseudoknots")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="folder of structure files, one family per file")
-    p.add_argument("--out", type=Path, required=True, help="output folder (one subfolder per held-out family)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (one subfolder per held-out family); required but with --all_families_data")
     p.add_argument("--families", nargs="+", default=None, help="hold out only these families (default: each)")
     p.add_argument("--val_fraction", type=float, default=0.05,
                    help="share of each training family's records held out for validation (at least one record)")
@@ -72,9 +75,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--init_terms", type=Path, default=SHIPPED_S2, help="the energy fit the grammar starts from")
     p.add_argument("--eternafold", action="store_true", help="add EternaFold (pip install -r requirements-eval.txt)")
     p.add_argument("--no_shipped", action="store_true", help="leave out the shipped model's row")
+    p.add_argument("--deep_s1", default=None, metavar="NAME",
+                   help="also train this deep S1 (stembb.s1.model.DEEP_NETWORKS) over the shipped grammar's fixed "
+                        "loop terms on each fold: rows 'shipped + deep S1' and, with its pair map feeding the "
+                        "pseudoknot layer, 'shipped + deep S1 + pseudoknots'")
+    p.add_argument("--deep_epochs", type=int, default=3)
+    p.add_argument("--deep_epoch_size", type=int, default=None,
+                   help="structures per deep S1 epoch, drawn afresh each epoch (the trainer's --epoch_size)")
+    p.add_argument("--network_lr", type=float, default=0.001, help="the deep S1's learning rate")
+    p.add_argument("--heads_weight", type=float, default=0.1, help="weight of the deep S1's stem-box heads' loss")
+    p.add_argument("--no_grammar_training", action="store_true",
+                   help="leave out the energy-fit and trained rows (no grammar is trained), e.g. to measure a deep "
+                        "S1 alone")
     p.add_argument("--resume", action="store_true", help="reuse the folds already finished under --out")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--all_families_data", type=Path, default=None, metavar="FILE",
+                   help="instead of the benchmark, write every family's records as train and val rows (the same "
+                        "split of each family) to FILE, the data of a model trained on all of them, and stop")
     return p
 
 
@@ -101,11 +119,13 @@ def rows_of(records, split: str) -> list[dict]:
              "pseudoknotted": bool(crossing_pairs(rec.pairs))} for rec in records]
 
 
-def fold_frame(by_family: dict[str, list], held_out: str, args) -> tuple[pd.DataFrame, Counter]:
+def fold_frame(by_family: dict[str, list], held_out: str | None, args) -> tuple[pd.DataFrame, Counter]:
     """The held-out family's records as test; the others' as train and val (a seeded
-    ``--val_fraction`` of each family), exact duplicates and test sequences left out."""
-    test = by_family[held_out][:args.num_test]
-    seen = {rec.seq for rec in by_family[held_out]}
+    ``--val_fraction`` of each family), exact duplicates and test sequences left out.
+    With ``held_out`` None every family is train and val (the data of a model that
+    learns from all of them)."""
+    test = [] if held_out is None else by_family[held_out][:args.num_test]
+    seen = {rec.seq for rec in by_family.get(held_out, [])}
     dropped: Counter = Counter()
     rows = rows_of(test, "test")
     for k, (family, records) in enumerate(sorted(by_family.items())):
@@ -156,19 +176,31 @@ def run_fold(by_family: dict[str, list], family: str, args, log) -> Path:
     log.info("%s held out: test %d, train %d, val %d records (left out of train/val: %s)", family, n.get("test", 0),
              n.get("train", 0), n.get("val", 0), ", ".join(f"{c} {why}" for why, c in dropped.items()) or "none")
     progress = ["--no_progress"] if args.no_progress else []
-    common = ["--data", data, "--init_terms", args.init_terms, "--threads", args.threads, "--seed", args.seed,
+    common = ["--data", data, "--threads", args.threads, "--seed", args.seed,
               *progress]
     if args.extra_train:
         common += ["--extra_train", *args.extra_train]
-    for name, epochs in (("energy_fit", 0), ("grammar", args.epochs)):
+    grammars = [] if args.no_grammar_training else [("energy_fit", 0), ("grammar", args.epochs)]
+    for name, epochs in grammars:
         model = folder / f"{name}.pth"
         if not (args.resume and model.exists()):
-            run_script(TRAINER, *common, "--out", model, "--epochs", epochs, "--lr", args.lr, "--pull", args.pull,
-                       "--batch_size", args.batch_size, "--crop", args.crop, log=log)
-    models = ["--model", "energy fit", "-", folder / "energy_fit.pth"]
+            run_script(TRAINER, *common, "--init_terms", args.init_terms, "--out", model, "--epochs", epochs,
+                       "--lr", args.lr, "--pull", args.pull, "--batch_size", args.batch_size, "--crop", args.crop,
+                       log=log)
+    deep = folder / "deep_s1.pth"
+    if args.deep_s1 and not (args.resume and deep.exists()):
+        run_script(TRAINER, *common, "--out", deep, "--deep_s1", args.deep_s1, "--init_terms", SHIPPED_S2,
+                   "--epochs", args.deep_epochs, "--network_lr", args.network_lr, "--heads_weight", args.heads_weight,
+                   "--batch_size", 8, "--crop", args.crop,
+                   *(["--epoch_size", args.deep_epoch_size] if args.deep_epoch_size else []), log=log)
+    models = [] if args.no_grammar_training else ["--model", "energy fit", "-", folder / "energy_fit.pth"]
     if not args.no_shipped:
         models += ["--model", "shipped", "-", SHIPPED_S2]
-    models += ["--model", "trained", "-", folder / "grammar.pth"]
+    if not args.no_grammar_training:
+        models += ["--model", "trained", "-", folder / "grammar.pth"]
+    if args.deep_s1:
+        models += ["--model", "shipped + deep S1", "-", deep, "--model", "shipped + deep S1 + pseudoknots", "-", deep,
+                   "pk"]
     run_script(COMPARE, "--data", data, "--split", "test", "--max_length", 10 ** 6, *models,
                *(["--eternafold"] if args.eternafold else []), *progress, "--out", compare, log=log)
     return compare
@@ -214,12 +246,33 @@ def plot_families(table: pd.DataFrame, families: list[str], path: Path) -> None:
     save_figure(fig, path)
 
 
+def write_all_families(args) -> None:
+    """--all_families_data: every family's records as train and val rows, nothing held out."""
+    log = start_run("family_fold", args.seed, args.all_families_data.with_name(
+        args.all_families_data.name.removesuffix(".gz").removesuffix(".pkl") + ".log"))
+    df, dropped = fold_frame(family_records(args.data, log), None, args)
+    write_pickle(df, args.all_families_data)
+    n = df["split"].value_counts()
+    log.info("wrote %s: train %d, val %d records of %d families (left out: %s)", args.all_families_data,
+             n.get("train", 0), n.get("val", 0), df["family"].nunique(),
+             ", ".join(f"{c} {why}" for why, c in dropped.items()) or "none")
+
+
 def main(args) -> None:
     check_at_least_one(args, "batch_size", "threads")
     if not 0 < args.val_fraction < 1:
         raise InputError(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
-    if args.epochs < 0:
-        raise InputError(f"--epochs must be at least 0, got {args.epochs}")
+    if args.all_families_data is not None:
+        write_all_families(args)
+        return
+    if args.out is None:
+        raise InputError("--out is required (the benchmark's folder), unless --all_families_data is given")
+    if args.epochs < 0 or args.deep_epochs < 0:
+        raise InputError(f"--epochs and --deep_epochs must be at least 0, got {args.epochs} and {args.deep_epochs}")
+    if args.deep_s1 is not None and args.deep_s1 not in DEEP_NETWORKS:
+        raise InputError(f"--deep_s1 {args.deep_s1}: not a deep S1 network ({', '.join(DEEP_NETWORKS)})")
+    if args.no_grammar_training and args.no_shipped and not args.deep_s1:
+        raise InputError("--no_grammar_training with --no_shipped leaves no model of ours to measure")
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"{args.out}: --out is a folder; this is a file")
     if args.out.is_dir() and any(args.out.iterdir()) and not args.resume:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stembb.checkpoint import checkpoint_epoch, latest_checkpoint, run_ids
+from stembb.checkpoint import S1_KIND, S2_GRAMMAR_KIND, checkpoint_epoch, latest_checkpoint, read_arrays, run_ids
 from stembb.cli import HelpFormatter, check_num, check_outputs
 from stembb.distributed import pick_device
 from stembb.errors import InputError, run_main
@@ -25,6 +25,8 @@ from stembb.io import read_pickle, write_csv
 from stembb.boxes import stem_corners
 from stembb.metrics import s1_sequence_metrics
 from stembb.plots import plt, save_figure
+from stembb.grammar.model import GrammarFold
+from stembb.grammar.network import iter_network_maps
 from stembb.s1.predict import decode_proposals, iter_maps, load_s1_model
 from stembb.runlog import start_run
 
@@ -70,14 +72,27 @@ def find_checkpoints(models) -> list[Path]:
     return found
 
 
+def maps_of_checkpoint(ckpt: Path, seqs: list[str], device, batch_size):
+    """``(index, maps)`` per sequence from an S1 checkpoint, or from the deep S1 inside a
+    grammar model's checkpoint (``train_s2_grammar.py --deep_s1``; it runs on the CPU)."""
+    state = read_arrays(ckpt, (S1_KIND, S2_GRAMMAR_KIND))
+    if state["kind"] == S2_GRAMMAR_KIND:
+        fold = GrammarFold.from_state(state)
+        if fold.network is None:
+            raise InputError(f"{ckpt}: a grammar model without an S1 network (train one with --deep_s1)")
+        return iter_network_maps(fold, seqs)
+    model, _ = load_s1_model(ckpt, device)
+    return iter_maps(model, seqs, device, batch_size)
+
+
 def evaluate_checkpoint(ckpt: Path, run_id: str, df: pd.DataFrame, thresholds, device, batch_size) -> pd.DataFrame:
     """Per-sequence metrics of one checkpoint at every threshold."""
-    model, _ = load_s1_model(ckpt, device)
     seqs = df["seq"].tolist()
     boxes = df["bounding_boxes"].tolist()
     rows = []
     # maps are decoded batch by batch as they come (never all held at once)
-    for k, maps in tqdm(iter_maps(model, seqs, device, batch_size), total=len(seqs), desc=f"S1 {ckpt.name}"):
+    for k, maps in tqdm(maps_of_checkpoint(ckpt, seqs, device, batch_size), total=len(seqs),
+                        desc=f"S1 {ckpt.name}"):
         stems = stem_corners(boxes[k])
         for t in thresholds:
             rows.append({"seq_index": k, "length": len(seqs[k]), "threshold": t,

@@ -25,6 +25,7 @@ as --s2_model.
 import argparse
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +42,20 @@ from stembb.io import read_pickle
 from stembb.metrics import pair_scores
 from stembb.pipeline import SHIPPED_S2, evidence_maps
 from stembb.runlog import start_run
+from stembb.s1.model import DEEP_NETWORKS
 from stembb.s1.predict import load_s1_model
 from stembb.grammar import crf
 from stembb.grammar.assemble import MIN_LOOP
 from stembb.grammar.model import EVIDENCE, decode_ensemble
+from stembb.grammar.network import grammar_view, network_entry, network_scores
 from stembb.grammar.references import PRODUCIBLE_DROPS, domains, trainable_reference
 from stembb.grammar.terms import LoopTerms
 from stembb.s2.boxnet import KIND as BOX_KIND
-from stembb.structure import pairs_from_one_idx
+from stembb.structure import crossing_pairs, pairs_from_one_idx
 from stembb.train import record_epoch
 
 GAMMAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+PSEUDOKNOT_CUTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 CUTS = (0.2, 0.3, 0.4, 0.5)
 PANELS = [("nll", "NLL per reference pair"), ("f1", "F1 (MEA, gamma 1)")]
 
@@ -73,12 +77,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--pull", type=float, default=0.1,
                    help="strength of the L2 pull of the loop terms toward --init_terms (per squared nat)")
     p.add_argument("--freeze_terms", action="store_true", help="train only the pair bias and evidence weights")
+    p.add_argument("--deep_s1", choices=sorted(DEEP_NETWORKS), default=None,
+                   help="train this deep S1 network (stembb.s1.model.DEEP_NETWORKS) through the partition function: "
+                        "its pair logit is added to the pair score; the loop terms and pair bias of --init_terms "
+                        "(a grammar checkpoint's own, not its anchor) are kept fixed, since the network reads "
+                        "their ensemble")
+    p.add_argument("--heads_weight", type=float, default=1.0,
+                   help="weight of the deep S1's stem-box heads' loss beside the NLL")
+    p.add_argument("--network_lr", type=float, default=0.001, help="Adam learning rate of the deep S1")
     p.add_argument("--keep_last", action="store_true",
                    help="keep the last epoch, not the one of best validation F1 (to report what training reached)")
     p.add_argument("--crop", type=int, default=None,
                    help="train on a structure longer than this as its domains of at most this many bases "
                         "(complete substructures; default: whole structures)")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--epoch_size", type=int, default=None,
+                   help="train each epoch on this many training structures, drawn afresh (seeded) each epoch "
+                        "(default: all of them)")
     p.add_argument("--training_proportion", type=float, default=0.9,
                    help="share of sequences for training when the data has no split column")
     p.add_argument("--threads", type=int, default=2, help="partition functions computed in parallel")
@@ -109,16 +124,19 @@ def read_splits(paths: list[Path], extra: list[Path], fraction: float, seed: int
     return train, df.iloc[val].reset_index(drop=True)
 
 
-def initial_model(path: Path, n_evidence: int) -> tuple[crf.GrammarCRF, dict]:
+def initial_model(path: Path, n_evidence: int, network: dict | None = None) -> tuple[crf.GrammarCRF, dict]:
     """A grammar model whose loop terms and pair bias start from, and are pulled toward,
     an energy fit in nats: a box checkpoint's energy-fitted terms divided by kT, or the
     fit a grammar checkpoint was itself trained from (its ``anchor``), so training from
-    the shipped model repeats the training that made it."""
+    the shipped model repeats the training that made it. With a deep S1 (``network``,
+    a config), a grammar checkpoint's own terms: they stay fixed under the network."""
     state = load_checkpoint(path, (BOX_KIND, S2_GRAMMAR_KIND))
-    model = crf.GrammarCRF(n_evidence)
+    model = crf.GrammarCRF(n_evidence, network=network)
     if state["kind"] == S2_GRAMMAR_KIND:
+        start = state["anchor"] if network is None else {k.removeprefix("terms."): v for k, v in
+                                                         state["model"].items() if k.startswith("terms.")}
         with torch.no_grad():
-            for name, value in state["anchor"].items():
+            for name, value in start.items():
                 getattr(model.terms, name).copy_(value)
     else:
         energy = LoopTerms()
@@ -137,7 +155,7 @@ def examples_of(model, df: pd.DataFrame, maps, train: bool, log, crop: int | Non
     scored whole, as they are."""
     out, skipped, drops, cropped = [], Counter(), Counter(), 0
     for k, (seq, one_idx) in enumerate(zip(df["seq"], df["one_idx"])):
-        ref = pairs_from_one_idx(one_idx)
+        full = ref = pairs_from_one_idx(one_idx)
         if not train:
             out.append(model.example(seq, None if maps is None else maps[k], ref))
             continue
@@ -151,6 +169,7 @@ def examples_of(model, df: pd.DataFrame, maps, train: bool, log, crop: int | Non
             part = [(i - a, j - a) for i, j in ref if a <= i and j <= b]
             p_on = None if maps is None else maps[k][a:b + 1, a:b + 1]
             out.append(model.example(seq[a:b + 1], p_on, part))
+            out[-1].full_reference = [(i - a, j - a) for i, j in full if a <= i and j <= b]
     if train:
         log.info("training references made producible: %s; structures left out: %s%s",
                  ", ".join(f"{drops[why]} {why}" for why in PRODUCIBLE_DROPS),
@@ -175,22 +194,73 @@ def choose_decoder(examples, ensembles) -> tuple[dict, dict]:
             "cut": value if method == "threshold" else 0.5}, {f"{m} {v}": f for (m, v), f in scores.items()}
 
 
+def add_grammar_views(grammar, examples: list, threads: int, progress: bool = False) -> None:
+    """The grammar-alone ensemble (``grammar``, a ``GrammarFold``), as the deep S1 reads it
+    (``grammar_view``), of each example that has none yet (each is computed once: the
+    loop terms are fixed)."""
+    missing = [e for e in examples if e.grammar is None]
+    chunks = [missing[k:k + 64] for k in range(0, len(missing), 64)]
+    for chunk in tqdm(chunks, desc="grammar ensembles", disable=not progress):
+        for e, ens in zip(chunk, grammar.ensembles(chunk, threads)):
+            e.grammar = grammar_view(e, ens)
+
+
+def validation_ensembles(model: crf.GrammarCRF, examples: list, threads: int) -> list:
+    """The model's pair probabilities of ``examples`` as it is now (with the deep S1's
+    scores from the grammar views already computed)."""
+    fold = model.folding()
+    if fold.network is not None:
+        for e in examples:
+            e.network_score, e.pair_map = network_scores(fold.network, e)
+    return fold.ensembles(examples, threads)
+
+
+def choose_pseudoknot_cut(fold, examples, ensembles, log) -> float | None:
+    """The deep S1 pair map's cut for the pseudoknot layer (``PSEUDOKNOT_CUTS``): the
+    best mean crossing-pair F1 over the pseudoknotted validation references among the
+    cuts that do not lower their mean F1 below the nested answer's; None when no cut
+    adds a crossing pair that is right, or there is no pseudoknotted reference."""
+    knotted = [k for k, e in enumerate(examples) if crossing_pairs(e.reference)]
+    if not knotted:
+        log.info("pseudoknot layer: no pseudoknotted validation reference to choose its cut on")
+        return None
+    nested = {k: fold.decode(examples[k], ensembles[k]) for k in knotted}
+    base = np.mean([pair_scores(nested[k], examples[k].reference)["f1"] for k in knotted])
+    scores = {}
+    for cut in PSEUDOKNOT_CUTS:
+        fold.decoder = fold.decoder | {"pseudoknots": True, "pseudoknot_cut": cut}
+        preds = {k: sorted(nested[k] + fold.pseudoknots(nested[k], ensembles[k], examples[k])) for k in knotted}
+        scores[cut] = (np.mean([pair_scores(preds[k], examples[k].reference)["f1"] for k in knotted]),
+                       np.mean([pair_scores(crossing_pairs(preds[k]), crossing_pairs(examples[k].reference))["f1"]
+                                for k in knotted]))
+    fold.decoder = fold.decoder | {"pseudoknots": False}
+    log.info("pseudoknot layer on %d pseudoknotted validation references (nested F1 %.4f): %s", len(knotted), base,
+             ", ".join(f"cut {c}: F1 {f:.4f}, crossing F1 {x:.4f}" for c, (f, x) in scores.items()))
+    fair = [c for c, (f, x) in scores.items() if f >= base and x > 0]
+    return max(fair, key=lambda c: scores[c][1]) if fair else None
+
+
 def main(args) -> None:
     check_outputs([args.out], list(args.data) + list(args.extra_train) + [args.s1_model, args.init_terms])
-    check_at_least_one(args, "batch_size", "threads")
+    check_at_least_one(args, "batch_size", "threads", *(["epoch_size"] if args.epoch_size is not None else []))
     if not 0 < args.training_proportion < 1:
         raise InputError(f"--training_proportion must be in (0, 1), got {args.training_proportion}")
     if args.crop is not None and args.crop < 2 * MIN_LOOP + 4:
         raise InputError(f"--crop must be at least {2 * MIN_LOOP + 4} bases, got {args.crop}")
     if args.epochs < 0:
         raise InputError(f"--epochs must be at least 0 (0: the starting terms, decoder chosen), got {args.epochs}")
-    check_positive(args, "lr", "evidence_lr")
+    check_positive(args, "lr", "evidence_lr", "network_lr")
+    if args.heads_weight < 0:
+        raise InputError(f"--heads_weight must be at least 0, got {args.heads_weight}")
+    if args.deep_s1 and args.s1_model:
+        raise InputError("--deep_s1 trains its own S1 inside the grammar model; leave out --s1_model")
     if args.pull < 0:
         raise InputError(f"--pull must be at least 0, got {args.pull}")
     log = start_run("train_s2_grammar", args.seed, args.out.with_suffix(".log"))
     torch.manual_seed(args.seed)
     train_df, val_df = read_splits(args.data, args.extra_train, args.training_proportion, args.seed, log)
-    model, anchor = initial_model(args.init_terms, len(EVIDENCE) if args.s1_model else 0)
+    network = None if args.deep_s1 is None else asdict(DEEP_NETWORKS[args.deep_s1])
+    model, anchor = initial_model(args.init_terms, len(EVIDENCE) if args.s1_model else 0, network)
     maps = {"train": None, "val": None}
     if args.s1_model is not None:
         device = pick_device(args.device)
@@ -203,35 +273,52 @@ def main(args) -> None:
     if not train:
         raise InputError(f"{', '.join(map(str, args.data))}: no training structure the grammar can produce is left "
                          "(see the log line above)")
-    terms = [p for n, p in model.terms.named_parameters()
-             if n != "pair_weight" and (not args.freeze_terms or n == "pair_bias")]
-    groups = [{"params": terms}]
+    if model.network is not None:
+        log.info("deep S1 %s (%d weights, receptive field %d nt) on the fixed grammar of %s", args.deep_s1,
+                 sum(p.numel() for p in model.network.parameters()), DEEP_NETWORKS[args.deep_s1].receptive_field,
+                 args.init_terms)
+        grammar = model.grammar_alone()
+        add_grammar_views(grammar, val, args.threads, not args.no_progress)
+    fixed = args.freeze_terms or model.network is not None
+    groups = [] if model.network is not None else [{"params": [
+        p for n, p in model.terms.named_parameters() if n != "pair_weight" and (not args.freeze_terms or n == "pair_bias")]}]
     if model.evidence is not None:
         groups.append({"params": list(model.evidence.parameters()), "lr": args.evidence_lr or args.lr})
+    if model.network is not None:
+        groups.append({"params": list(model.network.parameters()), "lr": args.network_lr})
     optimizer = torch.optim.Adam(groups, args.lr)
     rng = np.random.default_rng(args.seed)
     history: list = []
-    val_ens = model.folding().ensembles(val, args.threads)
+    val_ens = validation_ensembles(model, val, args.threads)
     best = (decoded_f1(val, "mea", 1.0, val_ens), -1, {k: v.clone() for k, v in model.state_dict().items()},
             val_ens)
     log.info("validation F1 before training (MEA, gamma 1): %.4f", best[0])
     for epoch in range(args.epochs):
-        started, total = time.perf_counter(), 0.0
-        batches = np.array_split(rng.permutation(len(train)), max(len(train) // args.batch_size, 1))
+        model.train()
+        started, totals = time.perf_counter(), Counter()
+        order = rng.permutation(len(train))[:args.epoch_size]
+        batches = np.array_split(order, max(len(order) // args.batch_size, 1))
         for idx in tqdm(batches, desc=f"epoch {epoch}", disable=args.no_progress):
-            nll = crf.batch_nll(model, [train[k] for k in idx], args.threads)
-            loss = nll + args.pull * crf.pull(model, anchor) if not args.freeze_terms else nll
+            if model.network is not None:  # a structure's view is computed the first time it is drawn
+                add_grammar_views(grammar, [train[k] for k in idx], args.threads)
+            losses = crf.batch_losses(model, [train[k] for k in idx], args.threads)
+            loss = losses["nll"] + args.heads_weight * losses.get("heads", 0.0)
+            if not fixed:
+                loss = loss + args.pull * crf.pull(model, anchor)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += nll.item() * len(idx)
-        val_ens = model.folding().ensembles(val, args.threads)
+            totals.update({name: value.item() * len(idx) for name, value in losses.items()})
+        model.eval()
+        val_ens = validation_ensembles(model, val, args.threads)
         f1 = decoded_f1(val, "mea", 1.0, val_ens)
-        log.info("epoch %d: training NLL %.4f per reference pair, validation F1 %.4f (%.0f s)", epoch,
-                 total / len(train), f1, time.perf_counter() - started)
-        record_epoch(history, [{"epoch": epoch, "split": "train", "nll": total / len(train)},
+        log.info("epoch %d: training NLL %.4f per reference pair%s, validation F1 %.4f (%.0f s)", epoch,
+                 totals["nll"] / len(order),
+                 f", stem-box heads' loss {totals['heads'] / len(order):.4f}" if "heads" in totals else "", f1,
+                 time.perf_counter() - started)
+        record_epoch(history, [{"epoch": epoch, "split": "train", "nll": totals["nll"] / len(order)},
                                {"epoch": epoch, "split": "val", "f1": f1}], PANELS,
                      args.out.with_suffix(".metrics.csv"), args.out.with_suffix(".metrics.png"), ncols=2)
         if f1 > best[0] or args.keep_last:
@@ -239,12 +326,22 @@ def main(args) -> None:
     model.load_state_dict(best[2])
     log.info("kept epoch %d (validation F1 %.4f; -1 = the start)%s", best[1], best[0],
              " as --keep_last asks" if args.keep_last else "")
+    if best[1] == -1 and model.network is not None:
+        log.info("no epoch beat the grammar alone: the deep S1's pair head is as it started, 0 for every pair")
     decoder, scores = choose_decoder(val, best[3])  # the kept state's validation probabilities
     log.info("decoder chosen on validation: %s (F1 %.4f)", decoder,
              max(scores.values()))
-    save_checkpoint({"kind": S2_GRAMMAR_KIND, "model": model.state_dict(), "config": model.config, "args": vars(args),
+    if model.network is not None:
+        fold = model.folding(decoder)  # the kept state's pair maps, as the ensembles are
+        cut = choose_pseudoknot_cut(fold, val, validation_ensembles(model, val, args.threads), log)
+        if cut is not None:  # off by default: --pseudoknots turns it on at this cut
+            decoder["pseudoknot_cut"] = cut
+            log.info("pseudoknot layer's cut on the pair map chosen on validation: %s", cut)
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith("network.")}
+    save_checkpoint({"kind": S2_GRAMMAR_KIND, "model": weights, "config": model.config, "args": vars(args),
                      "epoch": best[1], "history": history, "decode": decoder, "decode_scores": scores,
-                     "evidence": list(EVIDENCE) if args.s1_model else [], "anchor": anchor}, args.out)
+                     "evidence": list(EVIDENCE) if args.s1_model else [], "anchor": anchor,
+                     "network": None if model.network is None else network_entry(model.network)}, args.out)
     log.info("wrote %s", args.out)
 
 

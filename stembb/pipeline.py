@@ -109,12 +109,16 @@ class GrammarPredictor:
         self.timings["s1_forward"] += time.perf_counter() - t
         t = time.perf_counter()
         examples = [self.model.example(seq, p_on) for seq, p_on in zip(seqs, maps)]
+        made = time.perf_counter()
+        self.model.add_network_scores(examples, threads)  # a deep S1's pair logits, when the model has one
+        scored = time.perf_counter()
+        self.timings["s1_forward"] += scored - made
         ensembles = self.model.ensembles(examples, threads)
-        self.timings["s2"] += time.perf_counter() - t
+        self.timings["s2"] += made - t + time.perf_counter() - scored
         t = time.perf_counter()
         nested = [self.model.decode(e, ens) for e, ens in zip(examples, ensembles)]
         energies = [self.model.energy(e, y) for e, y in zip(examples, nested)]
-        out = [sorted(y + self.model.pseudoknots(y, ens)) for y, ens in zip(nested, ensembles)]
+        out = [sorted(y + self.model.pseudoknots(y, ens, e)) for y, ens, e in zip(nested, ensembles, examples)]
         self.timings["structure"] += time.perf_counter() - t
         return out, ensembles, energies
 
@@ -138,7 +142,7 @@ class GrammarPredictor:
         needs = []
         for seq in seqs:
             need = fold_memory(seq, span, self.decoder["method"])
-            if self.model.uses_evidence:  # S1 reads the whole L x L image, span or not
+            if self.model.uses_evidence or self.model.network is not None:  # S1 reads the whole L x L image
                 need += S1_BYTES_PER_PIXEL * len(seq) ** 2
             needs.append(need)
         threads = max(min(self.threads, len(needs)), 1)
@@ -163,7 +167,7 @@ Predictor = Union[GrammarPredictor, "BoxPredictor"]
 def predictor_from_checkpoints(s1_path: Path | None | str, s2_path: Path, device: str | None = None,
                                gamma: float | None = None, **kwargs) -> Predictor:
     """The predictor of an S2 checkpoint's kind on ``device`` (default: CUDA when present,
-    for the networks; the grammar folds on the CPU). ``s1_path`` None: no S1, for a
+    for the networks, a grammar model's deep S1 too; the grammar folds on the CPU). ``s1_path`` None: no S1, for a
     grammar model that reads none; ``S1_IF_READ``: the shipped S1 when the S2 model reads
     S1, else none (nothing of S1, and no torch, is loaded for a grammar model that gives
     it no weight). ``gamma``: the MEA decoder's, default the checkpoint's."""
@@ -181,10 +185,13 @@ def predictor_from_checkpoints(s1_path: Path | None | str, s2_path: Path, device
                              "pass --s1_model or restore models/ (git checkout models/)")
     if s1_path is None and reads_s1:
         raise InputError(f"{s2_path}: this S2 model reads S1's output; give it an S1 checkpoint")
-    if state["kind"] == S2_GRAMMAR_KIND and s1_path is None:
+    if state["kind"] == S2_GRAMMAR_KIND and s1_path is None and model.network is None:
         return GrammarPredictor(model, **kwargs)
     from stembb.distributed import pick_device
     device = pick_device(device)
+    if state["kind"] == S2_GRAMMAR_KIND and s1_path is None:  # its deep S1 runs on the device
+        model.network.to(device)
+        return GrammarPredictor(model, None, device, **kwargs)
     if state["kind"] == S2_GRAMMAR_KIND:
         from stembb.s1.predict import load_s1_model
         return GrammarPredictor(model, load_s1_model(s1_path, device)[0], device, **kwargs)
@@ -271,7 +278,8 @@ def refuse_unread_flags(predictor: Predictor, args) -> None:
     """One line for a flag of ``add_predictor_args`` that the chosen model or decoder would
     not read, saying what would read it, rather than a run that silently ignores it."""
     model = args.s2_model
-    if args.device is not None and not predictor.reads_s1:
+    runs_network = predictor.reads_s1 or (predictor.is_grammar and predictor.model.network is not None)
+    if args.device is not None and not runs_network:
         from stembb.distributed import pick_device
         if pick_device(args.device).type != "cpu":  # the value is checked as for any model
             raise InputError(f"--device {args.device}: {model} runs no network, so nothing would move there (the "

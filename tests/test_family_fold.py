@@ -82,11 +82,7 @@ def test_family_fold_end_to_end_on_three_small_families(tmp_path):
     families = {"famA": ["GGGCGAAAGCCC", "GGACUUCGGUCC", "GCGCAAAAGCGC"],
                 "famB": ["GGGAAACCCAGGGAAACCC", "GCGCAUAGCGCAAGGCAAGCC", "CCCCAAAAGGGG"],
                 "famC": ["GGGGAAAACCCCAAGGGAAACCCU", "AGGCUAAAGCCUAGGG", "CGCGAAAACGCG"]}
-    data = tmp_path / "archive"
-    data.mkdir()
-    for family, seqs in families.items():
-        (data / f"{family}.bpseq").write_text("".join(
-            format_record(f"{family}{k}", seq, pairs_from_db(mfe_db(seq)), "bpseq") for k, seq in enumerate(seqs)))
+    data = write_families(tmp_path / "archive", families)
     out = tmp_path / "ff"
     argv = ["--data", data, "--out", out, "--epochs", 1, "--threads", 1, "--no_progress", "--no_shipped",
             "--families", "famA", "famB"]
@@ -109,6 +105,15 @@ def test_family_fold_end_to_end_on_three_small_families(tmp_path):
     assert "famA: reusing" in proc.stderr and (out / "famA" / "grammar.pth").stat().st_mtime_ns == before
 
 
+def write_families(folder, families: dict[str, list[str]]):
+    """One BPSEQ file per family in ``folder``, each record folded by RNAfold."""
+    folder.mkdir()
+    for family, seqs in families.items():
+        (folder / f"{family}.bpseq").write_text("".join(
+            format_record(f"{family}{k}", seq, pairs_from_db(mfe_db(seq)), "bpseq") for k, seq in enumerate(seqs)))
+    return folder
+
+
 def mfe_db(seq: str) -> str:
     return fold(seq, partition=False).mfe_structure
 
@@ -120,3 +125,32 @@ def test_compare_predictors_refuses_a_name_given_twice(tmp_path):
     proc = run_script("evaluation/compare_predictors.py", "--refs", refs, "--model", "a", "-", model,
                       "--model", "a", "-", model, "--out", tmp_path / "c.csv", check=False)
     assert "--model a: this name is given twice" in error_line(proc)
+
+
+@pytest.mark.slow
+def test_family_fold_measures_a_deep_s1_over_the_shipped_grammar(tmp_path):
+    families = {"famA": ["GGGCGAAAGCCCAAUU", "GGACUUCGGUCCA", "GCGCAAAAGCGCUU"],
+                "famB": ["GGGAAACCCAGGGAAACCC", "GCGCAUAGCGCAAGGCAAGCC", "CCCCAAAAGGGGA", "GGCGAAAGCCAGGCAAAGCC"]}
+    data = write_families(tmp_path / "archive", families)
+    out = tmp_path / "ff"
+    run_script("evaluation/family_fold.py", "--data", data, "--out", out, "--families", "famA", "--deep_s1", "deep16",
+               "--deep_epochs", 1, "--deep_epoch_size", 2, "--no_grammar_training", "--threads", 1, "--no_progress")
+    per_seq = pd.read_csv(out / "family_fold.csv")
+    assert per_seq.groupby("method").size().to_dict() == {m: 3 for m in (
+        "RNAfold MFE", "RNAfold MEA", "shipped", "shipped + deep S1", "shipped + deep S1 + pseudoknots")}
+    assert not (out / "famA" / "grammar.pth").exists() and (out / "famA" / "deep_s1.pth").is_file()
+    log = (out / "famA" / "deep_s1.log").read_text()
+    assert "deep S1 deep16" in log and "epoch 0: training NLL" in log
+
+
+def test_all_families_data_holds_every_family_as_train_and_val(tmp_path):
+    families = {"famA": ["GGGCGAAAGCCC", "GGACUUCGGUCC", "GCGCAAAAGCGC"], "famB": ["GGGAAACCCAGGGAAACCC", "GGGCGAAAGCCC"]}
+    data = write_families(tmp_path / "archive", families)
+    out = tmp_path / "all.pkl.gz"
+    proc = run_script("evaluation/family_fold.py", "--data", data, "--all_families_data", out, "--val_fraction", 0.3)
+    df = pd.read_pickle(out)
+    assert set(df["split"]) == {"train", "val"} and set(df["family"]) == {"famA", "famB"}
+    assert (df.groupby("family")["split"].apply(lambda s: (s == "val").sum()) >= 1).all()
+    assert len(df) == 4 and "1 duplicate or held-out sequence" in proc.stderr  # famB's copy of famA0 left out
+    assert (tmp_path / "all.log").is_file()
+    assert "--out is required" in error_line(run_script("evaluation/family_fold.py", "--data", data, check=False))

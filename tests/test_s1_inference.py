@@ -172,7 +172,7 @@ def test_inference_errors(tiny_s1_data, tmp_path):
     save_checkpoint({"kind": "something_else", "model": {}}, not_s1)
     proc = run_script("evaluation/run_s1_inference.py", "--data", tiny_s1_data, "--out", tmp_path / "m.csv",
                       "--models", not_s1, check=False)
-    assert "not an s1_stem_bb checkpoint" in error_line(proc)
+    assert "not an s1_stem_bb or s2_grammar checkpoint" in error_line(proc)
     no_structure = tmp_path / "seqs.pkl.gz"
     pd.DataFrame({"seq": ["ACGUACGU"]}).to_pickle(no_structure, compression="gzip")
     proc = run_script("evaluation/run_s1_inference.py", "--data", no_structure, "--out", tmp_path / "m.csv",

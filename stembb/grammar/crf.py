@@ -8,6 +8,11 @@ structures, whose gradient is observed minus expected counts of each term
 point (the fit to ViennaRNA's energies, divided by ``KT``), so the model learns from real
 structures without forgetting its physics. ``GrammarCRF.folding()`` is the model as it
 folds and decodes (``GrammarFold``), in numpy.
+
+With a deep S1 (``network``, ``stembb.grammar.network``), its ``pair`` logit is added to
+``u_ij``; the same backward pass gives it the gradient ``p_ij - y_ij`` (probability
+minus reference indicator) at every allowed pair, and its stem-box heads learn from the
+reference's boxes beside it (``losses``).
 """
 from __future__ import annotations
 
@@ -18,9 +23,11 @@ import torch
 from torch import nn
 
 from stembb.grammar.assemble import TERM_SHAPES
-from stembb.grammar.model import KT, Example, GrammarFold, make_example
+from stembb.grammar.model import DEFAULT_DECODER, KT, Example, GrammarFold, make_example
+from stembb.grammar.network import heads_loss, load_network, network_entry, network_outputs, pair_logits
 from stembb.grammar.partition import ensemble
 from stembb.grammar.terms import LoopTerms, structure_score
+from stembb.s1.model import build_model
 
 
 class _LogPartition(torch.autograd.Function):
@@ -46,13 +53,14 @@ class GrammarCRF(nn.Module):
     (``n_evidence`` of them, 0 for the grammar alone); ``config`` is what the checkpoint
     stores to rebuild it."""
 
-    def __init__(self, n_evidence: int = 0, max_span: int | None = None):
+    def __init__(self, n_evidence: int = 0, max_span: int | None = None, network: dict | None = None):
         super().__init__()
         self.terms = LoopTerms()
         self.evidence = nn.Linear(n_evidence, 1, bias=False) if n_evidence else None
         if self.evidence is not None:
             nn.init.zeros_(self.evidence.weight)
         self.max_span = max_span
+        self.network = None if network is None else build_model(network)
 
     @property
     def config(self) -> dict:
@@ -68,20 +76,37 @@ class GrammarCRF(nn.Module):
             return bias
         return bias + self.evidence(torch.as_tensor(example.features, dtype=bias.dtype)).squeeze(1)
 
-    def nll(self, example: Example) -> torch.Tensor:
-        """``log Z - S(reference)`` of one example, nats (differentiable)."""
-        unary = self.unary(example)
+    def nll(self, example: Example, unary: torch.Tensor | None = None) -> torch.Tensor:
+        """``log Z - S(reference)`` of one example, nats (differentiable); ``unary``: its pair scores."""
+        unary = self.unary(example) if unary is None else unary
         params = [getattr(self.terms, name) for name in TERM_SHAPES]
         log_z = _LogPartition.apply(example.seq, example.pairs, unary, *params)
         index = {p: k for k, p in enumerate(map(tuple, example.pairs.tolist()))}
         return log_z - structure_score(example.seq, example.reference, index, unary, self.terms)
 
+    def losses(self, example: Example) -> dict[str, torch.Tensor]:
+        """Named losses of one example: ``nll`` (nats) and, with a network, ``heads``
+        (the stem-box heads' S1 loss)."""
+        if self.network is None:
+            return {"nll": self.nll(example)}
+        outputs = network_outputs(self.network, example)
+        unary = self.unary(example) + pair_logits(outputs, example.pairs).to(self.terms.pair_bias.dtype)
+        return {"nll": self.nll(example, unary), "heads": heads_loss(outputs, example)}
+
     @torch.no_grad()
     def folding(self, decoder: dict | None = None) -> GrammarFold:
-        """The model as it is now, as the numpy ``GrammarFold`` that predicts (with ``decoder`` settings)."""
+        """The model as it is now, as the numpy ``GrammarFold`` that predicts (with
+        ``decoder`` settings); its network, if any, a copy in eval mode on the CPU."""
         weight = None if self.evidence is None else self.evidence.weight.detach().cpu().numpy().reshape(-1)
         terms = {name: value for name, value in self.terms.numpy().items() if name != "pair_weight"}
-        return GrammarFold(terms, weight, self.max_span, *([decoder] if decoder else []))
+        network = None if self.network is None else load_network(network_entry(self.network))
+        return GrammarFold(terms, weight, self.max_span, decoder or dict(DEFAULT_DECODER), network)
+
+    def grammar_alone(self, decoder: dict | None = None) -> GrammarFold:
+        """``folding()`` without the network: the grammar whose ensemble the network reads."""
+        fold = self.folding(decoder)
+        fold.network = None
+        return fold
 
 
 def set_energy_terms(model: GrammarCRF, energy_terms: LoopTerms) -> None:
@@ -100,10 +125,23 @@ def pull(model: GrammarCRF, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
 def batch_nll(model: GrammarCRF, examples: list[Example], threads: int = 1) -> torch.Tensor:
     """Mean ``nll`` per reference pair over ``examples``. With ``threads`` > 1 the
     partition functions run on a thread pool (the compiled recursions release the GIL)."""
+    return batch_losses(model, examples, threads)["nll"]
+
+
+def batch_losses(model: GrammarCRF, examples: list[Example], threads: int = 1) -> dict[str, torch.Tensor]:
+    """``losses`` over ``examples``: ``nll`` per reference pair and ``heads`` per example,
+    each the mean over the examples. Without a network, ``threads`` > 1 runs the partition
+    functions on a thread pool (the compiled recursions release the GIL); with one, the
+    examples go one at a time (the network's convolutions use torch's own threads)."""
+    if model.network is not None:
+        parts = [model.losses(e) for e in examples]
+        sizes = torch.as_tensor([max(len(e.reference), 1) for e in examples], dtype=parts[0]["nll"].dtype)
+        return {"nll": (torch.stack([p["nll"] for p in parts]) / sizes).mean(),
+                "heads": torch.stack([p["heads"] for p in parts]).mean()}
     if threads > 1 and len(examples) > 1:
         with ThreadPoolExecutor(threads) as pool:
             losses = list(pool.map(model.nll, examples))
     else:
         losses = [model.nll(e) for e in examples]
     sizes = torch.as_tensor([max(len(e.reference), 1) for e in examples], dtype=losses[0].dtype)
-    return (torch.stack(losses) / sizes).mean()
+    return {"nll": (torch.stack(losses) / sizes).mean()}

@@ -86,12 +86,22 @@ def evidence_features(p_on: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 @dataclass
 class Example:
     """One training or prediction item: ``pairs`` (P, 2) allowed pairs, ``features``
-    (P, F) S1 evidence (or None), ``reference`` pairs (training only)."""
+    (P, F) S1 evidence (or None), ``reference`` pairs (training only). For a model with
+    a deep S1 network: ``grammar`` the grammar-alone ensemble it reads (``(P,)`` pair
+    probabilities and the decoded structure), ``network_score`` ``(P,)`` nats the
+    network adds to each pair's score, ``pair_map`` ``(P,)`` its probability that each
+    pair is in the structure (what the pseudoknot layer then reads), ``full_reference``
+    every reference pair, crossing ones too (the network's own heads learn from them;
+    training only)."""
 
     seq: str
     pairs: np.ndarray
     features: np.ndarray | None = None
     reference: list | None = None
+    grammar: tuple[np.ndarray, list] | None = None
+    network_score: np.ndarray | None = None
+    pair_map: np.ndarray | None = None
+    full_reference: list | None = None
 
 
 def make_example(seq: str, max_span: int | None, reads_evidence: bool, p_on: np.ndarray | None = None,
@@ -143,6 +153,7 @@ class GrammarFold:
     evidence_weight: np.ndarray | None = None
     max_span: int | None = None
     decoder: dict = field(default_factory=lambda: dict(DEFAULT_DECODER))
+    network: object = None  # a deep S1 (stembb.s1.model.DeepStemNet, torch, CPU) whose pair logit is added
 
     @classmethod
     def from_state(cls, state: dict) -> "GrammarFold":
@@ -151,8 +162,12 @@ class GrammarFold:
         terms = {name: weights[f"terms.{name}"].astype(np.float64) for name in (*TERM_SHAPES, "pair_bias")}
         evidence = weights.get("evidence.weight")
         decoder = DEFAULT_DECODER | state.get("decode", {})
+        network = None
+        if state.get("network") is not None:
+            from stembb.grammar.network import load_network
+            network = load_network(state["network"])
         return cls(terms, None if evidence is None else evidence.reshape(-1).astype(np.float32),
-                   state["config"].get("max_span"), decoder)
+                   state["config"].get("max_span"), decoder, network)
 
     @property
     def reads_evidence(self) -> bool:
@@ -171,8 +186,12 @@ class GrammarFold:
         """``(P,)`` pair scores, nats, float64 (the sum in float32, as training computes it)."""
         bias = np.float32(self.terms["pair_bias"])
         if example.features is None or self.evidence_weight is None:
-            return np.full(len(example.pairs), float(bias))
-        return (bias + example.features @ self.evidence_weight).astype(np.float64)
+            unary = np.full(len(example.pairs), float(bias))
+        else:
+            unary = (bias + example.features @ self.evidence_weight).astype(np.float64)
+        if example.network_score is not None:
+            unary = (unary.astype(np.float32) + example.network_score.astype(np.float32)).astype(np.float64)
+        return unary
 
     def ensemble(self, example: Example) -> Ensemble:
         return ensemble(example.seq, example.pairs, self.unary(example), self.terms)
@@ -205,12 +224,28 @@ class GrammarFold:
         ens = self.ensemble(example) if ens is None else ens
         return decode_ensemble(ens, example.seq, method, gamma, self.decoder["cut"] if cut is None else cut)
 
-    def pseudoknots(self, nested: list[tuple[int, int]], ens: Ensemble) -> list[tuple[int, int]]:
+    def pseudoknots(self, nested: list[tuple[int, int]], ens: Ensemble, example: Example | None = None
+                    ) -> list[tuple[int, int]]:
         """The crossing pairs the pseudoknot layer adds to ``nested``; none unless the
-        decoder's ``pseudoknots`` is set."""
+        decoder's ``pseudoknots`` is set. It reads the deep S1's pair map where
+        ``example`` has one, else the nested ensemble ``ens``."""
         if not self.decoder["pseudoknots"]:
             return []
+        if example is not None and example.pair_map is not None:
+            ens = Ensemble(ens.pairs, example.pair_map.astype(np.float64), ens.log_z)
         return crossing_stems(nested, ens, self.decoder["pseudoknot_cut"])
+
+    def add_network_scores(self, examples: list[Example], threads: int = 1) -> None:
+        """Give each example the deep S1's ``network_score`` (nothing without a network):
+        the grammar-alone ensemble first, then the network reads it."""
+        if self.network is None:
+            return
+        from stembb.grammar.network import grammar_view, network_scores
+        for e in examples:
+            e.network_score = None
+        for e, ens in zip(examples, self.ensembles(examples, threads)):
+            e.grammar = grammar_view(e, ens)
+            e.network_score, e.pair_map = network_scores(self.network, e)
 
     def ensembles(self, examples: list[Example], threads: int = 1) -> list[Ensemble]:
         """Each example's pair probabilities, ``threads`` partition functions at a time

@@ -54,6 +54,17 @@ def length_batches(lengths: Sequence[int], batch_size: int, device: torch.device
     return batches
 
 
+def maps_of_outputs(raw: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A network's ``(B, C, L, L)`` head outputs -> ``(B, L, L)`` numpy maps
+    (``MAP_NAMES``): p_on, the argmax (uint8) and its probability for each softmax
+    head, and the scalar size."""
+    maps = {"p_on": torch.sigmoid(raw["stem_on"][:, 0].float()), "size_scalar": raw["sl_size"][:, 0].float()}
+    for head, name in (("location_x", "loc_x"), ("location_y", "loc_y"), ("sm_size", "size")):
+        p, arg = torch.softmax(raw[head].float(), dim=1).max(dim=1)
+        maps[name], maps[f"p_{name}"] = arg.to(torch.uint8), p  # at most 12 classes
+    return {k: v.cpu().numpy() for k, v in maps.items()}
+
+
 @torch.no_grad()
 def iter_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int = 16,
               show_progress: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -70,13 +81,7 @@ def iter_maps(model, seqs: Sequence[str], device: torch.device, batch_size: int 
         x = torch.zeros(len(idx), 4, n)
         for b, k in enumerate(idx):
             x[b, :, :len(seqs[k])] = torch.from_numpy(one_hot(seqs[k]))
-        raw = model(x.to(device), torch.tensor([len(seqs[k]) for k in idx]))
-        maps = {"p_on": torch.sigmoid(raw["stem_on"][:, 0].float()), "size_scalar": raw["sl_size"][:, 0].float()}
-        for head, name in (("location_x", "loc_x"), ("location_y", "loc_y"), ("sm_size", "size")):
-            p, arg = torch.softmax(raw[head].float(), dim=1).max(dim=1)
-            maps[name], maps[f"p_{name}"] = arg.to(torch.uint8), p  # at most 12 classes
-        del raw
-        maps = {k: v.cpu().numpy() for k, v in maps.items()}
+        maps = maps_of_outputs(model(x.to(device), torch.tensor([len(seqs[k]) for k in idx])))
         for b, k in enumerate(idx):
             length = len(seqs[k])
             yield int(k), {name: maps[name][b, :length, :length].copy() for name in MAP_NAMES}
