@@ -134,10 +134,12 @@ S1_PANELS = [("loss", "summed loss"), ("stem_on_auroc", "stem_on auROC"), ("stem
 def main(args) -> None:
     check_args(args)
     dist_info, device = init_distributed(args.device)
+    finished = False
     try:
         train(args, dist_info, device)
+        finished = True
     finally:
-        cleanup(dist_info)
+        cleanup(dist_info, finished)  # no barrier after a failure: the other rank may never arrive
 
 
 def train(args, dist_info, device):

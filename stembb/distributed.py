@@ -74,8 +74,13 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def cleanup(info: DistInfo) -> None:
+def cleanup(info: DistInfo, finished: bool = True) -> None:
+    """Leave the process group. After a finished run the ranks meet first: a rank that
+    tore gloo down while another still exited its last collective aborted it
+    ("terminate called without an active exception") on a loaded machine."""
     if info.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
