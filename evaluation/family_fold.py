@@ -56,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="folder of structure files, one family per file")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (one subfolder per held-out family); required but with --all_families_data")
+                   help="output folder (one subfolder per held-out family); required unless --all_families_data is given")
     p.add_argument("--families", nargs="+", default=None, help="hold out only these families (default: each)")
     p.add_argument("--val_fraction", type=float, default=0.05,
                    help="share of each training family's records held out for validation (at least one record)")

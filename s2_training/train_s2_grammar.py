@@ -47,7 +47,7 @@ from stembb.s1.predict import load_s1_model
 from stembb.grammar import crf
 from stembb.grammar.assemble import MIN_LOOP
 from stembb.grammar.model import EVIDENCE, decode_ensemble
-from stembb.grammar.network import grammar_view, network_entry, network_scores
+from stembb.grammar.network import network_entry
 from stembb.grammar.references import PRODUCIBLE_DROPS, domains, trainable_reference
 from stembb.grammar.terms import LoopTerms
 from stembb.s2.boxnet import KIND as BOX_KIND
@@ -194,24 +194,10 @@ def choose_decoder(examples, ensembles) -> tuple[dict, dict]:
             "cut": value if method == "threshold" else 0.5}, {f"{m} {v}": f for (m, v), f in scores.items()}
 
 
-def add_grammar_views(grammar, examples: list, threads: int, progress: bool = False) -> None:
-    """The grammar-alone ensemble (``grammar``, a ``GrammarFold``), as the deep S1 reads it
-    (``grammar_view``), of each example that has none yet (each is computed once: the
-    loop terms are fixed)."""
-    missing = [e for e in examples if e.grammar is None]
-    chunks = [missing[k:k + 64] for k in range(0, len(missing), 64)]
-    for chunk in tqdm(chunks, desc="grammar ensembles", disable=not progress):
-        for e, ens in zip(chunk, grammar.ensembles(chunk, threads)):
-            e.grammar = grammar_view(e, ens)
-
-
-def validation_ensembles(model: crf.GrammarCRF, examples: list, threads: int) -> list:
-    """The model's pair probabilities of ``examples`` as it is now (with the deep S1's
-    scores from the grammar views already computed)."""
-    fold = model.folding()
-    if fold.network is not None:
-        for e in examples:
-            e.network_score, e.pair_map = network_scores(fold.network, e)
+def validation_ensembles(fold, examples: list, threads: int) -> list:
+    """The pair probabilities of ``examples`` under ``fold`` (``model.folding()``), with
+    its deep S1's scores when it has one."""
+    fold.add_network_scores(examples, threads)
     return fold.ensembles(examples, threads)
 
 
@@ -277,8 +263,7 @@ def main(args) -> None:
         log.info("deep S1 %s (%d weights, receptive field %d nt) on the fixed grammar of %s", args.deep_s1,
                  sum(p.numel() for p in model.network.parameters()), DEEP_NETWORKS[args.deep_s1].receptive_field,
                  args.init_terms)
-        grammar = model.grammar_alone()
-        add_grammar_views(grammar, val, args.threads, not args.no_progress)
+        grammar = model.folding(network=False)
     fixed = args.freeze_terms or model.network is not None
     groups = [] if model.network is not None else [{"params": [
         p for n, p in model.terms.named_parameters() if n != "pair_weight" and (not args.freeze_terms or n == "pair_bias")]}]
@@ -289,7 +274,7 @@ def main(args) -> None:
     optimizer = torch.optim.Adam(groups, args.lr)
     rng = np.random.default_rng(args.seed)
     history: list = []
-    val_ens = validation_ensembles(model, val, args.threads)
+    val_ens = validation_ensembles(model.folding(), val, args.threads)
     best = (decoded_f1(val, "mea", 1.0, val_ens), -1, {k: v.clone() for k, v in model.state_dict().items()},
             val_ens)
     log.info("validation F1 before training (MEA, gamma 1): %.4f", best[0])
@@ -300,7 +285,7 @@ def main(args) -> None:
         batches = np.array_split(order, max(len(order) // args.batch_size, 1))
         for idx in tqdm(batches, desc=f"epoch {epoch}", disable=args.no_progress):
             if model.network is not None:  # a structure's view is computed the first time it is drawn
-                add_grammar_views(grammar, [train[k] for k in idx], args.threads)
+                grammar.add_grammar_views([train[k] for k in idx], args.threads)
             losses = crf.batch_losses(model, [train[k] for k in idx], args.threads)
             loss = losses["nll"] + args.heads_weight * losses.get("heads", 0.0)
             if not fixed:
@@ -312,7 +297,7 @@ def main(args) -> None:
             optimizer.step()
             totals.update({name: value.item() * len(idx) for name, value in losses.items()})
         model.eval()
-        val_ens = validation_ensembles(model, val, args.threads)
+        val_ens = validation_ensembles(model.folding(), val, args.threads)
         f1 = decoded_f1(val, "mea", 1.0, val_ens)
         log.info("epoch %d: training NLL %.4f per reference pair%s, validation F1 %.4f (%.0f s)", epoch,
                  totals["nll"] / len(order),
@@ -333,7 +318,7 @@ def main(args) -> None:
              max(scores.values()))
     if model.network is not None:
         fold = model.folding(decoder)  # the kept state's pair maps, as the ensembles are
-        cut = choose_pseudoknot_cut(fold, val, validation_ensembles(model, val, args.threads), log)
+        cut = choose_pseudoknot_cut(fold, val, validation_ensembles(fold, val, args.threads), log)
         if cut is not None:  # off by default: --pseudoknots turns it on at this cut
             decoder["pseudoknot_cut"] = cut
             log.info("pseudoknot layer's cut on the pair map chosen on validation: %s", cut)

@@ -11,7 +11,7 @@ from conftest import error_line, run_script
 from stembb.checkpoint import S2_GRAMMAR_KIND, read_arrays
 from stembb.grammar import crf
 from stembb.grammar.model import GrammarFold
-from stembb.grammar.network import grammar_view, network_scores, pair_logits
+from stembb.grammar.network import network_scores, pair_logits
 from stembb.io import write_pickle
 from stembb.pipeline import SHIPPED_S2, predictor_from_checkpoints
 from stembb.s1.model import DEEP_NETWORKS, build_model, grammar_channels
@@ -37,7 +37,7 @@ def deep_model(name="deep16", seed=0):
 
 def with_view(model, seq, reference=None):
     example = model.example(seq, reference=reference)
-    example.grammar = grammar_view(example, model.grammar_alone().ensemble(example))
+    model.folding(network=False).add_grammar_views([example])
     example.full_reference = reference
     return example
 

@@ -94,19 +94,14 @@ class GrammarCRF(nn.Module):
         return {"nll": self.nll(example, unary), "heads": heads_loss(outputs, example)}
 
     @torch.no_grad()
-    def folding(self, decoder: dict | None = None) -> GrammarFold:
+    def folding(self, decoder: dict | None = None, network: bool = True) -> GrammarFold:
         """The model as it is now, as the numpy ``GrammarFold`` that predicts (with
-        ``decoder`` settings); its network, if any, a copy in eval mode on the CPU."""
+        ``decoder`` settings); its network, if any, a copy in eval mode on the CPU, or
+        none with ``network`` False (the grammar alone, whose ensemble the network reads)."""
         weight = None if self.evidence is None else self.evidence.weight.detach().cpu().numpy().reshape(-1)
         terms = {name: value for name, value in self.terms.numpy().items() if name != "pair_weight"}
-        network = None if self.network is None else load_network(network_entry(self.network))
-        return GrammarFold(terms, weight, self.max_span, decoder or dict(DEFAULT_DECODER), network)
-
-    def grammar_alone(self, decoder: dict | None = None) -> GrammarFold:
-        """``folding()`` without the network: the grammar whose ensemble the network reads."""
-        fold = self.folding(decoder)
-        fold.network = None
-        return fold
+        copy = load_network(network_entry(self.network)) if network and self.network is not None else None
+        return GrammarFold(terms, weight, self.max_span, decoder or dict(DEFAULT_DECODER), copy)
 
 
 def set_energy_terms(model: GrammarCRF, energy_terms: LoopTerms) -> None:
@@ -133,15 +128,13 @@ def batch_losses(model: GrammarCRF, examples: list[Example], threads: int = 1) -
     each the mean over the examples. Without a network, ``threads`` > 1 runs the partition
     functions on a thread pool (the compiled recursions release the GIL); with one, the
     examples go one at a time (the network's convolutions use torch's own threads)."""
-    if model.network is not None:
-        parts = [model.losses(e) for e in examples]
-        sizes = torch.as_tensor([max(len(e.reference), 1) for e in examples], dtype=parts[0]["nll"].dtype)
-        return {"nll": (torch.stack([p["nll"] for p in parts]) / sizes).mean(),
-                "heads": torch.stack([p["heads"] for p in parts]).mean()}
-    if threads > 1 and len(examples) > 1:
+    if threads > 1 and len(examples) > 1 and model.network is None:
         with ThreadPoolExecutor(threads) as pool:
-            losses = list(pool.map(model.nll, examples))
+            parts = list(pool.map(model.losses, examples))
     else:
-        losses = [model.nll(e) for e in examples]
-    sizes = torch.as_tensor([max(len(e.reference), 1) for e in examples], dtype=losses[0].dtype)
-    return {"nll": (torch.stack(losses) / sizes).mean()}
+        parts = [model.losses(e) for e in examples]
+    sizes = torch.as_tensor([max(len(e.reference), 1) for e in examples], dtype=parts[0]["nll"].dtype)
+    out = {"nll": (torch.stack([p["nll"] for p in parts]) / sizes).mean()}
+    if "heads" in parts[0]:
+        out["heads"] = torch.stack([p["heads"] for p in parts]).mean()
+    return out

@@ -235,16 +235,24 @@ class GrammarFold:
             ens = Ensemble(ens.pairs, example.pair_map.astype(np.float64), ens.log_z)
         return crossing_stems(nested, ens, self.decoder["pseudoknot_cut"])
 
+    def add_grammar_views(self, examples: list[Example], threads: int = 1) -> None:
+        """Give each example that has none its ``grammar`` view: what a deep S1 reads of
+        the grammar-alone ensemble (computed once; the loop terms do not change under it)."""
+        from stembb.grammar.network import grammar_view
+        missing = [e for e in examples if e.grammar is None]
+        for e in missing:
+            e.network_score = None  # the ensemble of the grammar alone
+        for e, ens in zip(missing, self.ensembles(missing, threads)):
+            e.grammar = grammar_view(e, ens)
+
     def add_network_scores(self, examples: list[Example], threads: int = 1) -> None:
-        """Give each example the deep S1's ``network_score`` (nothing without a network):
-        the grammar-alone ensemble first, then the network reads it."""
+        """Give each example the deep S1's ``network_score`` and ``pair_map`` (nothing
+        without a network): the grammar views first, then the network reads them."""
         if self.network is None:
             return
-        from stembb.grammar.network import grammar_view, network_scores
+        from stembb.grammar.network import network_scores
+        self.add_grammar_views(examples, threads)
         for e in examples:
-            e.network_score = None
-        for e, ens in zip(examples, self.ensembles(examples, threads)):
-            e.grammar = grammar_view(e, ens)
             e.network_score, e.pair_map = network_scores(self.network, e)
 
     def ensembles(self, examples: list[Example], threads: int = 1) -> list[Ensemble]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stembb.grammar.model import Example, GrammarFold, decode_ensemble
+from stembb.grammar.model import Example, decode_ensemble
 from stembb.grammar.partition import Ensemble
 from stembb.s1.engine import s1_losses
 from stembb.s1.model import DeepS1Config, DeepStemNet, build_model, grammar_channels
@@ -71,10 +71,9 @@ def iter_network_maps(fold, seqs, show_progress: bool = False):
     from tqdm import tqdm
 
     from stembb.s1.predict import MAP_NAMES, maps_of_outputs
-    grammar = GrammarFold(fold.terms, fold.evidence_weight, fold.max_span, fold.decoder)
     for k, seq in enumerate(tqdm(seqs, desc="deep S1", unit="seq", disable=not show_progress)):
-        example = grammar.example(seq)
-        example.grammar = grammar_view(example, grammar.ensemble(example))
+        example = fold.example(seq)
+        fold.add_grammar_views([example])
         maps = maps_of_outputs(network_outputs(fold.network, example))
         yield k, {name: maps[name][0] for name in MAP_NAMES}
 
