@@ -2,6 +2,7 @@
 that turns them into one line."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import signal
@@ -47,6 +48,18 @@ _RECEIVED: list[int] = []  # the terminating signal run_main's handler took, if 
 def _terminated(signum, frame):
     _RECEIVED.append(signum)
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temporary files are removed on the way
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait until the block ends: a file created inside it is known
+    (assigned) before either can unwind the run, so the handler that removes it sees it."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def loader_worker_start(_worker_id=None) -> None:

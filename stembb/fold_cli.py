@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from stembb.cli import HelpFormatter, check_outputs
 from stembb.cluster import check_dask, dask_client, parse_shard
-from stembb.errors import InputError, run_main
+from stembb.errors import InputError, run_main, signals_held
 from stembb.data.formats import FastaFile, format_record, read_fasta
 from stembb.io import atomic_path, streams
 from stembb.pipeline import add_predictor_args, make_predictor
@@ -274,27 +274,25 @@ def main(args) -> None:
     def mine() -> Iterator:
         return islice(iter(records), first, end)
 
-    count, done = end - first, 0
+    count, done, sink = end - first, 0, None
     if partial is None:
         sink = sys.stdout if str(args.out or "-") == "-" else open(args.out, "a")
     else:
         resuming = partial.exists()
         partial.parent.mkdir(parents=True, exist_ok=True)
-        sink = open_partial(partial, resuming)
-        try:
+    if args.dask:
+        log.info("folding on Dask: %s", args.dask)
+    started = time.perf_counter()
+    try:
+        if partial is not None:
+            with signals_held():  # an interrupt from here on finds the partial file ours, and removes it if empty
+                sink = open_partial(partial, resuming)
             if resuming:
                 done, offset = resume_point(partial, mine(), args.format)
                 sink.truncate(offset)
                 log.info("resuming: %d of %d records were finished in %s", done, count, partial)
             elif args.resume:
                 log.info("--resume: no %s, so nothing to resume; folding every record", partial)
-        except BaseException:
-            sink.close()
-            raise
-    if args.dask:
-        log.info("folding on Dask: %s", args.dask)
-    started = time.perf_counter()
-    try:
         with tqdm(total=count, initial=done, desc="fold", unit="seq", disable=count - done < 2) as bar:
             batches = chunks(islice(mine(), done, None), predictor.threads)
             for batch, structures, ensembles, energies in folded_chunks(predictor, batches, args.dask,
@@ -310,6 +308,8 @@ def main(args) -> None:
                 done += len(batch)
                 bar.update(len(batch))
     except BaseException as exc:
+        if sink is None:  # the partial file is another run's (open_partial refused it), or was never made
+            raise
         if sink is not sys.stdout:
             sink.close()
         if partial is None:

@@ -122,9 +122,14 @@ def test_a_prediction_killed_on_the_way_keeps_its_records_and_resumes_byte_ident
     whole = run_script(PREDICT, "--fasta", fasta).stdout
     assert out.read_text() == whole and whole.startswith(kept) and not partial.exists()
 
-    early = subprocess.Popen(command[:-2] + ["--out", str(tmp_path / "e.db"), "--bpp", str(bpp)],
-                             stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # before any record is done
+    # one long record (about 20 s here): the kill lands once folding has begun, before it ends, on any machine
+    long = tmp_path / "long.fa"
+    long.write_text(">long\n" + "".join(np.random.default_rng(0).choice(list("ACGU"), 2000)) + "\n")
+    early = subprocess.Popen([sys.executable, str(REPO / PREDICT), "--fasta", str(long), "--out",
+                              str(tmp_path / "e.db"), "--bpp", str(bpp)], stderr=subprocess.PIPE, text=True)
+    for line in early.stderr:
+        if "longer than" in line:  # the last line before the fold
+            break
     early.send_signal(signal.SIGTERM)
     early.communicate(timeout=60)
     assert early.returncode in (143, -signal.SIGTERM)
