@@ -11,7 +11,8 @@ grammar model computes). Models:
 (box transformer S2) with the S1 threshold set so about 3% of pixels pass. Last, at 200
 nt: the structure assembly alone, and the grammar's partition function (inside-outside,
 ``stembb.grammar.partition``) over every canonical pair against one S1 forward pass (medians
-of 5). With a grammar model, long RNAs (--long, LENGTH:SPAN, SPAN "whole" for none):
+of 5). With a grammar model, long RNAs (--long, LENGTH:SPAN, SPAN "whole" for none, "beamB"
+for a whole fold by beam search keeping B states):
 one random sequence folded in a fresh process by the predictor with that --max_span and
 by RNAfold (``RNA.fold_compound`` MFE with the same ``max_bp_span``), each process's
 fold time (after start-up and a warm-up fold) and peak memory (whole process, model and
@@ -72,8 +73,11 @@ def main():
     p.add_argument("--s2_model")
     p.add_argument("--num", type=int, default=16, help="sequences per length (and the batch size)")
     p.add_argument("--num_long", type=int, default=4, help="sequences of 1,000 nt")
-    p.add_argument("--long", nargs="*", default=["2000:whole", "5000:300"],
-                   help="LENGTH:SPAN cases of the long-RNA section (grammar models)")
+    p.add_argument("--long", nargs="*", default=["2000:whole", "2000:beam100", "5000:300", "10000:beam100"],
+                   help="LENGTH:SPAN cases of the long-RNA section (grammar models); SPAN beamB folds whole by beam "
+                        "search keeping B states (RNAfold whole beside it, up to --rnafold_whole nt)")
+    p.add_argument("--rnafold_whole", type=int, default=5000,
+                   help="the longest whole fold RNAfold runs in the long-RNA section (its time grows as L^3)")
     p.add_argument("--shell_runs", type=int, default=5, help="runs of the whole-process start-up timing")
     p.add_argument("--dask_seqs", type=int, default=2000, help="sequences of the Dask section (0: leave it out)")
     args = p.parse_args()
@@ -141,12 +145,17 @@ def main():
     if predictor.is_grammar:
         for case in args.long:
             length, span = case.split(":")
+            beam = int(span[4:]) if span.startswith("beam") else 0
+            limit = None if span == "whole" or beam else int(span)
             seq = "".join(rng.choice(list("ACGU"), int(length)))
-            ours = fold_in_child("stembb", seq, None if span == "whole" else int(span),
-                                 args.s1_model if predictor.reads_s1 else None, args.s2_model)
-            vienna = fold_in_child("RNAfold", seq, None if span == "whole" else int(span))
-            print(f"{length} nt, span {span}: stembb {ours['seconds']:.1f} s, peak {ours['peak_gb']:.2f} GB | "
-                  f"RNAfold {vienna['seconds']:.1f} s, peak {vienna['peak_gb']:.2f} GB | "
+            ours = fold_in_child("stembb", seq, limit, args.s1_model if predictor.reads_s1 else None, args.s2_model,
+                                 beam)
+            line = f"{length} nt, span {span}: stembb {ours['seconds']:.1f} s, peak {ours['peak_gb']:.2f} GB | "
+            if limit is None and int(length) > args.rnafold_whole:
+                print(line + f"RNAfold whole not run (over --rnafold_whole {args.rnafold_whole} nt)")
+                continue
+            vienna = fold_in_child("RNAfold", seq, limit)
+            print(line + f"RNAfold {vienna['seconds']:.1f} s, peak {vienna['peak_gb']:.2f} GB | "
                   f"stembb / RNAfold time {ours['seconds'] / vienna['seconds']:.2f}x")
         seq = "".join(rng.choice(list("ACGU"), 100))
         ours = shell_seconds([str(Path(sys.executable).with_name("stembb-fold")), "--s2_model", args.s2_model],
@@ -160,10 +169,10 @@ def main():
 
 CHILD = """
 import json, sys, time
-tool, seq, span, s1, s2 = json.loads(sys.argv[1])
+tool, seq, span, s1, s2, beam = json.loads(sys.argv[1])
 if tool == "stembb":
     import stembb
-    predictor = stembb.load_predictor(s2_model=s2, max_span=span, **({"s1_model": s1} if s1 else {}))
+    predictor = stembb.load_predictor(s2_model=s2, max_span=span, beam=beam, **({"s1_model": s1} if s1 else {}))
     run = lambda s: predictor.predict([s])
 else:
     import RNA
@@ -214,9 +223,9 @@ def shell_seconds(command: list[str], stdin: str, runs: int) -> float:
     return float(np.median(times))
 
 
-def fold_in_child(tool: str, seq: str, span: int | None, s1=None, s2=None) -> dict:
+def fold_in_child(tool: str, seq: str, span: int | None, s1=None, s2=None, beam: int = 0) -> dict:
     """Fold time (s) and whole-process peak memory (GB) of one sequence in a new process."""
-    arg = json.dumps([tool, seq, span, s1, s2])
+    arg = json.dumps([tool, seq, span, s1, s2, beam])
     out = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, check=True).stdout
     return json.loads(out.splitlines()[-1])
 

@@ -141,7 +141,7 @@ class GrammarPredictor:
         span = self.model.max_span
         needs = []
         for seq in seqs:
-            need = fold_memory(seq, span, self.decoder["method"])
+            need = fold_memory(seq, span, self.decoder["method"], self.model.beam)
             if self.model.uses_evidence or self.model.network is not None:  # S1 reads the whole L x L image
                 need += S1_BYTES_PER_PIXEL * len(seq) ** 2
             needs.append(need)
@@ -153,6 +153,7 @@ class GrammarPredictor:
             if need > available:
                 name = f"sequence {k + 1}" if names is None else f"record {names[k]!r}"
                 how = "whole" if span is None else f"with pairs at most {span} apart"
+                how += f" with a beam of {self.model.beam}" if self.model.beam else ""
                 raise InputError(f"{name} ({len(seqs[k])} nt): folding it {how} needs about {need / 1e9:.1f} GB of "
                                  f"memory, {available / 1e9:.1f} GB available; {self.span_hint}")
         needs.sort()
@@ -238,6 +239,10 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
                         f"{PSEUDOKNOT_CUT}, chosen on PDB TR1)")
     p.add_argument("--max_span", type=int, default=None,
                    help="grammar models: pair only bases at most N apart (like RNAfold's --maxBPspan)")
+    p.add_argument("--beam", type=int, default=None,
+                   help="grammar models without S1: pair probabilities by beam search, keeping the B best states of "
+                        "each kind per base (like LinearPartition's; 100 is the usual setting): time and memory linear "
+                        "in length, for whole long RNAs (default: 0, exact)")
     p.add_argument("--device", default=None, help="device of S1 and the box models (default: CUDA when present)")
 
 
@@ -271,6 +276,8 @@ def make_predictor(args) -> Predictor:
             {"pseudoknot_cut": args.pseudoknot_cut} if args.pseudoknot_cut is not None else {})
     if args.max_span is not None:
         set_max_span(predictor, args.max_span, "--max_span", args.s2_model)
+    if args.beam is not None:
+        set_beam(predictor, args.beam, "--beam", args.s2_model)
     return predictor
 
 
@@ -316,6 +323,22 @@ def set_max_span(predictor: Predictor, span: int, flag: str, s2_path: Path) -> N
         raise InputError(f"{flag} is for grammar models; {s2_path} is not one")
     check_max_span(flag, span)
     predictor.model.max_span = span
+
+
+def set_beam(predictor: Predictor, beam: int, flag: str, s2_path: Path) -> None:
+    """Fold by beam search keeping ``beam`` states of each kind per base (0: exact);
+    InputError naming ``flag`` for a negative beam, or a model or decoder the beam
+    search cannot serve."""
+    if beam < 0:
+        raise InputError(f"{flag} must be 0 (exact) or a number of states to keep, got {beam}")
+    if not predictor.is_grammar:
+        raise InputError(f"{flag} is for grammar models; {s2_path} is not one")
+    if beam and (predictor.model.uses_evidence or predictor.model.network is not None):
+        raise InputError(f"{flag}: {s2_path} reads S1, whose L x L image a beam would not save; fold it without "
+                         f"{flag}, or with a span")
+    if beam and predictor.decoder["method"] == "max":
+        raise InputError(f"{flag}: the max decoder needs the exact recursions; use --decoder threshold or mea")
+    predictor.model.beam = beam
 
 
 def check_max_span(flag: str, span: int) -> None:

@@ -12,7 +12,9 @@ bases and are at most ``max_span`` apart when that is set.
 Decoding (``DECODERS``) reads the pair probabilities: ``mea`` (maximum expected
 accuracy, a pair gains ``(gamma + 1) p - 1``), ``threshold`` (pairs above a cut that are
 the most probable partner of both bases), or ``max`` (the structure of maximum ``S``).
-With ``pseudoknots`` set in the decoder, stems crossing that nested structure are added
+With ``beam`` > 0 the pair probabilities come from the left-to-right beam search of
+``stembb.grammar.beam`` (time and memory linear in L, for whole long RNAs; a model
+without S1 only, and no ``max`` decoder). With ``pseudoknots`` set in the decoder, stems crossing that nested structure are added
 from the same pair probabilities (``stembb.grammar.pseudoknots``).
 Its training (the conditional log-likelihood, torch) is ``stembb.grammar.crf``.
 """
@@ -55,11 +57,16 @@ BYTES_PER_PAIR = 400
 BYTES_PER_CELL = 52
 
 
-def fold_memory(seq: str, max_span: int | None = None, method: str = "threshold") -> int:
+def fold_memory(seq: str, max_span: int | None = None, method: str = "threshold", beam: int = 0) -> int:
     """Bytes that folding ``seq`` needs, about: the candidate pairs are estimated from
-    its base composition, and the ``mea`` decoder adds its (L, L) tables."""
+    its base composition (with ``beam``, the states kept instead), and the ``mea``
+    decoder adds its (L, L) tables."""
     codes = base_codes(seq)
     length = len(codes)
+    if beam:
+        from stembb.grammar.beam import BYTES_PER_STATE  # the exact fold path does not load the beam's passes
+        return int(BYTES_PER_STATE * length * min(beam, length + 1) + (BYTES_PER_CELL * length ** 2 if method == "mea"
+                                                                         else 0))
     width = length if max_span is None else min(max_span + 1, length)
     freq = np.bincount(codes, minlength=5)[:4] / max(length, 1)
     spans = max(width - MIN_LOOP - 1, 0)  # spans MIN_LOOP + 1 .. width - 1, each at length - span bases
@@ -154,6 +161,7 @@ class GrammarFold:
     max_span: int | None = None
     decoder: dict = field(default_factory=lambda: dict(DEFAULT_DECODER))
     network: object = None  # a deep S1 (stembb.s1.model.DeepStemNet, torch, CPU) whose pair logit is added
+    beam: int = 0  # > 0: pair probabilities by beam search keeping this many states of each kind per base
 
     @classmethod
     def from_state(cls, state: dict) -> "GrammarFold":
@@ -180,6 +188,8 @@ class GrammarFold:
         return self.reads_evidence and bool(np.abs(self.evidence_weight).sum() > 0)
 
     def example(self, seq: str, p_on: np.ndarray | None = None, reference=None) -> Example:
+        if self.beam:  # the beam search finds its pairs itself: no list of every allowed pair (L^2)
+            return Example(seq, np.zeros((0, 2), dtype=np.int64), reference=reference)
         return make_example(seq, self.max_span, self.reads_evidence, p_on, reference)
 
     def unary(self, example: Example) -> np.ndarray:
@@ -194,11 +204,17 @@ class GrammarFold:
         return unary
 
     def ensemble(self, example: Example) -> Ensemble:
+        if self.beam:
+            from stembb.grammar.beam import beam_ensemble
+            return beam_ensemble(example.seq, self.terms, float(np.float32(self.terms["pair_bias"])), self.beam,
+                                 self.max_span)
         return ensemble(example.seq, example.pairs, self.unary(example), self.terms)
 
     def score(self, example: Example, structure) -> float:
         """``S(structure)`` in nats (its log-weight; log P = S - log Z)."""
         pairs, loops = loop_score(example.seq, structure, self.terms)
+        if self.beam:  # every pair scores pair_bias (a beam model reads no S1)
+            return float(len(pairs) * float(np.float32(self.terms["pair_bias"])) + loops)
         length = len(example.seq)
         rows = np.searchsorted(example.pairs[:, 0] * length + example.pairs[:, 1], pairs[:, 0] * length + pairs[:, 1])
         return float(self.unary(example)[rows].sum() + loops)
@@ -220,6 +236,8 @@ class GrammarFold:
         method = self.decoder["method"] if method is None else method
         gamma = self.decoder["gamma"] if gamma is None else gamma
         if method == "max":
+            if self.beam:
+                raise ValueError("the max decoder needs the exact recursions; fold without a beam")
             return self.max_structure(example, math.log(gamma))
         ens = self.ensemble(example) if ens is None else ens
         return decode_ensemble(ens, example.seq, method, gamma, self.decoder["cut"] if cut is None else cut)
