@@ -217,15 +217,22 @@ def candidates(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, 
     branch = end[t] + terms["dangle"][near["outside"]]
     mismatch = np.stack([terms[name][near[side]] for name in ("loop_mismatch", "mismatch_1x1")
                          for side in ("inside", "from_loop")])  # (4, P): loop out / in, 1x1 out / in
-    sizes = np.arange(MAX_LOOP + 1)
-    interior = terms["interior"][:, np.digitize(sizes, LOOP_EDGES)]  # [bulge or internal, n]
-    asymmetry = terms["asymmetry"][np.minimum(sizes, MAX_ASYMMETRY)]
-    small = np.concatenate([terms[name].ravel() for name in SMALL_LOOPS])
-    small_start = np.cumsum([0] + [terms[name].size for name in SMALL_LOOPS])
+    interior, asymmetry, small, small_start = interior_tables(terms)
     return Candidates(length, i.astype(INDEX), j.astype(INDEX), t.astype(INDEX), np.ascontiguousarray(unary), hairpin, end[t], np.ascontiguousarray(mismatch),
-                      closing_multi, branch, float(terms["multi"][1]), np.ascontiguousarray(interior), asymmetry,
+                      closing_multi, branch, float(terms["multi"][1]), interior, asymmetry,
                       np.ascontiguousarray(terms["stack"]), small, small_start, codes, index_of,
                       *_rows(pairs, length, index_of.shape[1]), *_starts_by_end(pairs, length)), keep
+
+
+def interior_tables(terms: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The interior-loop terms by loop size, as the compiled passes read them:
+    ``interior`` (2, MAX_LOOP + 1) [bulge or internal, n], ``asymmetry`` (MAX_LOOP + 1,) by
+    |left - right|, the ``SMALL_LOOPS`` tables flat and their ``small_start``."""
+    sizes = np.arange(MAX_LOOP + 1)
+    interior = np.ascontiguousarray(terms["interior"][:, np.digitize(sizes, LOOP_EDGES)])
+    asymmetry = terms["asymmetry"][np.minimum(sizes, MAX_ASYMMETRY)]
+    small = np.concatenate([terms[name].ravel() for name in SMALL_LOOPS])
+    return interior, asymmetry, small, np.cumsum([0] + [terms[name].size for name in SMALL_LOOPS])
 
 
 def assemble(seq: str, pairs: np.ndarray, unary: np.ndarray, terms: dict[str, np.ndarray]) -> list[tuple[int, int]]:

@@ -38,8 +38,7 @@ import math
 import numba
 import numpy as np
 
-from stembb.grammar.assemble import (HAIRPIN_EDGES, LOOP_EDGES, MAX_ASYMMETRY, MAX_LOOP, MIN_LOOP, PAIR_TYPE,
-                                     SMALL_LOOPS, small_loop_slot)
+from stembb.grammar.assemble import HAIRPIN_EDGES, MAX_LOOP, MIN_LOOP, PAIR_TYPE, interior_tables, small_loop_slot
 from stembb.grammar.partition import Ensemble
 from stembb.structure import CANONICAL_TABLE, base_codes
 
@@ -90,18 +89,15 @@ def _next_partner(codes: np.ndarray) -> np.ndarray:
 def _tables(terms: dict[str, np.ndarray], length: int) -> tuple:
     """The loop terms as the compiled passes read them (sizes expanded to their buckets,
     as ``assemble.candidates`` does)."""
-    sizes = np.arange(MAX_LOOP + 1)
+    interior, asymmetry, small, small_start = interior_tables(terms)
     return (terms["hairpin"][np.digitize(np.arange(length + 1), HAIRPIN_EDGES)].astype(np.float64),
             terms["end"].astype(np.float64), np.ascontiguousarray(terms["hairpin_mismatch"], dtype=np.float64),
             np.ascontiguousarray(terms["loop_mismatch"], dtype=np.float64),
             np.ascontiguousarray(terms["mismatch_1x1"], dtype=np.float64),
             np.ascontiguousarray(terms["dangle"], dtype=np.float64), terms["triloop"].astype(np.float64),
-            terms["tetraloop"].astype(np.float64), terms["multi"].astype(np.float64),
-            np.ascontiguousarray(terms["interior"][:, np.digitize(sizes, LOOP_EDGES)], dtype=np.float64),
-            terms["asymmetry"][np.minimum(sizes, MAX_ASYMMETRY)].astype(np.float64),
-            np.ascontiguousarray(terms["stack"], dtype=np.float64),
-            np.concatenate([terms[name].ravel() for name in SMALL_LOOPS]).astype(np.float64),
-            np.cumsum([0] + [terms[name].size for name in SMALL_LOOPS]).astype(np.int64), PAIR_TYPE)
+            terms["tetraloop"].astype(np.float64), terms["multi"].astype(np.float64), interior.astype(np.float64),
+            asymmetry.astype(np.float64), np.ascontiguousarray(terms["stack"], dtype=np.float64),
+            small.astype(np.float64), small_start.astype(np.int64), PAIR_TYPE)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
