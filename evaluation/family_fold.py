@@ -50,6 +50,7 @@ TRAINER = REPO_ROOT / "s2_training" / "train_s2_grammar.py"
 COMPARE = REPO_ROOT / "evaluation" / "compare_predictors.py"
 ORDER = ("RNAfold MFE", "RNAfold MEA", "EternaFold MEA", "energy fit", "shipped", "trained", "shipped + deep S1",
          "shipped + deep S1 + pseudoknots")
+MIN_VAL_FAMILY = 50
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", nargs="+", default=None, help="hold out only these families (default: each)")
     p.add_argument("--val_fraction", type=float, default=0.05,
                    help="share of each training family's records held out for validation (at least one record)")
+    p.add_argument("--val_families", type=int, default=0, metavar="N",
+                   help="validate instead on N whole training families drawn per fold (seeded; families of at "
+                        f"least {MIN_VAL_FAMILY} records), left out of training: early stopping and the decoder are "
+                        "then chosen across families")
+    p.add_argument("--max_val", type=int, default=200,
+                   help="with --val_families, validate on at most this many of their records (seeded sample)")
     p.add_argument("--max_train_length", type=int, default=None,
                    help="leave training and validation records longer than this out (test records are all kept)")
     p.add_argument("--num_test", type=int, default=None, help="test only the first N records of each family")
@@ -120,15 +127,18 @@ def rows_of(records, split: str) -> list[dict]:
 
 
 def fold_frame(by_family: dict[str, list], held_out: str | None, args) -> tuple[pd.DataFrame, Counter]:
-    """The held-out family's records as test; the others' as train and val (a seeded
-    ``--val_fraction`` of each family), exact duplicates and test sequences left out.
-    With ``held_out`` None every family is train and val (the data of a model that
-    learns from all of them)."""
+    """The held-out family's records as test; the others' as train and val, exact
+    duplicates and test sequences left out. Val is a seeded ``--val_fraction`` of each
+    family or, with ``--val_families N``, up to ``--max_val`` records of N whole training
+    families drawn per held-out family (those families are not trained on), so that
+    whatever is chosen on val is chosen for families the model never saw. With
+    ``held_out`` None every family is train and val (the data of a model that learns
+    from all of them)."""
     test = [] if held_out is None else by_family[held_out][:args.num_test]
     seen = {rec.seq for rec in by_family.get(held_out, [])}
     dropped: Counter = Counter()
-    rows = rows_of(test, "test")
-    for k, (family, records) in enumerate(sorted(by_family.items())):
+    kept_by_family = {}
+    for family, records in sorted(by_family.items()):
         if family == held_out:
             continue
         kept = []
@@ -142,6 +152,18 @@ def fold_frame(by_family: dict[str, list], held_out: str | None, args) -> tuple[
             else:
                 seen.add(rec.seq)
                 kept.append(rec)
+        if kept:
+            kept_by_family[family] = kept
+    rows = rows_of(test, "test")
+    if held_out is not None and args.val_families:
+        val_families = draw_val_families(kept_by_family, held_out, sorted(by_family), args)
+        val = [rec for f in val_families for rec in kept_by_family.pop(f)]
+        rng = np.random.default_rng([args.seed, len(by_family)])
+        rows += rows_of([val[i] for i in sorted(rng.permutation(len(val))[:args.max_val])], "val")
+        rows += rows_of([rec for kept in kept_by_family.values() for rec in kept], "train")
+        return pd.DataFrame(rows), dropped
+    for k, family in enumerate(sorted(by_family)):
+        kept = kept_by_family.get(family)
         if not kept:
             continue
         rng = np.random.default_rng([args.seed, k])
@@ -150,6 +172,17 @@ def fold_frame(by_family: dict[str, list], held_out: str | None, args) -> tuple[
         rows += rows_of([r for i, r in enumerate(kept) if i in val], "val")
         rows += rows_of([r for i, r in enumerate(kept) if i not in val], "train")
     return pd.DataFrame(rows), dropped
+
+
+def draw_val_families(kept_by_family: dict[str, list], held_out: str, families: list[str], args) -> list[str]:
+    """``--val_families`` of the training families, drawn per held-out family (seeded)
+    among those with at least ``MIN_VAL_FAMILY`` records: fewer cannot choose an epoch."""
+    pool = sorted(f for f, kept in kept_by_family.items() if len(kept) >= MIN_VAL_FAMILY)
+    if len(pool) < args.val_families or len(kept_by_family) <= args.val_families:
+        raise InputError(f"--val_families {args.val_families}: fold {held_out} has {len(pool)} families of at least "
+                         f"{MIN_VAL_FAMILY} records to validate on and must keep one to train on")
+    rng = np.random.default_rng([args.seed, families.index(held_out)])
+    return sorted(pool[i] for i in rng.permutation(len(pool))[:args.val_families])
 
 
 def run_script(script: Path, *argv, log) -> None:
@@ -173,8 +206,10 @@ def run_fold(by_family: dict[str, list], family: str, args, log) -> Path:
     data = folder / "data.pkl.gz"
     write_pickle(df, data)
     n = df["split"].value_counts()
-    log.info("%s held out: test %d, train %d, val %d records (left out of train/val: %s)", family, n.get("test", 0),
-             n.get("train", 0), n.get("val", 0), ", ".join(f"{c} {why}" for why, c in dropped.items()) or "none")
+    log.info("%s held out: test %d, train %d, val %d records%s (left out of train/val: %s)", family,
+             n.get("test", 0), n.get("train", 0), n.get("val", 0),
+             f" of the families {', '.join(sorted(set(df.loc[df['split'] == 'val', 'family'])))}"
+             if args.val_families else "", ", ".join(f"{c} {why}" for why, c in dropped.items()) or "none")
     progress = ["--no_progress"] if args.no_progress else []
     common = ["--data", data, "--threads", args.threads, "--seed", args.seed,
               *progress]
@@ -262,7 +297,12 @@ def main(args) -> None:
     check_at_least_one(args, "batch_size", "threads")
     if not 0 < args.val_fraction < 1:
         raise InputError(f"--val_fraction must be in (0, 1), got {args.val_fraction}")
+    if args.val_families < 0 or args.max_val < 1:
+        raise InputError(f"--val_families must be at least 0 and --max_val at least 1, got {args.val_families} and "
+                         f"{args.max_val}")
     if args.all_families_data is not None:
+        if args.val_families:
+            raise InputError("--val_families holds families out of training; --all_families_data trains on all")
         write_all_families(args)
         return
     if args.out is None:

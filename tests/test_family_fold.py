@@ -3,6 +3,7 @@ training references made producible and cropped to domains, crossing-pair scores
 the family-fold benchmark end to end on a few small families."""
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -103,6 +104,26 @@ def test_family_fold_end_to_end_on_three_small_families(tmp_path):
     assert "folder holds an earlier run" in error_line(run_script("evaluation/family_fold.py", *argv, check=False))
     proc = run_script("evaluation/family_fold.py", *argv, "--resume")
     assert "famA: reusing" in proc.stderr and (out / "famA" / "grammar.pth").stat().st_mtime_ns == before
+
+
+def test_val_families_choose_on_whole_families_never_trained_on(tmp_path):
+    rng = np.random.default_rng(0)
+    random_rna = lambda n: "".join(rng.choice(list("ACGU"), n))  # noqa: E731
+    families = {"famA": ["GGGCGAAAGCCC", "GGACUUCGGUCC"],
+                "famB": ["GGGGC" + random_rna(8) + "GCCCC" for _ in range(50)],
+                "famC": ["CCGCGG" + random_rna(8) + "CCGCGG" for _ in range(50)]}
+    data = write_families(tmp_path / "archive", families)
+    argv = ["--data", data, "--out", tmp_path / "ff", "--families", "famA", "--val_families", 1, "--max_val", 20,
+            "--epochs", 0, "--threads", 1, "--no_progress", "--no_shipped"]
+    proc = run_script("evaluation/family_fold.py", *argv)
+    df = pd.read_pickle(tmp_path / "ff" / "famA" / "data.pkl.gz")
+    val_family = set(df.loc[df["split"] == "val", "family"])
+    assert len(val_family) == 1 and (df["split"] == "val").sum() == 20
+    assert set(df.loc[df["split"] == "train", "family"]) == {"famB", "famC"} - val_family
+    assert f"val 20 records of the families {val_family.pop()}" in proc.stderr
+    too_many = error_line(run_script("evaluation/family_fold.py", *argv[:-10], "--val_families", 2,
+                                     "--out", tmp_path / "ff2", check=False))
+    assert "--val_families 2: fold famA has 2 families of at least 50 records" in too_many
 
 
 def write_families(folder, families: dict[str, list[str]]):
