@@ -274,7 +274,7 @@ def main(args) -> None:
     def mine() -> Iterator:
         return islice(iter(records), first, end)
 
-    count, done, sink = end - first, 0, None
+    count, done, sink, resumed = end - first, 0, None, False
     if partial is None:
         sink = sys.stdout if str(args.out or "-") == "-" else open(args.out, "a")
     else:
@@ -289,6 +289,7 @@ def main(args) -> None:
                 sink = open_partial(partial, resuming)
             if resuming:
                 done, offset = resume_point(partial, mine(), args.format)
+                resumed = True
                 sink.truncate(offset)
                 log.info("resuming: %d of %d records were finished in %s", done, count, partial)
             elif args.resume:
@@ -312,7 +313,7 @@ def main(args) -> None:
             raise
         if sink is not sys.stdout:
             sink.close()
-        if partial is None:
+        if partial is None or (resuming and not resumed):  # unchecked, or another input's file: not ours to clear
             raise
         # what the file holds, not a counter: a signal can land between a record's write and its count
         kept = resume_point(partial, mine(), args.format)[0] if partial.exists() else 0

@@ -99,6 +99,7 @@ def test_resume_continues_a_cut_partial_file_to_the_same_bytes(tmp_path, fmt):
     random_fasta(fasta, 30, 2)  # another input: the partial file is not its output
     proc = run_script(PREDICT, "--fasta", fasta, "--format", fmt, "--out", out, "--resume", check=False)
     assert "is not 'r0' of this input" in error_line(proc) and "another run's output" in error_line(proc)
+    assert partial.read_bytes() == data[:cut]  # another input's file is left as it was
 
 
 @pytest.mark.slow
