@@ -113,16 +113,16 @@ def test_val_families_choose_on_whole_families_never_trained_on(tmp_path):
                 "famB": ["GGGGC" + random_rna(8) + "GCCCC" for _ in range(50)],
                 "famC": ["CCGCGG" + random_rna(8) + "CCGCGG" for _ in range(50)]}
     data = write_families(tmp_path / "archive", families)
-    argv = ["--data", data, "--out", tmp_path / "ff", "--families", "famA", "--val_families", 1, "--max_val", 20,
-            "--epochs", 0, "--threads", 1, "--no_progress", "--no_shipped"]
-    proc = run_script("evaluation/family_fold.py", *argv)
+    fold_a = ["--data", data, "--families", "famA"]
+    proc = run_script("evaluation/family_fold.py", *fold_a, "--out", tmp_path / "ff", "--val_families", 1,
+                      "--max_val", 20, "--epochs", 0, "--threads", 1, "--no_progress", "--no_shipped")
     df = pd.read_pickle(tmp_path / "ff" / "famA" / "data.pkl.gz")
     val_family = set(df.loc[df["split"] == "val", "family"])
     assert len(val_family) == 1 and (df["split"] == "val").sum() == 20
     assert set(df.loc[df["split"] == "train", "family"]) == {"famB", "famC"} - val_family
     assert f"val 20 records of the families {val_family.pop()}" in proc.stderr
-    too_many = error_line(run_script("evaluation/family_fold.py", *argv[:-10], "--val_families", 2,
-                                     "--out", tmp_path / "ff2", check=False))
+    too_many = error_line(run_script("evaluation/family_fold.py", *fold_a, "--out", tmp_path / "ff2",
+                                     "--val_families", 2, check=False))
     assert "--val_families 2: fold famA has 2 families of at least 50 records" in too_many
 
 
